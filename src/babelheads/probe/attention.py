@@ -1,0 +1,67 @@
+"""The registered attention function: sdpa for the output, plus the instrument's view of each head.
+
+transformers 5 calls ``fn(module, query, key, value, attention_mask, scaling=..., **kwargs)`` with
+query : Tensor of shape (batch, heads, q_len, head_dim) and key/value : (batch, kv_heads, kv_len, head_dim)
+(not repeated for grouped-query attention), and expects (attn_output (batch, q_len, heads, head_dim), weights).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+if TYPE_CHECKING:
+    from babelheads.probe.instrument import Instrument
+
+ATTENTION_NAME = "babelheads"
+PROBE_ATTRIBUTE = "_babelheads_instrument"
+
+
+def probed_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    attn_output, _ = sdpa_attention_forward(
+        module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+    )
+    instrument: Instrument | None = getattr(module, PROBE_ATTRIBUTE, None)
+    if instrument is None:
+        return attn_output, None
+    layer = module.layer_idx
+    instrument.layer_calls[layer] += 1
+    if instrument.is_recording:
+        last_position = _last_query_position(kwargs.get("position_ids"), instrument, query)
+        instrument.record_last_row(
+            layer, query, key, attention_mask, scaling, kwargs.get("softcap"), last_position
+        )
+    gates = instrument.gates
+    if gates is not None and gates.applies_to(instrument.phase):
+        attn_output = attn_output * gates.layer(layer, attn_output)
+    return attn_output, None
+
+
+def _last_query_position(
+    position_ids: torch.Tensor | None, instrument: Instrument, query: torch.Tensor
+) -> torch.Tensor:
+    """Absolute position of each batch row's last query, shape (batch,)."""
+    if position_ids is not None:
+        return position_ids[:, -1].to(query.device)
+    if instrument.position is None:
+        raise RuntimeError("This model passes no position_ids to attention; set Instrument.position.")
+    return torch.full((query.shape[0],), instrument.position, device=query.device)
+
+
+AttentionInterface.register(ATTENTION_NAME, probed_attention)
+# Without registering the mask too, transformers passes no mask at all to a custom attention
+# name: padding and sliding windows would silently vanish.
+AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
