@@ -24,7 +24,9 @@ def naive_peaks(model, input_ids: torch.Tensor, max_new_tokens: int, use_cache: 
         step_input = input_ids
         for _ in range(max_new_tokens):
             if use_cache:
-                out = model(input_ids=step_input, past_key_values=cache, use_cache=True, output_attentions=True)
+                out = model(
+                    input_ids=step_input, past_key_values=cache, use_cache=True, output_attentions=True
+                )
                 cache = out.past_key_values
             else:
                 out = model(input_ids=sequence, use_cache=False, output_attentions=True)

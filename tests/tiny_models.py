@@ -14,8 +14,13 @@ from transformers import (
 
 VOCAB = 512
 COMMON = dict(
-    vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-    max_position_embeddings=2048, tie_word_embeddings=False,
+    vocab_size=VOCAB,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    max_position_embeddings=2048,
+    tie_word_embeddings=False,
 )
 
 
@@ -31,7 +36,10 @@ def tiny_config(kind: str, vocab_size: int = VOCAB):
         return Phi3Config(**common, num_key_value_heads=4, pad_token_id=0)
     if kind == "gemma3":
         return Gemma3TextConfig(
-            **{**common, "num_hidden_layers": 4}, num_key_value_heads=1, head_dim=16, sliding_window=8,
+            **{**common, "num_hidden_layers": 4},
+            num_key_value_heads=1,
+            head_dim=16,
+            sliding_window=8,
             layer_types=["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"],
             query_pre_attn_scalar=16,
         )

@@ -74,7 +74,9 @@ class HeadLayout:
         return [layer for layer, window in enumerate(self.layer_windows) if window is None]
 
     def addresses(self) -> list[HeadAddress]:
-        return [HeadAddress(layer, head) for layer in range(self.num_layers) for head in range(self.num_heads)]
+        return [
+            HeadAddress(layer, head) for layer in range(self.num_layers) for head in range(self.num_heads)
+        ]
 
     def check(self, address: HeadAddress) -> None:
         if not (0 <= address.layer < self.num_layers and 0 <= address.head < self.num_heads):

@@ -160,13 +160,22 @@ def describe_heads(model: torch.nn.Module) -> HeadLayout:
     else:
         windows = (window,) * num_layers
     return HeadLayout(
-        num_layers, num_heads, num_kv_heads, head_dim, windows, getattr(config, "max_position_embeddings", None)
+        num_layers,
+        num_heads,
+        num_kv_heads,
+        head_dim,
+        windows,
+        getattr(config, "max_position_embeddings", None),
     )
 
 
-def _from_pretrained(source: str, dtype: torch.dtype, gguf_file: str | None) -> tuple[torch.nn.Module, object]:
+def _from_pretrained(
+    source: str, dtype: torch.dtype, gguf_file: str | None
+) -> tuple[torch.nn.Module, object]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     extra = {"gguf_file": gguf_file} if gguf_file else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **extra)

@@ -1,8 +1,9 @@
 """The registered attention function: sdpa for the output, plus the instrument's view of each head.
 
 transformers 5 calls ``fn(module, query, key, value, attention_mask, scaling=..., **kwargs)`` with
-query : Tensor of shape (batch, heads, q_len, head_dim) and key/value : (batch, kv_heads, kv_len, head_dim)
-(not repeated for grouped-query attention), and expects (attn_output (batch, q_len, heads, head_dim), weights).
+query : Tensor of shape (batch, heads, q_len, head_dim),
+key, value : Tensors of shape (batch, kv_heads, kv_len, head_dim), not repeated for grouped-query attention,
+and expects (attn_output of shape (batch, q_len, heads, head_dim), weights or None).
 """
 
 from __future__ import annotations

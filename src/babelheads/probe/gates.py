@@ -27,7 +27,9 @@ class HeadGates:
     def __post_init__(self) -> None:
         unknown = set(self.phases) - set(PHASES)
         if unknown or not self.phases:
-            raise ValueError(f"Gate phases must be a non-empty subset of {PHASES}. Got {sorted(self.phases)}.")
+            raise ValueError(
+                f"Gate phases must be a non-empty subset of {PHASES}. Got {sorted(self.phases)}."
+            )
         if self.values.ndim != 2:
             raise ValueError(f"Gate values must have shape (layers, heads). Got {tuple(self.values.shape)}.")
 
@@ -36,7 +38,9 @@ class HeadGates:
         return cls(torch.ones(layout.num_layers, layout.num_heads), frozenset(phases))
 
     @classmethod
-    def mask(cls, layout: HeadLayout, heads: Iterable[HeadAddress], phases: Iterable[str] = PHASES) -> HeadGates:
+    def mask(
+        cls, layout: HeadLayout, heads: Iterable[HeadAddress], phases: Iterable[str] = PHASES
+    ) -> HeadGates:
         """Hard 0/1 gates that remove ``heads`` and keep every other head."""
         values = torch.ones(layout.num_layers, layout.num_heads)
         for address in heads:

@@ -176,7 +176,8 @@ def _attention_modules(model: torch.nn.Module, layout: HeadLayout) -> list[torch
     modules = [
         module
         for name, module in model.named_modules()
-        if isinstance(getattr(module, "layer_idx", None), int) and name.endswith(("self_attn", "attn", "attention"))
+        if isinstance(getattr(module, "layer_idx", None), int)
+        and name.endswith(("self_attn", "attn", "attention"))
     ]
     layers = sorted(module.layer_idx for module in modules)
     if layers != list(range(layout.num_layers)):

@@ -1,0 +1,1 @@
+"""Analyses: pure functions from run tables to tables."""

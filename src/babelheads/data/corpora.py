@@ -1,0 +1,78 @@
+"""Haystack text: the built-in parallel corpus, a file, a directory, or a Hugging Face dataset."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from babelheads.data.roots import data_roots
+from babelheads.errors import TaskError
+
+HF_PREFIX = "hf:"
+HF_MAX_CHARS = 2_000_000
+
+
+def load_corpus(source: str, language: str, seed: int, extra_root: Path | None = None) -> str:
+    """The haystack text for ``language``: documents joined by blank lines, in a seeded order.
+
+    source : 'builtin' | a .txt file | a directory (its ``<language>/`` subdirectory if there is one)
+        | 'hf:NAME[:CONFIG[:SPLIT[:COLUMN]]]' where '{lang}' in NAME or CONFIG becomes the language code.
+    """
+    if source.startswith(HF_PREFIX):
+        documents = _hf_documents(source[len(HF_PREFIX) :], language)
+    else:
+        documents = [path.read_text(encoding="utf-8") for path in _corpus_files(source, language, extra_root)]
+    documents = [document.strip() for document in documents if document.strip()]
+    if not documents:
+        raise TaskError(
+            f"The corpus {source!r} has no text for language {language!r}. Give a non-empty corpus."
+        )
+    random.Random(seed).shuffle(documents)
+    return "\n\n".join(documents)
+
+
+def _corpus_files(source: str, language: str, extra_root: Path | None) -> list[Path]:
+    if source == "builtin":
+        for root in data_roots(extra_root):
+            directory = root / "corpus" / language
+            if directory.is_dir():
+                return sorted(directory.glob("*.txt"))
+        raise TaskError(f"No built-in corpus for language {language!r}. Pass --corpus FILE_OR_DIR.")
+    path = Path(source)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        directory = path / language if (path / language).is_dir() else path
+        found = sorted(
+            file for file in directory.rglob("*") if file.is_file() and file.suffix in {".txt", ".md"}
+        )
+        if not found:
+            raise TaskError(f"The corpus directory {directory} holds no .txt or .md files.")
+        return found
+    raise TaskError(f"Corpus not found: {source}. Use 'builtin', a text file, a directory or hf:DATASET.")
+
+
+def _hf_documents(spec: str, language: str) -> list[str]:
+    parts = [part.replace("{lang}", language) for part in spec.split(":")]
+    name, config, split, column = (parts + [None, "train", "text"][len(parts) - 1 :])[:4]
+    try:
+        import datasets
+    except ImportError as error:
+        raise TaskError(
+            "Corpora from Hugging Face need the datasets package: pip install datasets"
+        ) from error
+    try:
+        dataset = datasets.load_dataset(name, config or None, split=split, streaming=True)
+    except Exception as error:  # datasets raises many unrelated types for a missing dataset
+        raise TaskError(
+            f"Could not load dataset {name!r} ({config}, {split}): {str(error).splitlines()[0]}"
+        ) from error
+    documents, total = [], 0
+    for row in dataset:
+        if column not in row:
+            raise TaskError(f"Dataset {name!r} has no column {column!r}; columns: {', '.join(row)}.")
+        documents.append(str(row[column]))
+        total += len(documents[-1])
+        if total >= HF_MAX_CHARS:
+            break
+    return documents

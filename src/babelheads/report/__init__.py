@@ -1,0 +1,1 @@
+"""Reports: text summaries and (later) figures, from run tables only."""

@@ -1,0 +1,214 @@
+"""A run directory: a manifest and Parquet tables written sample by sample, so runs resume.
+
+Layout::
+
+    RUN/manifest.json              spec (config, model identity), environment, seed
+    RUN/tables/<table>/<sample>.parquet   one file per finished sample and table
+    RUN/scores.parquet, RUN/kv_scores.parquet, RUN/retrieval_scores.<lang>.json   derived, rewritten
+
+Each part is written to a temporary name and renamed, and the samples part is written last: a sample
+counts as finished only when its samples part exists, so ``kill -9`` loses at most the sample in flight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from babelheads.errors import RunStoreError
+
+MANIFEST = "manifest.json"
+TABLES = "tables"
+COMMIT_TABLE = "samples"
+PACKAGES = ("babelheads", "torch", "transformers", "numpy", "pandas", "pyarrow", "gguf")
+
+
+def spec_digest(spec: dict) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class RunStore:
+    """Reads and writes one run directory. ``spec`` is what makes two runs comparable: the kind of run,
+    its config and the model identity; the environment is recorded but never compared."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / MANIFEST
+
+    def exists(self) -> bool:
+        return self.manifest_path.exists()
+
+    def manifest(self) -> dict:
+        if not self.exists():
+            raise RunStoreError(f"{self.root} is not a babelheads run (no {MANIFEST}). Check the path.")
+        try:
+            return json.loads(self.manifest_path.read_text())
+        except json.JSONDecodeError as error:
+            raise RunStoreError(
+                f"{self.manifest_path} is corrupted ({error}). Restore it or start a new run."
+            ) from error
+
+    def check_compatible(self, spec: dict) -> None:
+        """Refuse to mix: an existing run must have been made with exactly this spec."""
+        if not self.exists():
+            if self.root.exists() and any(self.root.iterdir()):
+                raise RunStoreError(
+                    f"{self.root} exists, is not empty and holds no babelheads run. Choose another --out."
+                )
+            return
+        existing = self.manifest()["spec"]
+        if existing != spec:
+            changed = sorted(_differences(existing, spec))
+            raise RunStoreError(
+                f"{self.root} holds a run with a different config ({', '.join(changed[:4])} differ). "
+                "Use another --out, or delete that run to start over."
+            )
+
+    def create(self, spec: dict, seed: int) -> None:
+        if self.exists():
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        manifest = {
+            "spec": spec,
+            "spec_digest": spec_digest(spec),
+            "seed": seed,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "environment": environment(),
+        }
+        _atomic_write_bytes(self.manifest_path, json.dumps(manifest, indent=2).encode())
+
+    def finished(self) -> set[str]:
+        directory = self.root / TABLES / COMMIT_TABLE
+        if not directory.exists():
+            return set()
+        return {path.stem for path in directory.glob("*.parquet")}
+
+    def append(self, sample_id: str, tables: dict[str, pd.DataFrame]) -> None:
+        """Write one sample's rows of every table; the samples table last, as the commit."""
+        if COMMIT_TABLE not in tables:
+            raise ValueError(f"append() needs a {COMMIT_TABLE!r} table.")
+        order = [name for name in tables if name != COMMIT_TABLE] + [COMMIT_TABLE]
+        for name in order:
+            path = self.root / TABLES / name / f"{sample_id}.parquet"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            table = pa.Table.from_pandas(tables[name], preserve_index=False)
+            temporary = path.with_suffix(".parquet.tmp")
+            pq.write_table(table, temporary)
+            os.replace(temporary, path)
+
+    def table(self, name: str) -> pd.DataFrame:
+        """All finished samples' rows of ``name``, sorted by sample id (so resumed equals uninterrupted)."""
+        finished = self.finished()
+        directory = self.root / TABLES / name
+        frames = []
+        for sample_id in sorted(finished):
+            path = directory / f"{sample_id}.parquet"
+            if not path.exists():
+                raise RunStoreError(
+                    f"{path} is missing although its sample finished. Delete "
+                    f"{self.root / TABLES / COMMIT_TABLE / (sample_id + '.parquet')} to redo it."
+                )
+            frames.append(
+                read_parquet(path, hint=f"delete it and the sample's other parts to redo {sample_id}")
+            )
+        if not frames:
+            return pd.DataFrame()
+        return pd.concat(frames, ignore_index=True)
+
+    def validate(self) -> None:
+        """Read every finished part once; fail on the first damaged one, naming the file and the fix."""
+        finished = self.finished()
+        for path in sorted((self.root / TABLES).glob("*/*.parquet")):
+            if path.stem in finished:
+                read_parquet(
+                    path, hint=f"delete it and tables/{COMMIT_TABLE}/{path.name} to redo that sample"
+                )
+
+    def write_derived(self, name: str, frame: pd.DataFrame) -> Path:
+        path = self.root / f"{name}.parquet"
+        temporary = path.with_suffix(".parquet.tmp")
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), temporary)
+        os.replace(temporary, path)
+        return path
+
+    def write_json(self, name: str, data: object) -> Path:
+        path = self.root / name
+        _atomic_write_bytes(path, json.dumps(data, indent=1, ensure_ascii=False).encode())
+        return path
+
+    def derived(self, name: str) -> pd.DataFrame:
+        path = self.root / f"{name}.parquet"
+        if not path.exists():
+            raise RunStoreError(f"{self.root} has no {name} table yet. Finish the run (run detect again).")
+        return read_parquet(path, hint="run the same detect command again to rewrite it")
+
+
+def read_parquet(path: Path, hint: str) -> pd.DataFrame:
+    try:
+        return pq.read_table(path).to_pandas()
+    except (pa.ArrowException, OSError) as error:
+        raise RunStoreError(f"{path} is corrupted ({str(error).splitlines()[0]}); {hint}.") from error
+
+
+def environment() -> dict:
+    versions = {}
+    for package in PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {"python": sys.version.split()[0], "packages": versions, "git_commit": _git_commit()}
+
+
+def _git_commit() -> str | None:
+    source = Path(__file__).resolve().parent
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if result.returncode != 0:
+        return None
+    dirty = subprocess.run(
+        ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        timeout=5,
+        check=False,
+    ).stdout.strip()
+    return result.stdout.strip() + ("+dirty" if dirty else "")
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.extend(_differences(a, b, f"{prefix}{key}."))
+        elif a != b:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)

@@ -1,0 +1,110 @@
+"""Retrieval scores (Wu et al. 2024, both variants) and per-language answer checks."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+from rouge_score import rouge_scorer
+
+from babelheads.probe import StepRecords
+
+SCORE_VARIANTS = ("paper", "official")
+"""paper: distinct copied answer tokens / |span| (at most 1). official: every copy event / |span|, as the
+authors' code adds it (can exceed 1)."""
+
+
+@dataclass
+class CopyEvents:
+    """Per step and query head: the top-1 peak and whether it is a copy.
+
+    peak : int64 (steps, layers, heads); in_needle, in_answer, copy : bool, same shape.
+    """
+
+    peak: np.ndarray
+    in_needle: np.ndarray
+    in_answer: np.ndarray
+    copy: np.ndarray
+
+
+def copy_events(
+    records: StepRecords,
+    output_tokens: list[int],
+    input_ids: tuple[int, ...] | list[int],
+    needle_span: tuple[int, int],
+    answer_span: tuple[int, int],
+) -> CopyEvents:
+    """Head h copies at step t when its top-1 position j lies in the answer span and the context token
+    at j equals the token emitted at t (Wu et al. 2024, Sec. 2)."""
+    peak = records.positions[:, 0, :, :, 0]
+    steps = peak.shape[0]
+    if steps != len(output_tokens):
+        raise ValueError(f"{steps} recorded steps but {len(output_tokens)} output tokens.")
+    context = np.asarray(input_ids)
+    safe = np.clip(peak, 0, len(context) - 1)
+    in_needle = (peak >= needle_span[0]) & (peak < needle_span[1])
+    in_answer = (peak >= answer_span[0]) & (peak < answer_span[1])
+    emitted = np.asarray(output_tokens).reshape(steps, 1, 1)
+    copy = in_answer & (context[safe] == emitted)
+    return CopyEvents(peak, in_needle, in_answer, copy)
+
+
+def retrieval_scores(events: CopyEvents, answer_span: tuple[int, int]) -> dict[str, np.ndarray]:
+    """Scores per query head, arrays of shape (layers, heads), for both variants."""
+    span = answer_span[1] - answer_span[0]
+    official = events.copy.sum(axis=0) / span
+    _, layers, heads = events.copy.shape
+    paper = np.zeros((layers, heads))
+    for layer, head in zip(*np.nonzero(events.copy.any(axis=0)), strict=True):
+        copied = events.peak[events.copy[:, layer, head], layer, head]
+        paper[layer, head] = len(np.unique(copied)) / span
+    return {"paper": paper, "official": official}
+
+
+class _Tokenizer:
+    """The interface rouge-score expects from a custom tokenizer."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+
+    def tokenize(self, text: str) -> list[str]:
+        return answer_tokens(text, self.kind)
+
+
+def answer_tokens(text: str, kind: str) -> list[str]:
+    """words: ``\\w+`` (Latin, Cyrillic, ...); chars: one token per CJK character, ``\\w+`` otherwise;
+    jieba: Chinese word segmentation, punctuation dropped."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    if kind == "words":
+        return re.findall(r"\w+", text)
+    if kind == "chars":
+        return re.findall(r"[\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff]|[^\W\u3040-\u30ff\u3400-\u9fff]+", text)
+    if kind == "jieba":
+        import jieba
+
+        jieba.setLogLevel(60)
+        return [token for token in jieba.lcut(text) if re.search(r"\w", token)]
+    raise ValueError(f"Unknown answer tokenizer {kind!r}.")
+
+
+@cache
+def _scorer(kind: str) -> rouge_scorer.RougeScorer:
+    return rouge_scorer.RougeScorer(["rouge1"], tokenizer=_Tokenizer(kind))
+
+
+@dataclass(frozen=True)
+class AnswerCheck:
+    rouge1_recall: float
+    contains: bool
+    success: bool
+
+
+def check_answer(expected: str, generated: str, tokenizer_kind: str, threshold: float = 0.5) -> AnswerCheck:
+    """ROUGE-1 recall of the expected answer in the generated text, and exact containment.
+    ``success`` is recall > threshold (the paper's gate, 0.5 by default)."""
+    recall = _scorer(tokenizer_kind).score(expected, generated)["rouge1"].recall
+    normalize = lambda text: re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text).lower()).strip()  # noqa: E731
+    return AnswerCheck(float(recall), normalize(expected) in normalize(generated), bool(recall > threshold))
