@@ -62,3 +62,35 @@ def tiny_model(kind: str, attn_implementation: str = "babelheads", seed: int = 0
             if name.endswith(("q_proj.weight", "k_proj.weight", "qkv_proj.weight")):
                 parameter.mul_(6.0)
     return model.eval()
+
+
+def tiny_tokenizer(vocab_size: int = 1000):
+    """A byte-level BPE trained on the built-in corpora: real offsets, real multilingual text, fast."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from babelheads.data.corpora import load_corpus
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<s>", "</s>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator([load_corpus("builtin", code, 0) for code in ("en", "de", "zh")], trainer)
+    tokenizer.post_processor = processors.Sequence(
+        [processors.ByteLevel(trim_offsets=False), processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+def save_tiny_model(directory, kind: str = "llama", tokenizer=None):
+    """Write a tiny random model and its tokenizer as a local model directory (the hub code path)."""
+    tokenizer = tokenizer or tiny_tokenizer()
+    model = tiny_model(kind, vocab_size=len(tokenizer))
+    model.config.bos_token_id, model.config.eos_token_id = 0, 1
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory

@@ -70,6 +70,7 @@ class RunStore:
                 )
             return
         existing = self.manifest()["spec"]
+        spec = _as_json(spec)
         if existing != spec:
             changed = sorted(_differences(existing, spec))
             raise RunStoreError(
@@ -82,7 +83,7 @@ class RunStore:
             return
         self.root.mkdir(parents=True, exist_ok=True)
         manifest = {
-            "spec": spec,
+            "spec": _as_json(spec),
             "spec_digest": spec_digest(spec),
             "seed": seed,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -195,6 +196,11 @@ def _git_commit() -> str | None:
         check=False,
     ).stdout.strip()
     return result.stdout.strip() + ("+dirty" if dirty else "")
+
+
+def _as_json(data: dict) -> dict:
+    """What the manifest will hold once read back (tuples become lists)."""
+    return json.loads(json.dumps(data))
 
 
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:

@@ -111,16 +111,11 @@ class NiahBuilder:
         answer_chars = (answer_start, answer_start + len(cell.needle.answer))
         answer_span = _token_span(offsets, answer_chars)
         needle_span = _token_span(offsets, needle_chars)
-        if (
-            answer_span is None
-            or needle_span is None
-            or not (needle_span[0] <= answer_span[0] and answer_span[1] <= needle_span[1])
-            or offsets[needle_span[0]][0] < needle_chars[0] - 1
-        ):
+        if answer_span is None or needle_span is None or not _exact(prompt, offsets, answer_span, answer_chars):
             raise TaskError(
-                f"Needle {cell.needle.id!r} is lost in tokenization in {cell.sample_id}: its tokens merge "
-                "with the surrounding text, so its span cannot be found exactly. Rephrase the needle or "
-                "change the language's joiner."
+                f"Needle {cell.needle.id!r} is lost in tokenization in {cell.sample_id}: the tokens of its "
+                f"answer {cell.needle.answer!r} also hold neighbouring characters, so the answer span cannot "
+                "be found exactly. Put spaces or punctuation around the answer, or rephrase the needle."
             )
         return NiahSample(cell, prompt, tuple(ids), needle_span, answer_span, depth_actual)
 
@@ -166,3 +161,9 @@ def _token_span(offsets: list[tuple[int, int]], chars: tuple[int, int]) -> tuple
     if not inside:
         return None
     return inside[0], inside[-1] + 1
+
+
+def _exact(prompt: str, offsets: list[tuple[int, int]], span: tuple[int, int], chars: tuple[int, int]) -> bool:
+    """The span's tokens cover the characters and nothing but whitespace beyond them."""
+    first, last = offsets[span[0]][0], offsets[span[1] - 1][1]
+    return not prompt[first : chars[0]].strip() and not prompt[chars[1] : last].strip()

@@ -24,6 +24,7 @@ from babelheads.scoring import SCORE_VARIANTS, check_answer, copy_events, retrie
 
 PROMPT_FORMATS = ("auto", "chat", "plain")
 SCORE_ON = ("success", "all")
+NEEDLE_KINDS = ("all", "fact", "key")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class DetectConfig:
     lengths: tuple[int, ...] = (1000, 2000)
     depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     needles_per_cell: int = 1
+    needle_kind: str = "all"
     max_new_tokens: int = 32
     score: str = "paper"
     score_on: str = "success"
@@ -62,6 +64,8 @@ class DetectConfig:
             raise TaskError(
                 f"Unknown prompt format {self.prompt!r}. Use one of: {', '.join(PROMPT_FORMATS)}."
             )
+        if self.needle_kind not in NEEDLE_KINDS:
+            raise TaskError(f"needle_kind must be one of {NEEDLE_KINDS}. Got {self.needle_kind!r}.")
         if not self.languages:
             raise TaskError("No languages given. Use e.g. --languages en,de,zh.")
         if not 0.0 <= self.success_threshold < 1.0:
@@ -77,6 +81,10 @@ def plan(config: DetectConfig) -> list[NiahCell]:
     for code in config.languages:
         load_language(code, root)
         needles = load_needles(config.needles, code, root)
+        if config.needle_kind != "all":
+            needles = [needle for needle in needles if needle.kind == config.needle_kind]
+            if not needles:
+                raise TaskError(f"No needles of kind {config.needle_kind!r} for {code!r}. Use --needle-kind all.")
         cells += grid_cells(
             code, list(config.lengths), list(config.depths), needles, config.needles_per_cell, config.seed
         )
@@ -250,9 +258,11 @@ def finalize(store: RunStore, config: DetectConfig) -> None:
     group = scores.groupby(["language", "layer", "kv_head"])[list(SCORE_VARIANTS)].max().reset_index()
     group["score"] = group[config.score]
     store.write_derived("kv_scores", group)
-    for language, frame in used.groupby("language"):
+    for language in config.languages:
+        frame = used[used["language"] == language].sort_values("sample_id")
+        per_head = frame.groupby(["layer", "head"])[config.score].apply(list)
         official = {
-            f"{layer}-{head}": values[config.score].tolist()
-            for (layer, head), values in frame.sort_values("sample_id").groupby(["layer", "head"])
+            f"{layer}-{head}": per_head.get((layer, head), [])
+            for layer, head in grid.loc[grid["language"] == language, ["layer", "head"]].itertuples(index=False)
         }
         store.write_json(f"retrieval_scores.{language}.json", official)
