@@ -98,11 +98,15 @@ def test_the_same_command_twice_gives_the_same_tables_and_recomputes_nothing(
     assert [path.stat().st_mtime_ns for path in parts] == stamps
 
 
-def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(tiny_model_dir, tmp_path, monkeypatch, capsys):
+def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(
+    tiny_model_dir, tmp_path, monkeypatch, capsys
+):
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     args = ["--lengths", "200,300,400", "--depths", "0,0.25,0.5,0.75,1", "--max-new-tokens", "8", "--quiet"]
     command = [sys.executable, "-m", "babelheads.cli", "detect", "--model", str(tiny_model_dir), *args]
-    process = subprocess.Popen([*command, "--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [*command, "--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     samples = killed / "tables" / "samples"
     deadline = time.time() + 120
     while time.time() < deadline and len(list(samples.glob("*.parquet"))) < 3:
@@ -155,34 +159,53 @@ def test_an_empty_or_too_short_corpus_is_refused(tiny_model_dir, tmp_path, monke
     (empty / "en").mkdir(parents=True)
     (empty / "en" / "a.txt").write_text("   \n")
     out = tmp_path / "run"
-    code, _, err = run_cli(monkeypatch, capsys, *detect_args(tiny_model_dir, out), "--languages", "en",
-                           "--corpus", str(empty))
+    code, _, err = run_cli(
+        monkeypatch, capsys, *detect_args(tiny_model_dir, out), "--languages", "en", "--corpus", str(empty)
+    )
     assert_one_line_error(code, err, r"has no text for language 'en'")
     short = tmp_path / "short.txt"
     short.write_text("One short sentence. Another one here. And a third.")
-    code, _, err = run_cli(monkeypatch, capsys, *detect_args(tiny_model_dir, out), "--languages", "en",
-                           "--corpus", str(short))
+    code, _, err = run_cli(
+        monkeypatch, capsys, *detect_args(tiny_model_dir, out), "--languages", "en", "--corpus", str(short)
+    )
     assert_one_line_error(code, err, r"corpus has \d+ tokens, fewer than the \d+ that length 200 needs")
     assert not out.exists()
 
 
 def test_a_needle_lost_in_tokenization_is_refused(tiny_model_dir, tmp_path, monkeypatch, capsys):
     needles = tmp_path / "needles.json"
-    needles.write_text(json.dumps([{
-        # The tiny tokenizer splits "others" as " o|th|ers": no token boundary brackets "her".
-        "id": "glued", "statement": "Many others arrived at noon.", "question": "Who arrived?",
-        "answer": "her",
-    }]))
-    code, _, err = run_cli(monkeypatch, capsys, *detect_args(tiny_model_dir, tmp_path / "r"), "--languages", "en",
-                           "--needles", str(needles))
+    needles.write_text(
+        json.dumps(
+            [
+                {
+                    # The tiny tokenizer splits "others" as " o|th|ers": no token boundary brackets "her".
+                    "id": "glued",
+                    "statement": "Many others arrived at noon.",
+                    "question": "Who arrived?",
+                    "answer": "her",
+                }
+            ]
+        )
+    )
+    code, _, err = run_cli(
+        monkeypatch,
+        capsys,
+        *detect_args(tiny_model_dir, tmp_path / "r"),
+        "--languages",
+        "en",
+        "--needles",
+        str(needles),
+    )
     assert_one_line_error(code, err, r"Needle 'glued' is lost in tokenization")
 
 
-def test_an_output_dir_with_a_different_run_is_refused_and_left_intact(tiny_model_dir, tmp_path, monkeypatch, capsys):
+def test_an_output_dir_with_a_different_run_is_refused_and_left_intact(
+    tiny_model_dir, tmp_path, monkeypatch, capsys
+):
     out = tmp_path / "run"
     assert run_cli(monkeypatch, capsys, *detect_args(tiny_model_dir, out), "--languages", "en")[0] == 0
     before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
-    args = detect_args(tiny_model_dir, out) + ["--languages", "en"]
+    args = [*detect_args(tiny_model_dir, out), "--languages", "en"]
     args[args.index("--depths") + 1] = "0.5"
     code, _, err = run_cli(monkeypatch, capsys, *args)
     assert_one_line_error(code, err, r"holds a run with a different config \(config\.depths differ\)")

@@ -72,9 +72,10 @@ def test_chinese_boundaries_need_no_spaces():
 def test_paragraph_breaks_are_boundaries():
     text = "A title\n\nBody text here. More"
     boundaries = load_language("en").sentence_boundaries(text)
-    assert boundaries == [0, len("A title"), text.index("here.") + 5, len(text)]
+    # At the start of the next paragraph: a needle must not glue onto a heading with no end mark.
+    assert boundaries == [0, len("A title\n\n"), text.index("here.") + 5, len(text)]
     chinese = "标题\n\n正文。"
-    assert load_language("zh").sentence_boundaries(chinese) == [0, 2, len(chinese)]
+    assert load_language("zh").sentence_boundaries(chinese) == [0, 4, len(chinese)]
 
 
 @pytest.mark.parametrize("code", ["en", "zh"])
@@ -101,11 +102,6 @@ def test_unknown_language_with_an_extra_letter_suggests_the_close_one():
         load_language("zhh")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="languages.py load_language: difflib.get_close_matches uses its default cutoff 0.6, but any "
-    "one-letter substitution in a two-letter code has ratio 0.5, so 'zn' gets no 'Did you mean: zh?'",
-)
 def test_unknown_language_with_a_substituted_letter_suggests_the_close_one():
     with pytest.raises(TaskError, match=r"Did you mean: zh\?"):
         load_language("zn")
@@ -376,19 +372,7 @@ def test_samples_hold_the_needle_and_answer_where_expected(builders, tokenizer, 
 
 @pytest.mark.parametrize(
     "code",
-    [
-        "en",
-        "de",
-        pytest.param(
-            "zh",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="sentence_boundaries counts the start of a paragraph break as a boundary and the zh "
-                "joiner is '', so a needle placed after a heading (no end mark) is glued onto it: "
-                "'纸的历史与制造' + '山城维尔莫拉…'",
-            ),
-        ),
-    ],
+    ["en", "de", "zh"],
 )
 def test_the_character_before_a_needle_ends_a_sentence(builders, code):
     """Right before the statement: a sentence end mark, whitespace, or the start of the context."""

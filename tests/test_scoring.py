@@ -221,12 +221,6 @@ def test_chars_tokenizer_splits_cjk_and_keeps_latin_words_whole():
     assert check_answer("Quillomere号", "答案是Quillomere号", "chars").rouge1_recall == 1.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="scoring.py answer_tokens('chars'): the CJK class includes U+F900-U+FAFF but the word class "
-    "does not exclude it, so a compatibility ideograph that NFKC keeps (U+FA0E) is glued onto a "
-    "preceding Latin word",
-)
 def test_chars_tokenizer_splits_compatibility_ideographs_after_latin():
     assert answer_tokens("a\ufa0e", "chars") == ["a", "\ufa0e"]
 

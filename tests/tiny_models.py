@@ -81,9 +81,14 @@ def tiny_tokenizer(vocab_size: int = 1000):
     )
     tokenizer.train_from_iterator([load_corpus("builtin", code, 0) for code in ("en", "de", "zh")], trainer)
     tokenizer.post_processor = processors.Sequence(
-        [processors.ByteLevel(trim_offsets=False), processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])]
+        [
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)]),
+        ]
     )
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
 
 
 def save_tiny_model(directory, kind: str = "llama", tokenizer=None):

@@ -49,7 +49,9 @@ def detect(
     lengths: Annotated[str, typer.Option(help="Prompt lengths in tokens.")] = "1000,2000",
     depths: Annotated[str, typer.Option(help="Needle depths in [0, 1].")] = "0,0.25,0.5,0.75,1",
     needles_per_cell: Annotated[int, typer.Option(help="Needles per length x depth cell.")] = 1,
-    needle_kind: Annotated[str, typer.Option(help="all, fact (invented facts) or key (code words, numbers).")] = "all",
+    needle_kind: Annotated[
+        str, typer.Option(help="all, fact (invented facts) or key (code words, numbers).")
+    ] = "all",
     max_new_tokens: Annotated[int, typer.Option()] = 32,
     score: Annotated[
         str, typer.Option(help="paper (distinct copies, <= 1) or official (every copy).")

@@ -81,7 +81,9 @@ def answer_tokens(text: str, kind: str) -> list[str]:
     if kind == "words":
         return re.findall(r"\w+", text)
     if kind == "chars":
-        return re.findall(r"[\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff]|[^\W\u3040-\u30ff\u3400-\u9fff]+", text)
+        return re.findall(
+            r"[\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff]|[^\W\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff]+", text
+        )
     if kind == "jieba":
         import jieba
 

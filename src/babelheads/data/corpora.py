@@ -42,7 +42,13 @@ def _corpus_files(source: str, language: str, extra_root: Path | None) -> list[P
     if path.is_file():
         return [path]
     if path.is_dir():
-        directory = path / language if (path / language).is_dir() else path
+        subdirectories = sorted(entry.name for entry in path.iterdir() if entry.is_dir())
+        if subdirectories and language not in subdirectories:
+            raise TaskError(
+                f"The corpus directory {path} has subdirectories ({', '.join(subdirectories)}) but none "
+                f"named {language!r}. Add {path / language} or pass a directory of one language."
+            )
+        directory = path / language if subdirectories else path
         found = sorted(
             file for file in directory.rglob("*") if file.is_file() and file.suffix in {".txt", ".md"}
         )

@@ -40,11 +40,12 @@ class Language:
 
     def sentence_boundaries(self, text: str) -> list[int]:
         """Character offsets where a sentence ends and a needle may go: after the end mark, before any
-        space. Paragraph breaks count too. Always includes 0 and len(text)."""
+        space, and at the start of each paragraph (not after a heading, which has no end mark).
+        Always includes 0 and len(text)."""
         marks = re.escape(self.sentence_end)
         pattern = rf"[{marks}](?=\s|$)" if self.joiner else rf"[{marks}]"
         cuts = {match.end() for match in re.finditer(pattern, text)}
-        cuts.update(match.start() for match in re.finditer(r"\n\s*\n", text))
+        cuts.update(match.end() for match in re.finditer(r"\n\s*\n", text))
         return sorted({0, len(text), *cuts})
 
 
@@ -64,7 +65,7 @@ def load_language(code: str, extra_root: Path | None = None) -> Language:
             except (json.JSONDecodeError, TypeError) as error:
                 raise TaskError(f"Language file {path} is invalid: {error}.") from error
     known = available_languages(extra_root)
-    close = difflib.get_close_matches(code, known, n=1)
+    close = difflib.get_close_matches(code, known, n=1, cutoff=0.4)
     hint = f" Did you mean: {close[0]}?" if close else ""
     raise TaskError(
         f"Unknown language {code!r}. Available: {', '.join(known)}.{hint} "

@@ -111,11 +111,16 @@ class NiahBuilder:
         answer_chars = (answer_start, answer_start + len(cell.needle.answer))
         answer_span = _token_span(offsets, answer_chars)
         needle_span = _token_span(offsets, needle_chars)
-        if answer_span is None or needle_span is None or not _exact(prompt, offsets, answer_span, answer_chars):
+        if (
+            answer_span is None
+            or needle_span is None
+            or not _exact(prompt, offsets, answer_span, answer_chars)
+            or not _exact(prompt, offsets, needle_span, needle_chars)
+        ):
             raise TaskError(
                 f"Needle {cell.needle.id!r} is lost in tokenization in {cell.sample_id}: the tokens of its "
-                f"answer {cell.needle.answer!r} also hold neighbouring characters, so the answer span cannot "
-                "be found exactly. Put spaces or punctuation around the answer, or rephrase the needle."
+                "answer or statement also hold neighbouring characters, so its span cannot be found "
+                "exactly. Put spaces or punctuation around the answer, or rephrase the needle."
             )
         return NiahSample(cell, prompt, tuple(ids), needle_span, answer_span, depth_actual)
 
@@ -163,7 +168,9 @@ def _token_span(offsets: list[tuple[int, int]], chars: tuple[int, int]) -> tuple
     return inside[0], inside[-1] + 1
 
 
-def _exact(prompt: str, offsets: list[tuple[int, int]], span: tuple[int, int], chars: tuple[int, int]) -> bool:
+def _exact(
+    prompt: str, offsets: list[tuple[int, int]], span: tuple[int, int], chars: tuple[int, int]
+) -> bool:
     """The span's tokens cover the characters and nothing but whitespace beyond them."""
     first, last = offsets[span[0]][0], offsets[span[1] - 1][1]
     return not prompt[first : chars[0]].strip() and not prompt[chars[1] : last].strip()

@@ -84,7 +84,9 @@ def plan(config: DetectConfig) -> list[NiahCell]:
         if config.needle_kind != "all":
             needles = [needle for needle in needles if needle.kind == config.needle_kind]
             if not needles:
-                raise TaskError(f"No needles of kind {config.needle_kind!r} for {code!r}. Use --needle-kind all.")
+                raise TaskError(
+                    f"No needles of kind {config.needle_kind!r} for {code!r}. Use --needle-kind all."
+                )
         cells += grid_cells(
             code, list(config.lengths), list(config.depths), needles, config.needles_per_cell, config.seed
         )
@@ -263,6 +265,8 @@ def finalize(store: RunStore, config: DetectConfig) -> None:
         per_head = frame.groupby(["layer", "head"])[config.score].apply(list)
         official = {
             f"{layer}-{head}": per_head.get((layer, head), [])
-            for layer, head in grid.loc[grid["language"] == language, ["layer", "head"]].itertuples(index=False)
+            for layer, head in grid.loc[grid["language"] == language, ["layer", "head"]].itertuples(
+                index=False
+            )
         }
         store.write_json(f"retrieval_scores.{language}.json", official)

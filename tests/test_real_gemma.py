@@ -1,0 +1,90 @@
+"""Real behaviour on the built-in Gemma 3 270M (the default model). Slower: marked ``real``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from oracle import naive_peaks
+
+from babelheads.decoding import greedy_decode
+from babelheads.experiments.detect import DetectConfig, build_samples, detect, plan
+from babelheads.models import load_model
+from babelheads.probe import Instrument
+
+pytestmark = pytest.mark.real
+LANGUAGES = ("en", "de")
+
+
+@pytest.fixture(scope="module")
+def gemma():
+    return load_model("gemma-3-270m", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def detection(tmp_path_factory):
+    config = DetectConfig(
+        languages=LANGUAGES, lengths=(1000, 2000), depths=(0.25, 0.5, 0.75), needle_kind="key", max_new_tokens=16
+    )
+    store = detect(config, tmp_path_factory.mktemp("gemma-run"), progress=False)
+    return store
+
+
+def test_recorded_peaks_equal_eager_argmax_on_gemma(gemma):
+    # 700 tokens: past the 512-token sliding window, so slot-to-position mapping is exercised.
+    config = DetectConfig(languages=("en",), lengths=(700,), depths=(0.5,))
+    sample = build_samples(config, gemma, plan(config))[0]
+    ids = torch.tensor([sample.input_ids])
+    steps = 5
+    instrument = Instrument(gemma.model, gemma.layout)
+    decoded = greedy_decode(instrument, ids, steps, prefill_chunk=256)
+    instrument.detach()
+    tokens, peaks, rows = naive_peaks(gemma.model, ids, steps)
+    assert decoded.tokens == tokens
+    mismatches = 0
+    for step in range(steps):
+        for layer in range(gemma.layout.num_layers):
+            for head in range(gemma.layout.num_heads):
+                ours = int(decoded.records.positions[step, 0, layer, head, 0])
+                eager = peaks[step][layer][head]
+                row = rows[step][layer][head]
+                if ours != eager and abs(float(row[ours]) - float(row[eager])) > 1e-5:
+                    mismatches += 1
+    assert mismatches == 0
+
+
+def test_greedy_output_is_identical_with_and_without_the_instrument(gemma):
+    config = DetectConfig(languages=("de",), lengths=(600,), depths=(0.5,), needle_kind="key")
+    ids = torch.tensor([build_samples(config, gemma, plan(config))[0].input_ids])
+    instrument = Instrument(gemma.model, gemma.layout)
+    ours = greedy_decode(instrument, ids, 12).tokens
+    instrument.detach()
+    gemma.model.set_attn_implementation("sdpa")
+    try:
+        reference = gemma.model.generate(ids, max_new_tokens=12, min_new_tokens=12, do_sample=False)
+    finally:
+        gemma.model.set_attn_implementation("babelheads")
+    assert ours == reference[0, ids.shape[1] :].tolist()
+
+
+def test_needles_are_retrieved_at_every_depth_in_english_and_german(detection):
+    samples = detection.table("samples")
+    assert set(samples["language"]) == set(LANGUAGES)
+    failed = samples.loc[~samples["success"], ["sample_id", "output"]]
+    assert failed.empty, failed.to_string()
+
+
+def test_retrieval_heads_are_sparse(detection):
+    scores = detection.derived("scores")
+    for language in LANGUAGES:
+        share = (scores.loc[scores["language"] == language, "score"] >= 0.1).mean()
+        assert 0 < share < 0.10, (language, share)
+
+
+def test_top_heads_lie_in_full_attention_layers(detection, gemma):
+    scores = detection.derived("scores")
+    full = set(gemma.layout.full_attention_layers())
+    assert full == {5, 11, 17}
+    for language in LANGUAGES:
+        top = scores[scores["language"] == language].nlargest(3, "score")
+        assert set(top["layer"]) <= full, top
+        assert (top["score"] >= 0.5).all(), top
