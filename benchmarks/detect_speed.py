@@ -71,7 +71,9 @@ class PeakMemory:
 def prompts(loaded, length: int, count: int) -> list:
     from babelheads.experiments.detect import DetectConfig, build_samples, plan
 
-    config = DetectConfig(model="-", languages=("en",), lengths=(length,), depths=(0.5,), needles_per_cell=count)
+    config = DetectConfig(
+        model="-", languages=("en",), lengths=(length,), depths=(0.5,), needles_per_cell=count
+    )
     return [sample.input_ids for sample in build_samples(config, loaded, plan(config))]
 
 
@@ -90,8 +92,9 @@ def worker(args) -> None:
         model.set_attn_implementation("sdpa")
 
         def run(ids):
-            return model.generate(ids, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
-                                  do_sample=False)
+            return model.generate(
+                ids, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False
+            )
     elif args.mode == "detect":
         instrument = Instrument(model, loaded.layout)
 
@@ -112,13 +115,32 @@ def worker(args) -> None:
             if loaded.device.type == "cuda":
                 torch.cuda.synchronize()
             seconds.append(time.perf_counter() - start)
-    print(json.dumps({"seconds": sum(seconds), "peak_bytes": memory.peak, "tokens": [i.shape[1] for i in inputs]}))
+    print(
+        json.dumps(
+            {"seconds": sum(seconds), "peak_bytes": memory.peak, "tokens": [i.shape[1] for i in inputs]}
+        )
+    )
 
 
 def measure(args, mode: str, length: int) -> dict:
-    command = [sys.executable, __file__, "--worker", mode, "--length", str(length), "--model", args.model,
-               "--new-tokens", str(args.new_tokens), "--prompts", str(args.prompts), "--device", args.device,
-               "--dtype", args.dtype]
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        mode,
+        "--length",
+        str(length),
+        "--model",
+        args.model,
+        "--new-tokens",
+        str(args.new_tokens),
+        "--prompts",
+        str(args.prompts),
+        "--device",
+        args.device,
+        "--dtype",
+        args.dtype,
+    ]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         sys.exit(f"worker {mode} at {length} failed:\n{result.stderr[-2000:]}")
@@ -126,7 +148,9 @@ def measure(args, mode: str, length: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="gemma-3-270m")
     parser.add_argument("--lengths", default="2000,4000")
     parser.add_argument("--new-tokens", type=int, default=32)
@@ -152,7 +176,9 @@ def main() -> None:
         detect, generate = results["detect"], results["generate"]
         ratios = {
             "detect/generate": detect["seconds"] / generate["seconds"],
-            "detect/naive": detect["seconds"] / results["naive"]["seconds"] if "naive" in results else float("nan"),
+            "detect/naive": detect["seconds"] / results["naive"]["seconds"]
+            if "naive" in results
+            else float("nan"),
             "peak_mem_ratio": detect["peak_bytes"] / generate["peak_bytes"],
         }
     print(" ".join(f"{name}={value:.2f}" for name, value in ratios.items()))

@@ -23,7 +23,11 @@ def gemma():
 @pytest.fixture(scope="module")
 def detection(tmp_path_factory):
     config = DetectConfig(
-        languages=LANGUAGES, lengths=(1000, 2000), depths=(0.25, 0.5, 0.75), needle_kind="key", max_new_tokens=16
+        languages=LANGUAGES,
+        lengths=(1000, 2000),
+        depths=(0.25, 0.5, 0.75),
+        needle_kind="key",
+        max_new_tokens=16,
     )
     store = detect(config, tmp_path_factory.mktemp("gemma-run"), progress=False)
     return store

@@ -37,6 +37,9 @@ def detect(
         str, typer.Option(help="Built-in name, hub id, model directory or .gguf file.")
     ] = "gemma-3-270m",
     languages: Annotated[str, typer.Option(help="Comma-separated language codes.")] = "en,de,zh",
+    pairs: Annotated[
+        str, typer.Option(help="Retrieval + translation instead: SOURCE:ANSWER pairs, e.g. en:zh,en:de.")
+    ] = "",
     corpus: Annotated[
         str, typer.Option(help="'builtin', a text file, a directory, or hf:NAME[:CONFIG[:SPLIT[:COLUMN]]].")
     ] = "builtin",
@@ -77,6 +80,7 @@ def detect(
     config = DetectConfig(
         model=model,
         languages=tuple(code.strip() for code in languages.split(",") if code.strip()),
+        pairs=tuple(pair.strip() for pair in pairs.split(",") if pair.strip()),
         corpus=corpus,
         needles=needles,
         data_dir=str(data) if data else None,

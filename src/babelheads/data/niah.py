@@ -13,16 +13,33 @@ from babelheads.errors import TaskError
 
 @dataclass(frozen=True)
 class NiahCell:
-    """One point of the grid: a prompt length in tokens, a depth in [0, 1], a needle."""
+    """One point of the grid: a prompt length in tokens, a depth in [0, 1], a needle.
+
+    For retrieval + translation, the haystack, needle and question are in ``language`` and the answer
+    is asked for in ``answer_language``: ``instruction`` (in that language) follows the question and
+    ``expected`` is the needle's answer in that language.
+    """
 
     language: str
     length: int
     depth: float
     needle: Needle
+    answer_language: str | None = None
+    expected: str | None = None
+    instruction: str = ""
+
+    @property
+    def condition(self) -> str:
+        """'en' for plain retrieval, 'en>zh' for retrieval in English answered in Chinese."""
+        return self.language if self.answer_language is None else f"{self.language}>{self.answer_language}"
+
+    @property
+    def expected_answer(self) -> str:
+        return self.needle.answer if self.expected is None else self.expected
 
     @property
     def sample_id(self) -> str:
-        return f"{self.language}-L{self.length}-D{self.depth:.3f}-{self.needle.id}"
+        return f"{self.condition}-L{self.length}-D{self.depth:.3f}-{self.needle.id}"
 
 
 @dataclass(frozen=True)
@@ -86,7 +103,7 @@ class NiahBuilder:
                 f"Length {cell.length} exceeds the model's context of {self.max_positions} tokens. "
                 f"Use --lengths up to {self.max_positions}."
             )
-        overhead = len(self._encode(self._prompt(cell.needle.statement, cell.needle))[0])
+        overhead = len(self._encode(self._prompt(cell.needle.statement, cell.needle, cell.instruction))[0])
         budget = cell.length - overhead
         if budget <= 0:
             raise TaskError(f"Length {cell.length} leaves no room for a haystack. Use longer --lengths.")
@@ -103,7 +120,7 @@ class NiahBuilder:
         glue_after = joiner if after and not after[0].isspace() else ""
         context = before + glue_before + cell.needle.statement + glue_after + after
         needle_start = len(before) + len(glue_before)
-        prompt = self._prompt(context, cell.needle)
+        prompt = self._prompt(context, cell.needle, cell.instruction)
         needle_start += prompt.index(context)
         ids, offsets = self._encode(prompt)
         needle_chars = (needle_start, needle_start + len(cell.needle.statement))
@@ -141,9 +158,10 @@ class NiahBuilder:
         best = min(candidates, key=lambda boundary: abs(boundary - target))
         return best, best / max(len(text), 1)
 
-    def _prompt(self, context: str, needle: Needle) -> str:
+    def _prompt(self, context: str, needle: Needle, instruction: str = "") -> str:
         template = self.language.chat_prompt if self.chat else self.language.plain_prompt
-        body = template.format(context=context, question=needle.question)
+        question = needle.question + (self.language.joiner + instruction if instruction else "")
+        body = template.format(context=context, question=question)
         if not self.chat:
             return body
         return self.tokenizer.apply_chat_template(

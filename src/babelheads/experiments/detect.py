@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,7 @@ class DetectConfig:
 
     model: str = DEFAULT_MODEL
     languages: tuple[str, ...] = ("en", "de", "zh")
+    pairs: tuple[str, ...] = ()
     corpus: str = "builtin"
     needles: str = "builtin"
     data_dir: str | None = None
@@ -66,8 +67,23 @@ class DetectConfig:
             )
         if self.needle_kind not in NEEDLE_KINDS:
             raise TaskError(f"needle_kind must be one of {NEEDLE_KINDS}. Got {self.needle_kind!r}.")
-        if not self.languages:
+        if not self.languages and not self.pairs:
             raise TaskError("No languages given. Use e.g. --languages en,de,zh.")
+        for pair in self.pairs:
+            source, _, target = pair.partition(":")
+            if not source or not target or source == target:
+                raise TaskError(
+                    f"A pair reads SOURCE:ANSWER with two different languages, e.g. en:zh. Got {pair!r}."
+                )
+
+    def conditions(self) -> list[tuple[str, str | None]]:
+        """(haystack language, answer language or None): pairs when given, else the languages."""
+        if self.pairs:
+            return [tuple(pair.split(":", 1)) for pair in self.pairs]
+        return [(code, None) for code in self.languages]
+
+    def condition_labels(self) -> list[str]:
+        return [source if target is None else f"{source}>{target}" for source, target in self.conditions()]
         if not 0.0 <= self.success_threshold < 1.0:
             raise TaskError(f"success_threshold must lie in [0, 1). Got {self.success_threshold}.")
         if self.max_new_tokens < 1:
@@ -78,19 +94,40 @@ def plan(config: DetectConfig) -> list[NiahCell]:
     """The run's cells, in order; needs no model, so a finished run needs none either."""
     cells = []
     root = Path(config.data_dir) if config.data_dir else None
-    for code in config.languages:
-        load_language(code, root)
-        needles = load_needles(config.needles, code, root)
-        if config.needle_kind != "all":
-            needles = [needle for needle in needles if needle.kind == config.needle_kind]
-            if not needles:
-                raise TaskError(
-                    f"No needles of kind {config.needle_kind!r} for {code!r}. Use --needle-kind all."
-                )
-        cells += grid_cells(
-            code, list(config.lengths), list(config.depths), needles, config.needles_per_cell, config.seed
+    for source, target in config.conditions():
+        load_language(source, root)
+        needles = _needles_of_kind(config, source, root)
+        grid = grid_cells(
+            source, list(config.lengths), list(config.depths), needles, config.needles_per_cell, config.seed
         )
+        if target is None:
+            cells += grid
+            continue
+        answer_language = load_language(target, root)
+        translated = {needle.id: needle for needle in load_needles(config.needles, target, root)}
+        for cell in grid:
+            if cell.needle.id not in translated:
+                raise TaskError(
+                    f"Needle {cell.needle.id!r} has no {target!r} version, so {source}>{target} cannot check "
+                    f"the answer. Add it to the {target} needles."
+                )
+            expected = translated[cell.needle.id].answer
+            cells.append(
+                replace(
+                    cell, answer_language=target, expected=expected, instruction=answer_language.answer_in
+                )
+            )
     return cells
+
+
+def _needles_of_kind(config: DetectConfig, code: str, root: Path | None) -> list:
+    needles = load_needles(config.needles, code, root)
+    if config.needle_kind == "all":
+        return needles
+    chosen = [needle for needle in needles if needle.kind == config.needle_kind]
+    if not chosen:
+        raise TaskError(f"No needles of kind {config.needle_kind!r} for {code!r}. Use --needle-kind all.")
+    return chosen
 
 
 def build_samples(config: DetectConfig, loaded: LoadedModel, cells: list[NiahCell]) -> list[NiahSample]:
@@ -136,10 +173,8 @@ def detect(config: DetectConfig, out: Path, device: str = "auto", progress: bool
     store.check_compatible(spec)
     samples = build_samples(config, loaded, cells)
     store.create(spec, config.seed)
-    languages = {
-        code: load_language(code, Path(config.data_dir) if config.data_dir else None)
-        for code in config.languages
-    }
+    root = Path(config.data_dir) if config.data_dir else None
+    languages = {code: load_language(code, root) for pair in config.conditions() for code in pair if code}
     instrument = Instrument(loaded.model, loaded.layout, ProbeSettings(config.top_k, config.sink_tokens))
     stops = [token for token in [loaded.tokenizer.eos_token_id] if token is not None]
     newlines = newline_token_ids(loaded.tokenizer)
@@ -151,7 +186,8 @@ def detect(config: DetectConfig, out: Path, device: str = "auto", progress: bool
             bar.set_postfix_str(sample.sample_id)
             ids = torch.tensor([sample.input_ids], device=loaded.device)
             decoded = greedy_decode(instrument, ids, config.max_new_tokens, stops, newlines)
-            tables = sample_tables(sample, decoded, loaded, languages[sample.cell.language], config)
+            answer_language = languages[sample.cell.answer_language or sample.cell.language]
+            tables = sample_tables(sample, decoded, loaded, answer_language, config)
             store.append(sample.sample_id, tables)
     finally:
         instrument.detach()
@@ -164,12 +200,14 @@ def sample_tables(
 ) -> dict[str, pd.DataFrame]:
     layout = loaded.layout
     text = loaded.tokenizer.decode(decoded.tokens, skip_special_tokens=True).strip()
-    check = check_answer(sample.cell.needle.answer, text, language.answer_tokenizer, config.success_threshold)
+    check = check_answer(
+        sample.cell.expected_answer, text, language.answer_tokenizer, config.success_threshold
+    )
     events = copy_events(
         decoded.records, decoded.tokens, sample.input_ids, sample.needle_span, sample.answer_span
     )
     scores = retrieval_scores(events, sample.answer_span)
-    base = {"sample_id": sample.sample_id, "language": sample.cell.language}
+    base = {"sample_id": sample.sample_id, "language": sample.cell.condition}
     samples = pd.DataFrame(
         [
             {
@@ -180,7 +218,9 @@ def sample_tables(
                 "depth_actual": sample.depth_actual,
                 "needle_id": sample.cell.needle.id,
                 "needle_kind": sample.cell.needle.kind,
-                "answer": sample.cell.needle.answer,
+                "source_language": sample.cell.language,
+                "answer_language": sample.cell.answer_language or sample.cell.language,
+                "answer": sample.cell.expected_answer,
                 "output": text,
                 "rouge1_recall": check.rouge1_recall,
                 "contains": check.contains,
@@ -195,7 +235,9 @@ def sample_tables(
     )
     return {
         "events": _events_frame(base, decoded, events, layout),
-        "head_scores": _head_frame(base, scores, layout),
+        "head_scores": _head_frame(
+            base, {**scores, "needle_attention": events.in_needle.mean(axis=0)}, layout
+        ),
         "samples": samples,
     }
 
@@ -250,6 +292,9 @@ def finalize(store: RunStore, config: DetectConfig) -> None:
     grid = heads[keys].drop_duplicates()
     scores = grid.merge(used.groupby(keys)[list(SCORE_VARIANTS)].mean().reset_index(), on=keys, how="left")
     scores[list(SCORE_VARIANTS)] = scores[list(SCORE_VARIANTS)].fillna(0.0)
+    # Where a head looks does not depend on the answer being right: averaged over every sample.
+    attention = heads.groupby(keys)["needle_attention"].mean().reset_index()
+    scores = scores.merge(attention, on=keys, how="left")
     counts = used.groupby("language")["sample_id"].nunique()
     scores["samples_used"] = scores["language"].map(counts).fillna(0).astype(int)
     scores["score"] = scores[config.score]
@@ -260,7 +305,7 @@ def finalize(store: RunStore, config: DetectConfig) -> None:
     group = scores.groupby(["language", "layer", "kv_head"])[list(SCORE_VARIANTS)].max().reset_index()
     group["score"] = group[config.score]
     store.write_derived("kv_scores", group)
-    for language in config.languages:
+    for language in config.condition_labels():
         frame = used[used["language"] == language].sort_values("sample_id")
         per_head = frame.groupby(["layer", "head"])[config.score].apply(list)
         official = {

@@ -21,7 +21,8 @@ def detection_summary(store: RunStore, top: int = 10) -> str:
         f"score variant: {config['score']} (averaged over {config['score_on']} samples; "
         f"success = ROUGE-1 recall > {config['success_threshold']})",
     ]
-    for language in config["languages"]:
+    labels = [pair.replace(":", ">") for pair in config.get("pairs", [])] or config["languages"]
+    for language in labels:
         frame = samples[samples["language"] == language]
         if frame.empty:
             continue
