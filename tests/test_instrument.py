@@ -175,3 +175,47 @@ def test_soft_gate_gradients_match_finite_differences():
         with torch.no_grad():
             numeric = (loss(up) - loss(down)) / (2 * epsilon)
         assert float(gates.values.grad[layer, head]) == pytest.approx(float(numeric), rel=5e-3, abs=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma3", "phi3"])
+def test_uniform_masking_equals_zeroing_the_heads_query_while_decoding(kind):
+    """The official code's masking: a zero query attends uniformly; the gate must give the same step."""
+    import copy
+
+    from transformers import DynamicCache
+
+    ids = _prompt(30)
+    model = tiny_model(kind)
+    layout = describe_heads(model)
+    heads = [HeadAddress(0, 1), HeadAddress(layout.num_layers - 1, 2)]
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        first = model(ids, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+    instrument = Instrument(model, layout)
+    instrument.set_phase("decode")
+    with torch.no_grad(), instrument.gated(HeadGates.mask(layout, heads, phases=["decode"], mode="uniform")):
+        gated = model(first, past_key_values=copy.deepcopy(cache), use_cache=True).logits
+        plain_cache = copy.deepcopy(cache)
+    with torch.no_grad():
+        plain = model(first, past_key_values=plain_cache, use_cache=True).logits
+    instrument.detach()
+    zeroed = copy.deepcopy(model)
+    with torch.no_grad():
+        for address in heads:
+            attention = zeroed.model.layers[address.layer].self_attn
+            rows = slice(address.head * layout.head_dim, (address.head + 1) * layout.head_dim)
+            if hasattr(attention, "q_proj"):
+                attention.q_proj.weight[rows] = 0.0
+                if attention.q_proj.bias is not None:
+                    attention.q_proj.bias[rows] = 0.0
+            else:  # Phi-3 packs q, k and v in one projection, queries first
+                attention.qkv_proj.weight[rows] = 0.0
+        reference = zeroed(first, past_key_values=copy.deepcopy(cache), use_cache=True).logits
+    assert not torch.allclose(gated, plain, atol=1e-4), "the mask must take effect"
+    torch.testing.assert_close(gated, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_uniform_masking_refuses_the_prefill():
+    layout = describe_heads(tiny_model("llama"))
+    with pytest.raises(ValueError, match="decoding only"):
+        HeadGates.mask(layout, [HeadAddress(0, 0)], mode="uniform")

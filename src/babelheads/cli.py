@@ -10,7 +10,7 @@ import typer
 
 from babelheads.errors import BabelheadsError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
 
 
 def _ints(text: str, name: str) -> tuple[int, ...]:
@@ -115,6 +115,34 @@ def summary(
     store = RunStore(run)
     store.validate()
     typer.echo(detection_summary(store, top))
+
+
+@app.command()
+def compare(
+    runs: Annotated[
+        list[Path], typer.Argument(help="Detection runs of one model (or two models with --models).")
+    ],
+    out: Annotated[Path, typer.Option(help="Where the comparison tables (Parquet and CSV) go.")] = Path(
+        "runs/compare"
+    ),
+    threshold: Annotated[float, typer.Option(help="Retrieval-head threshold.")] = 0.1,
+    strong: Annotated[float, typer.Option(help="Strong-head threshold.")] = 0.5,
+    replicates: Annotated[int, typer.Option(help="Bootstrap replicates over samples.")] = 200,
+    seed: Annotated[int, typer.Option()] = 0,
+    models: Annotated[
+        bool, typer.Option(help="Compare two models (one run each) instead of languages.")
+    ] = False,
+) -> None:
+    """Shared vs language-specific heads, strength vs generality, rank agreement, translation."""
+    from babelheads.experiments.compare import CompareConfig, run_compare
+    from babelheads.report.text import comparison_summary
+
+    config = CompareConfig(
+        threshold=threshold, strong=strong, replicates=replicates, seed=seed, models=models
+    )
+    tables, notes = run_compare(list(runs), out, config)
+    typer.echo(comparison_summary(tables, notes))
+    typer.echo(f"\ntables written to {out} (CSV under {out / 'csv'})")
 
 
 @app.command()

@@ -145,6 +145,14 @@ class RunStore:
         os.replace(temporary, path)
         return path
 
+    def write_csv(self, name: str, frame: pd.DataFrame) -> Path:
+        path = self.root / "csv" / f"{name}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".csv.tmp")
+        frame.to_csv(temporary, index=False)
+        os.replace(temporary, path)
+        return path
+
     def write_json(self, name: str, data: object) -> Path:
         path = self.root / name
         _atomic_write_bytes(path, json.dumps(data, indent=1, ensure_ascii=False).encode())

@@ -47,7 +47,7 @@ def probed_attention(
         )
     gates = instrument.gates
     if gates is not None and gates.applies_to(instrument.phase):
-        attn_output = attn_output * gates.layer(layer, attn_output)
+        attn_output = gates.apply(layer, attn_output, value, attention_mask)
     return attn_output, None
 
 

@@ -1,4 +1,4 @@
-"""Per-head gates: one multiplicative factor per query head on its output, before ``o_proj``.
+"""Per-head gates: one factor per query head, applied to its output before ``o_proj``.
 
 A gate of 0 removes a head (ablation), 1 leaves it untouched, and a tensor with
 ``requires_grad=True`` gives soft masks and head-importance gradients; all three
@@ -15,16 +15,25 @@ import torch
 from babelheads.heads import HeadAddress, HeadLayout
 
 PHASES = ("prefill", "decode")
+MODES = ("scale", "uniform")
 
 
 @dataclass
 class HeadGates:
-    """values : Tensor of shape (num_layers, num_heads), applied in the forward ``phases``."""
+    """values : Tensor of shape (num_layers, num_heads), applied in the forward ``phases``.
+
+    mode 'scale' multiplies each head's output by its gate (0 removes the head; LAHIS and most
+    head-importance work). mode 'uniform' gives ``g * out + (1 - g) * uniform``, where ``uniform`` is
+    the head's output when it attends uniformly to every visible key: the official retrieval-head
+    code's masking (a zeroed query), which it applies while decoding only, and so does this.
+    """
 
     values: torch.Tensor
     phases: frozenset[str] = frozenset(PHASES)
+    mode: str = "scale"
 
     def __post_init__(self) -> None:
+        self.phases = frozenset(self.phases)
         unknown = set(self.phases) - set(PHASES)
         if unknown or not self.phases:
             raise ValueError(
@@ -32,6 +41,13 @@ class HeadGates:
             )
         if self.values.ndim != 2:
             raise ValueError(f"Gate values must have shape (layers, heads). Got {tuple(self.values.shape)}.")
+        if self.mode not in MODES:
+            raise ValueError(f"Gate mode must be one of {MODES}. Got {self.mode!r}.")
+        if self.mode == "uniform" and "prefill" in self.phases:
+            raise ValueError(
+                "Uniform masking applies while decoding only (as in the official code). "
+                "Use phases=('decode',)."
+            )
 
     @classmethod
     def ones(cls, layout: HeadLayout, phases: Iterable[str] = PHASES) -> HeadGates:
@@ -39,18 +55,47 @@ class HeadGates:
 
     @classmethod
     def mask(
-        cls, layout: HeadLayout, heads: Iterable[HeadAddress], phases: Iterable[str] = PHASES
+        cls,
+        layout: HeadLayout,
+        heads: Iterable[HeadAddress],
+        phases: Iterable[str] = PHASES,
+        mode: str = "scale",
     ) -> HeadGates:
         """Hard 0/1 gates that remove ``heads`` and keep every other head."""
         values = torch.ones(layout.num_layers, layout.num_heads)
         for address in heads:
             layout.check(address)
             values[address.layer, address.head] = 0.0
-        return cls(values, frozenset(phases))
+        return cls(values, frozenset(phases), mode)
 
     def applies_to(self, phase: str) -> bool:
         return phase in self.phases
 
-    def layer(self, layer: int, like: torch.Tensor) -> torch.Tensor:
-        """The gate of ``layer`` shaped to broadcast over attn_output (batch, q_len, heads, head_dim)."""
-        return self.values[layer].to(device=like.device, dtype=like.dtype).view(1, 1, -1, 1)
+    def apply(
+        self, layer: int, attn_output: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Gate one layer. attn_output : (batch, q_len, heads, head_dim);
+        value : (batch, kv_heads, kv_len, head_dim)."""
+        gate = self.values[layer].to(device=attn_output.device, dtype=attn_output.dtype).view(1, 1, -1, 1)
+        if self.mode == "scale":
+            return attn_output * gate
+        return gate * attn_output + (1 - gate) * _uniform_output(attn_output, value, attention_mask)
+
+
+def _uniform_output(
+    attn_output: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor | None
+) -> torch.Tensor:
+    """Each head's output under uniform attention over the keys visible to the single query."""
+    batch, q_len, heads, head_dim = attn_output.shape
+    if q_len != 1:
+        raise ValueError("Uniform masking needs one query per forward pass (decoding).")
+    kv_heads = value.shape[1]
+    if attention_mask is None:
+        mean = value.mean(dim=2)
+    else:
+        row = attention_mask[:, :, -1, :]
+        visible = row if row.dtype == torch.bool else row > torch.finfo(row.dtype).min / 2
+        weights = visible.to(value.dtype).expand(batch, kv_heads, -1)
+        mean = torch.einsum("bhk,bhkd->bhd", weights, value) / weights.sum(-1, keepdim=True).clamp_min(1)
+    group = heads // kv_heads
+    return mean.repeat_interleave(group, dim=1).view(batch, 1, heads, head_dim).to(attn_output.dtype)

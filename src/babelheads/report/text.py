@@ -49,3 +49,45 @@ def accuracy_grid(samples: pd.DataFrame) -> pd.DataFrame:
     return samples.pivot_table(
         index=["language", "length"], columns="depth", values="success", aggfunc="mean"
     )
+
+
+def comparison_summary(tables: dict[str, pd.DataFrame], notes: list[str]) -> str:
+    """The findings of a compare run in a few lines, each figure with its 95% interval."""
+    lines = list(notes)
+    if "overlap" in tables:
+        lines.append("retrieval heads by the languages they serve (score >= threshold):")
+        for row in tables["overlap"].itertuples():
+            if row.count:
+                lines.append(
+                    f"  {row.languages:<16} {row.count:>3}  mean layer {row.mean_layer:5.1f}  {row.heads}"
+                )
+    for name in ("overlap_statistics", "model_agreement"):
+        if name in tables:
+            for row in tables[name].itertuples():
+                if "|" in row.statistic:
+                    continue
+                language = f"[{row.language}] " if hasattr(row, "language") else ""
+                lines.append(
+                    f"  {language}{row.statistic:<22} {row.value:7.3f}  [{row.lo:.3f}, {row.hi:.3f}]"
+                )
+    if "rank_agreement" in tables:
+        lines.append("rank agreement (95% bootstrap interval over samples):")
+        for row in tables["rank_agreement"].itertuples():
+            lines.append(
+                f"  {row.pair:<8} {row.subset:<7} heads {row.heads:4.0f}  spearman {row.spearman:6.3f} "
+                f"[{row.spearman_lo:.2f}, {row.spearman_hi:.2f}]  kendall {row.kendall:6.3f}  "
+                f"mean |rank diff| {row.rank_diff:5.1f}"
+            )
+        alls = tables["rank_agreement"].query("subset == 'all'").sort_values("spearman", ascending=False)
+        if len(alls) > 1:
+            lines.append("  pairs by agreement: " + " > ".join(alls["pair"]))
+    if "translation" in tables:
+        lines.append("retrieval + translation vs monolingual (top retrieval heads of the source language):")
+        for condition, frame in tables["translation"].groupby("condition", sort=False):
+            values = dict(zip(frame["measure"], frame["value"], strict=True))
+            lines.append(
+                f"  {condition:<7} copy {values['copy_mono']:.3f} -> {values['copy_translation']:.3f}   "
+                f"needle attention {values['attention_mono']:.3f} -> {values['attention_translation']:.3f}   "
+                f"accuracy {values['accuracy_mono']:.0%} -> {values['accuracy_translation']:.0%}"
+            )
+    return "\n".join(lines)
