@@ -146,6 +146,56 @@ def compare(
 
 
 @app.command()
+def ablate(
+    run: Annotated[Path, typer.Argument(help="The detection run whose scores pick the heads.")],
+    out: Annotated[Path, typer.Option(help="Run directory for the ablation.")] = Path("runs/ablate"),
+    languages: Annotated[str, typer.Option(help="Languages to test; default: the detection run's.")] = "",
+    k: Annotated[str, typer.Option(help="Numbers of heads to mask (a sweep).")] = "2,4,8",
+    head_sets: Annotated[
+        str, typer.Option(help="top, random, agnostic, specific.")
+    ] = "top,random,agnostic,specific",
+    random_seeds: Annotated[int, typer.Option(help="Draws of random heads per K.")] = 3,
+    method: Annotated[
+        str, typer.Option(help="gate (zero the head's output) or uniform (official code).")
+    ] = "gate",
+    phases: Annotated[str, typer.Option(help="all (prefill and decoding) or decode.")] = "all",
+    threshold: Annotated[float, typer.Option(help="Retrieval-head threshold.")] = 0.1,
+    lengths: Annotated[str, typer.Option(help="Prompt lengths in tokens.")] = "1000",
+    depths: Annotated[str, typer.Option(help="Needle depths in [0, 1].")] = "0.25,0.5,0.75",
+    needle_kind: Annotated[str, typer.Option(help="all, fact or key.")] = "all",
+    needles_per_cell: Annotated[int, typer.Option()] = 1,
+    max_new_tokens: Annotated[int, typer.Option()] = 16,
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Annotated[str, typer.Option()] = "auto",
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Mask sets of heads (top, random, agnostic, specific) and measure NIAH accuracy and ROUGE."""
+    from babelheads.experiments.ablate import AblateConfig
+    from babelheads.experiments.ablate import ablate as run_ablate
+    from babelheads.report.text import ablation_summary
+
+    config = AblateConfig(
+        run=str(run),
+        languages=tuple(code for code in languages.split(",") if code),
+        k=_ints(k, "k"),
+        head_sets=tuple(name.strip() for name in head_sets.split(",") if name.strip()),
+        random_seeds=random_seeds,
+        method=method,
+        phases=phases,
+        threshold=threshold,
+        lengths=_ints(lengths, "lengths"),
+        depths=_floats(depths, "depths"),
+        needle_kind=needle_kind,
+        needles_per_cell=needles_per_cell,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+    )
+    store = run_ablate(config, out, device=device, progress=not quiet)
+    typer.echo(ablation_summary(store))
+    typer.echo(f"\nablation written to {store.root}")
+
+
+@app.command()
 def models() -> None:
     """List the built-in models."""
     from babelheads.models import BUILTINS

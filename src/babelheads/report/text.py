@@ -91,3 +91,23 @@ def comparison_summary(tables: dict[str, pd.DataFrame], notes: list[str]) -> str
                 f"accuracy {values['accuracy_mono']:.0%} -> {values['accuracy_translation']:.0%}"
             )
     return "\n".join(lines)
+
+
+def ablation_summary(store: RunStore) -> str:
+    """Accuracy per head set, K and language, with the paired change from no masking."""
+    table = store.derived("ablation")
+    config = store.manifest()["spec"]["config"]
+    lines = [
+        f"masking: method {config['method']}, phases {config['phases']} "
+        f"(change vs no masking, 95% paired bootstrap interval)"
+    ]
+    grouped = table.groupby(["head_set", "k", "language"], sort=False)
+    for (head_set, k, language), frame in grouped:
+        seeds = f" over {len(frame)} draws" if head_set == "random" else ""
+        lines.append(
+            f"  {head_set:<9} K={k:<3} {language:<6} heads {frame['count'].iloc[0]:>3}  accuracy "
+            f"{frame['accuracy'].mean():4.0%}  change {frame['delta_accuracy'].mean():+.2f} "
+            f"[{frame['delta_accuracy_lo'].min():+.2f}, {frame['delta_accuracy_hi'].max():+.2f}]  "
+            f"ROUGE-1 {frame['rouge1_recall'].mean():.2f}{seeds}"
+        )
+    return "\n".join(lines)

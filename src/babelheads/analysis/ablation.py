@@ -1,0 +1,148 @@
+"""Which heads to mask (top, random, language-agnostic, language-specific) and the effects of masking."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from babelheads.errors import BabelheadsError
+from babelheads.heads import HeadAddress
+
+HEAD_SETS = ("top", "random", "agnostic", "specific")
+
+
+@dataclass(frozen=True)
+class HeadSet:
+    """A set of heads to mask. ``k`` is the size asked for, ``len(heads)`` the size there was."""
+
+    name: str
+    k: int
+    seed: int
+    heads: tuple[HeadAddress, ...]
+
+    @property
+    def mask_id(self) -> str:
+        if not self.heads:
+            return "baseline"
+        text = ",".join(str(head) for head in sorted(self.heads))
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def select_head_sets(
+    scores: pd.DataFrame,
+    languages: list[str],
+    k_values: list[int],
+    names: list[str],
+    seeds: int,
+    threshold: float,
+    seed: int = 0,
+) -> list[HeadSet]:
+    """Head sets from a detection run's ``scores`` table (language, layer, head, score).
+
+    top: highest mean score over ``languages``. random: drawn from heads that are retrieval heads in no
+    language (the official code draws outside its top 100). agnostic: retrieval heads in every language,
+    by mean score. specific: retrieval heads in some but not all languages, by their best score, cut to
+    the agnostic set's size when both are asked for (Finding 5 compares them at the same count).
+    """
+    unknown = set(names) - set(HEAD_SETS)
+    if unknown:
+        raise BabelheadsError(f"Unknown head set {sorted(unknown)[0]!r}. Use any of: {', '.join(HEAD_SETS)}.")
+    wide = scores[scores["language"].isin(languages)].pivot_table(
+        index=["layer", "head"], columns="language", values="score"
+    )
+    missing = [language for language in languages if language not in wide.columns]
+    if missing:
+        raise BabelheadsError(f"The detection run has no scores for {', '.join(missing)}.")
+    wide = wide[languages]
+    total = len(wide)
+    for k in k_values:
+        if not 1 <= k <= total:
+            raise BabelheadsError(
+                f"K={k} is outside [1, {total}], the number of heads. Use --k up to {total}."
+            )
+    addresses = [HeadAddress(int(layer), int(head)) for layer, head in wide.index]
+    member = (wide >= threshold).to_numpy()
+    mean, peak = wide.mean(axis=1).to_numpy(), wide.max(axis=1).to_numpy()
+
+    def ranked(mask: np.ndarray, key: np.ndarray) -> list[HeadAddress]:
+        order = sorted(np.flatnonzero(mask), key=lambda index: (-key[index], addresses[index]))
+        return [addresses[index] for index in order]
+
+    top = ranked(np.ones(total, dtype=bool), mean)
+    agnostic = ranked(member.all(axis=1), mean)
+    specific = ranked(member.any(axis=1) & ~member.all(axis=1), peak)
+    pool = [addresses[index] for index in np.flatnonzero(~member.any(axis=1))]
+    sets = [HeadSet("none", 0, -1, ())]
+    for k in k_values:
+        if "top" in names:
+            sets.append(HeadSet("top", k, -1, tuple(top[:k])))
+        if "random" in names:
+            if k > len(pool):
+                raise BabelheadsError(
+                    f"K={k} exceeds the {len(pool)} non-retrieval heads that random heads are drawn from. "
+                    "Use a smaller --k."
+                )
+            for draw in range(seeds):
+                rng = np.random.default_rng([seed, k, draw])
+                chosen = rng.choice(len(pool), size=k, replace=False)
+                sets.append(HeadSet("random", k, draw, tuple(sorted(pool[index] for index in chosen))))
+        count = min(k, len(agnostic)) if "agnostic" in names else k
+        if "agnostic" in names:
+            sets.append(HeadSet("agnostic", k, -1, tuple(agnostic[:count])))
+        if "specific" in names:
+            sets.append(HeadSet("specific", k, -1, tuple(specific[: min(count, len(specific))])))
+    return sets
+
+
+def paired_delta(
+    masked: np.ndarray, baseline: np.ndarray, replicates: int, seed: int, level: float = 0.95
+) -> tuple[float, float, float]:
+    """Mean of masked - baseline over paired samples, with a percentile bootstrap interval."""
+    differences = np.asarray(masked, dtype=float) - np.asarray(baseline, dtype=float)
+    if len(differences) == 0:
+        return np.nan, np.nan, np.nan
+    rng = np.random.default_rng(seed)
+    draws = differences[rng.integers(0, len(differences), (replicates, len(differences)))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(draws, [tail, 100 - tail])
+    return float(differences.mean()), float(lo), float(hi)
+
+
+def effects(evaluations: pd.DataFrame, sets: pd.DataFrame, replicates: int, seed: int) -> pd.DataFrame:
+    """Accuracy and ROUGE per head set and language, and their change from no masking, paired by sample.
+
+    evaluations : mask_id, sample_id, language, success, rouge1_recall.
+    sets : name, k, seed, count, heads, mask_id.
+    """
+    baseline = evaluations[evaluations["mask_id"] == "baseline"].set_index("sample_id")
+    rows = []
+    for head_set in sets.to_dict("records"):
+        chosen = evaluations[evaluations["mask_id"] == head_set["mask_id"]]
+        for language, frame in chosen.groupby("language", sort=True):
+            frame = frame.set_index("sample_id").sort_index()
+            base = baseline.loc[frame.index]
+            accuracy = paired_delta(frame["success"], base["success"], replicates, seed)
+            rouge = paired_delta(frame["rouge1_recall"], base["rouge1_recall"], replicates, seed)
+            rows.append(
+                {
+                    "head_set": head_set["name"],
+                    "k": head_set["k"],
+                    "seed": head_set["seed"],
+                    "count": head_set["count"],
+                    "heads": head_set["heads"],
+                    "language": language,
+                    "accuracy": float(frame["success"].mean()),
+                    "rouge1_recall": float(frame["rouge1_recall"].mean()),
+                    "samples": len(frame),
+                    "delta_accuracy": accuracy[0],
+                    "delta_accuracy_lo": accuracy[1],
+                    "delta_accuracy_hi": accuracy[2],
+                    "delta_rouge": rouge[0],
+                    "delta_rouge_lo": rouge[1],
+                    "delta_rouge_hi": rouge[2],
+                }
+            )
+    return pd.DataFrame(rows)
