@@ -91,10 +91,10 @@ def tiny_tokenizer(vocab_size: int = 1000):
     )
 
 
-def save_tiny_model(directory, kind: str = "llama", tokenizer=None):
+def save_tiny_model(directory, kind: str = "llama", tokenizer=None, seed: int = 0):
     """Write a tiny random model and its tokenizer as a local model directory (the hub code path)."""
     tokenizer = tokenizer or tiny_tokenizer()
-    model = tiny_model(kind, vocab_size=len(tokenizer))
+    model = tiny_model(kind, vocab_size=len(tokenizer), seed=seed)
     model.config.bos_token_id, model.config.eos_token_id = 0, 1
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)

@@ -145,13 +145,16 @@ def _heads_table(matrix: ScoreMatrix, config: CompareConfig) -> pd.DataFrame:
 
 
 def _rank_table(frame: pd.DataFrame) -> pd.DataFrame:
-    wide = frame.pivot_table(index=["pair", "subset"], columns="measure", values=["value", "lo", "hi"])
-    wide.columns = [f"{measure}{'' if kind == 'value' else '_' + kind}" for kind, measure in wide.columns]
-    order = {"all": 0, "strong": 1, "weak": 2}
-    wide = wide.reset_index().sort_values(
-        ["pair", "subset"], key=lambda column: column.map(order).fillna(column)
-    )
-    return wide.reset_index(drop=True)
+    """One row per language pair and head subset, every measure with its interval."""
+    rows = []
+    for (pair, subset), group in frame.groupby(["pair", "subset"], sort=False):
+        row = {"pair": pair, "subset": subset}
+        for record in group.itertuples():
+            row[record.measure] = record.value
+            if record.measure in ("spearman", "kendall", "rank_diff"):
+                row[f"{record.measure}_lo"], row[f"{record.measure}_hi"] = record.lo, record.hi
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def accuracy_table(stores: list[RunStore]) -> pd.DataFrame:
