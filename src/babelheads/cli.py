@@ -196,6 +196,35 @@ def ablate(
 
 
 @app.command()
+def study(
+    out: Annotated[Path, typer.Option(help="Directory for every run and the report.")] = Path("runs/study"),
+    model: Annotated[
+        str, typer.Option(help="Built-in name, hub id, model directory or .gguf file.")
+    ] = "gemma-3-270m",
+    languages: Annotated[str, typer.Option(help="Comma-separated language codes.")] = "en,de,zh",
+    translate_from: Annotated[str, typer.Option(help="Source language of the translation task.")] = "en",
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Annotated[str, typer.Option()] = "auto",
+    dtype: Annotated[str, typer.Option()] = "auto",
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """The whole study in one command: detect, translate, compare, ablate, report."""
+    from babelheads.experiments.study import StudyConfig, run_study
+
+    config = StudyConfig(
+        model=model,
+        languages=tuple(code for code in languages.split(",") if code),
+        translate_from=translate_from,
+        seed=seed,
+        dtype=dtype,
+    )
+    report = run_study(
+        config, out, device=device, progress=not quiet, say=lambda line: typer.echo(line, err=True)
+    )
+    typer.echo(f"report written to {report}")
+
+
+@app.command()
 def models() -> None:
     """List the built-in models."""
     from babelheads.models import BUILTINS
