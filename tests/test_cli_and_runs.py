@@ -73,6 +73,7 @@ def test_detect_writes_a_complete_run_and_summary_reads_it(tiny_model_dir, tmp_p
     assert manifest["spec"]["config"]["depths"] == [0.0, 0.5, 1.0]
     assert manifest["spec"]["model"]["fingerprint"]
     assert manifest["environment"]["packages"]["torch"]
+    assert manifest["layout"]["num_layers"] == 3 and manifest["layout"]["num_kv_heads"] == 2
     run = tables(out)
     assert len(run["samples"]) == 3 * 2 * 3
     steps = run["samples"]["steps"].sum()

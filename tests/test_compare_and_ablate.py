@@ -41,8 +41,17 @@ def runs(tmp_path_factory, tiny_model_dir, tiny_tokenizer_session):
 
 def test_compare_writes_tables_and_csv_with_intervals(runs, tmp_path, monkeypatch, capsys):
     out = tmp_path / "cmp"
-    code, stdout, _ = run_cli(monkeypatch, capsys, "compare", str(runs["plain"]), str(runs["translation"]),
-                              "--out", str(out), "--replicates", "20")
+    code, stdout, _ = run_cli(
+        monkeypatch,
+        capsys,
+        "compare",
+        str(runs["plain"]),
+        str(runs["translation"]),
+        "--out",
+        str(out),
+        "--replicates",
+        "20",
+    )
     assert code == 0, stdout
     assert "rank agreement" in stdout and "en>zh" in stdout
     store = RunStore(out)
@@ -57,16 +66,27 @@ def test_compare_writes_tables_and_csv_with_intervals(runs, tmp_path, monkeypatc
 
 
 def test_comparing_runs_of_different_models_needs_models(runs, tmp_path, monkeypatch, capsys):
-    code, _, err = run_cli(monkeypatch, capsys, "compare", str(runs["plain"]), str(runs["sibling"]),
-                           "--out", str(tmp_path / "c"))
+    code, _, err = run_cli(
+        monkeypatch, capsys, "compare", str(runs["plain"]), str(runs["sibling"]), "--out", str(tmp_path / "c")
+    )
     assert_one_line_error(code, err, r"different models .*pass --models")
     assert not (tmp_path / "c").exists()
 
 
 def test_model_comparison_matches_heads_by_address(runs, tmp_path, monkeypatch, capsys):
     out = tmp_path / "models"
-    code, stdout, _ = run_cli(monkeypatch, capsys, "compare", str(runs["plain"]), str(runs["sibling"]),
-                              "--models", "--out", str(out), "--replicates", "20")
+    code, _stdout, _ = run_cli(
+        monkeypatch,
+        capsys,
+        "compare",
+        str(runs["plain"]),
+        str(runs["sibling"]),
+        "--models",
+        "--out",
+        str(out),
+        "--replicates",
+        "20",
+    )
     assert code == 0
     agreement = RunStore(out).derived("model_agreement")
     assert set(agreement["language"]) == {"en", "de", "zh"}
@@ -75,8 +95,18 @@ def test_model_comparison_matches_heads_by_address(runs, tmp_path, monkeypatch, 
 
 def test_model_comparison_says_when_head_shapes_differ(runs, tmp_path, monkeypatch, capsys):
     out = tmp_path / "shapes"
-    code, stdout, _ = run_cli(monkeypatch, capsys, "compare", str(runs["plain"]), str(runs["gemma"]),
-                              "--models", "--out", str(out), "--replicates", "20")
+    code, stdout, _ = run_cli(
+        monkeypatch,
+        capsys,
+        "compare",
+        str(runs["plain"]),
+        str(runs["gemma"]),
+        "--models",
+        "--out",
+        str(out),
+        "--replicates",
+        "20",
+    )
     assert code == 0
     assert "Head shapes differ" in stdout and "3 layers x 4 heads" in stdout and "4 x 4" in stdout
     store = RunStore(out)
@@ -87,9 +117,24 @@ def test_model_comparison_says_when_head_shapes_differ(runs, tmp_path, monkeypat
 
 def test_ablate_masks_every_head_set_and_resumes(runs, tmp_path, monkeypatch, capsys):
     out = tmp_path / "ablate"
-    args = ["ablate", str(runs["plain"]), "--out", str(out), "--lengths", "200", "--depths", "0.5",
-            "--k", "1,3", "--random-seeds", "2", "--max-new-tokens", "4", "--quiet"]
-    code, stdout, err = run_cli(monkeypatch, capsys, *args)
+    args = [
+        "ablate",
+        str(runs["plain"]),
+        "--out",
+        str(out),
+        "--lengths",
+        "200",
+        "--depths",
+        "0.5",
+        "--k",
+        "1,3",
+        "--random-seeds",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--quiet",
+    ]
+    code, _stdout, err = run_cli(monkeypatch, capsys, *args)
     assert code == 0, err
     table = RunStore(out).derived("ablation")
     assert set(table["head_set"]) == {"none", "top", "random", "agnostic", "specific"}
@@ -103,12 +148,14 @@ def test_ablate_masks_every_head_set_and_resumes(runs, tmp_path, monkeypatch, ca
 
 
 def test_ablate_refuses_k_beyond_the_heads(runs, tmp_path, monkeypatch, capsys):
-    code, _, err = run_cli(monkeypatch, capsys, "ablate", str(runs["plain"]), "--out", str(tmp_path / "a"),
-                           "--k", "2,13")
+    code, _, err = run_cli(
+        monkeypatch, capsys, "ablate", str(runs["plain"]), "--out", str(tmp_path / "a"), "--k", "2,13"
+    )
     assert_one_line_error(code, err, r"K=13 is outside \[1, 12\], the number of heads")
 
 
 def test_uniform_masking_needs_decode_only(runs, tmp_path, monkeypatch, capsys):
-    code, _, err = run_cli(monkeypatch, capsys, "ablate", str(runs["plain"]), "--out", str(tmp_path / "a"),
-                           "--method", "uniform")
+    code, _, err = run_cli(
+        monkeypatch, capsys, "ablate", str(runs["plain"]), "--out", str(tmp_path / "a"), "--method", "uniform"
+    )
     assert_one_line_error(code, err, r"Uniform masking applies while decoding only. Add --phases decode")

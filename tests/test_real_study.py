@@ -14,14 +14,27 @@ pytestmark = pytest.mark.real
 
 @pytest.fixture(scope="module")
 def gemma_run(tmp_path_factory):
-    config = DetectConfig(languages=("en",), lengths=(1000, 2000), depths=(0.25, 0.5, 0.75), needle_kind="key",
-                          max_new_tokens=16)
+    config = DetectConfig(
+        languages=("en",),
+        lengths=(1000, 2000),
+        depths=(0.25, 0.5, 0.75),
+        needle_kind="key",
+        max_new_tokens=16,
+    )
     return detect(config, tmp_path_factory.mktemp("gemma-detect"), progress=False)
 
 
 def test_masking_the_top_heads_hurts_far_more_than_masking_random_ones(gemma_run, tmp_path):
-    config = AblateConfig(run=str(gemma_run.root), k=(4,), head_sets=("top", "random"), random_seeds=3,
-                          lengths=(1000,), depths=(0.25, 0.5, 0.75), needle_kind="key", max_new_tokens=12)
+    config = AblateConfig(
+        run=str(gemma_run.root),
+        k=(4,),
+        head_sets=("top", "random"),
+        random_seeds=3,
+        lengths=(1000,),
+        depths=(0.25, 0.5, 0.75),
+        needle_kind="key",
+        max_new_tokens=12,
+    )
     table = ablate(config, tmp_path / "ablate", progress=False).derived("ablation")
     baseline = table.loc[table["head_set"] == "none", "accuracy"].item()
     top = table.loc[table["head_set"] == "top", "accuracy"].item()
@@ -41,8 +54,18 @@ def test_smollm2_is_an_instruct_model_prompted_with_its_chat_template():
 
 
 def test_the_two_builtin_models_compare_and_say_their_shapes_differ(gemma_run, tmp_path):
-    smol = detect(DetectConfig(model="smollm2-135m", languages=("en",), lengths=(600,), depths=(0.5,),
-                               needle_kind="key", max_new_tokens=12), tmp_path / "smol", progress=False)
+    smol = detect(
+        DetectConfig(
+            model="smollm2-135m",
+            languages=("en",),
+            lengths=(600,),
+            depths=(0.5,),
+            needle_kind="key",
+            max_new_tokens=12,
+        ),
+        tmp_path / "smol",
+        progress=False,
+    )
     tables, notes = run_compare([gemma_run.root, smol.root], tmp_path / "cmp", CompareConfig(models=True))
     assert any("Head shapes differ" in note and "18 layers x 4 heads" in note for note in notes)
     assert set(tables["model_distribution"]["model"]) == {"gemma-3-270m", "smollm2-135m"}

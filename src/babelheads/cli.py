@@ -225,6 +225,20 @@ def study(
 
 
 @app.command()
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="Detection, translation and ablation runs.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="The HTML file to write.")] = Path(
+        "report.html"
+    ),
+    min_samples: Annotated[int, typer.Option(help="Successful samples a language needs to be charted.")] = 3,
+) -> None:
+    """Write a static HTML report (figures, captions, CSV) that works offline."""
+    from babelheads.report.html import build_report
+
+    typer.echo(f"report written to {build_report(list(runs), output, min_samples)}")
+
+
+@app.command()
 def models() -> None:
     """List the built-in models."""
     from babelheads.models import BUILTINS

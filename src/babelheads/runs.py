@@ -78,7 +78,8 @@ class RunStore:
                 "Use another --out, or delete that run to start over."
             )
 
-    def create(self, spec: dict, seed: int) -> None:
+    def create(self, spec: dict, seed: int, facts: dict | None = None) -> None:
+        """Write the manifest. ``facts`` are recorded, never compared (e.g. the model's head layout)."""
         if self.exists():
             return
         self.root.mkdir(parents=True, exist_ok=True)
@@ -86,6 +87,7 @@ class RunStore:
             "spec": _as_json(spec),
             "spec_digest": spec_digest(spec),
             "seed": seed,
+            **_as_json(facts or {}),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "environment": environment(),
         }

@@ -103,7 +103,9 @@ def ablate(config: AblateConfig, out: Path, device: str = "auto", progress: bool
         "detection": detection.manifest()["spec_digest"],
     }
     store.check_compatible(spec if store.exists() else {})
-    unique = {head_set.mask_id: head_set for head_set in sets}
+    unique: dict[str, HeadSet] = {}
+    for head_set in sets:  # sets with the same heads (an empty agnostic set and 'none') run once
+        unique.setdefault(head_set.mask_id, head_set)
     todo = [
         (mask, cell)
         for mask in unique

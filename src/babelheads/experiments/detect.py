@@ -172,7 +172,7 @@ def detect(config: DetectConfig, out: Path, device: str = "auto", progress: bool
     spec = run_spec(config, loaded.identity)
     store.check_compatible(spec)
     samples = build_samples(config, loaded, cells)
-    store.create(spec, config.seed)
+    store.create(spec, config.seed, {"layout": asdict(loaded.layout)})
     root = Path(config.data_dir) if config.data_dir else None
     languages = {code: load_language(code, root) for pair in config.conditions() for code in pair if code}
     instrument = Instrument(loaded.model, loaded.layout, ProbeSettings(config.top_k, config.sink_tokens))

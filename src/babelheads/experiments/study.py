@@ -46,7 +46,16 @@ def run_study(
     run_compare(runs, out / "compare", CompareConfig(seed=config.seed))
     say("4/5 ablation")
     ablation: RunStore = ablate(
-        AblateConfig(run=str(detection.root), random_seeds=2, max_new_tokens=12, seed=config.seed),
+        # Sized for about five minutes on two CPU cores: short prompts, two needles per cell.
+        AblateConfig(
+            run=str(detection.root),
+            k=(2, 4),
+            random_seeds=2,
+            lengths=(600,),
+            needles_per_cell=2,
+            max_new_tokens=12,
+            seed=config.seed,
+        ),
         out / "ablate",
         device,
         progress,

@@ -78,7 +78,8 @@ def comparison_summary(tables: dict[str, pd.DataFrame], notes: list[str]) -> str
                 f"[{row.spearman_lo:.2f}, {row.spearman_hi:.2f}]  kendall {row.kendall:6.3f}  "
                 f"mean |rank diff| {row.rank_diff:5.1f}"
             )
-        alls = tables["rank_agreement"].query("subset == 'all'").sort_values("spearman", ascending=False)
+        alls = tables["rank_agreement"].query("subset == 'all'").dropna(subset=["spearman"])
+        alls = alls.sort_values("spearman", ascending=False)
         if len(alls) > 1:
             lines.append("  pairs by agreement: " + " > ".join(alls["pair"]))
     if "translation" in tables:
