@@ -133,6 +133,11 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(
         (["--depths", "0,1.5"], r"Depth must lie in \[0, 1\]\. Got 1\.5"),
         (["--lengths", "1k"], r"--lengths must be comma-separated integers"),
         (["--score", "best"], r"Unknown score variant 'best'"),
+        (["--top-k", "0"], r"top_k must be >= 1"),
+        (["--success-threshold", "1.5"], r"success_threshold must lie in \[0, 1\)"),
+        (["--max-new-tokens", "0"], r"max_new_tokens must be at least 1"),
+        (["--pairs", "en:en"], r"A pair reads SOURCE:ANSWER with two different languages"),
+        (["--needle-kind", "keys"], r"needle_kind must be one of"),
     ],
 )
 def test_bad_detect_input_gets_one_clear_line(tiny_model_dir, tmp_path, monkeypatch, capsys, args, pattern):

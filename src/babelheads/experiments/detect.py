@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +54,6 @@ class DetectConfig:
     prompt: str = "auto"
     dtype: str = "auto"
     seed: int = 0
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.score not in SCORE_VARIANTS:
@@ -75,6 +74,16 @@ class DetectConfig:
                 raise TaskError(
                     f"A pair reads SOURCE:ANSWER with two different languages, e.g. en:zh. Got {pair!r}."
                 )
+        if not 0.0 <= self.success_threshold < 1.0:
+            raise TaskError(f"success_threshold must lie in [0, 1). Got {self.success_threshold}.")
+        if not self.lengths or not self.depths:
+            raise TaskError("Give at least one length and one depth, e.g. --lengths 1000 --depths 0.5.")
+        if self.top_k < 1 or self.sink_tokens < 0:
+            raise TaskError(
+                f"top_k must be >= 1 and sink_tokens >= 0. Got {self.top_k} and {self.sink_tokens}."
+            )
+        if self.max_new_tokens < 1:
+            raise TaskError(f"max_new_tokens must be at least 1. Got {self.max_new_tokens}.")
 
     def conditions(self) -> list[tuple[str, str | None]]:
         """(haystack language, answer language or None): pairs when given, else the languages."""
@@ -84,10 +93,6 @@ class DetectConfig:
 
     def condition_labels(self) -> list[str]:
         return [source if target is None else f"{source}>{target}" for source, target in self.conditions()]
-        if not 0.0 <= self.success_threshold < 1.0:
-            raise TaskError(f"success_threshold must lie in [0, 1). Got {self.success_threshold}.")
-        if self.max_new_tokens < 1:
-            raise TaskError(f"max_new_tokens must be at least 1. Got {self.max_new_tokens}.")
 
 
 def plan(config: DetectConfig) -> list[NiahCell]:
