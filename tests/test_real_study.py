@@ -71,3 +71,13 @@ def test_the_two_builtin_models_compare_and_say_their_shapes_differ(gemma_run, t
     tables, notes = run_compare([gemma_run.root, smol.root], tmp_path / "cmp", CompareConfig(models=True))
     assert any("Head shapes differ" in note and "18 layers x 4 heads" in note for note in notes)
     assert set(tables["model_distribution"]["model"]) == {"gemma-3-270m", "smollm2-135m"}
+
+
+def test_a_gguf_file_loads_directly_and_is_identified_by_its_hash():
+    from babelheads.models import BUILTINS
+
+    path = BUILTINS["smollm2-135m"].locate_gguf()
+    loaded = load_model(str(path), device="cpu")
+    assert loaded.identity["model"] == str(path.resolve())
+    assert len(loaded.identity["sha256"]) == 64
+    assert loaded.layout.describe().startswith("30 layers x 9 query heads (3 KV heads, head_dim 64)")
