@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -56,7 +57,7 @@ def greedy_decode(
             use_cache=True,
             logits_to_keep=1,
         )
-    recorder = instrument.recording() if record else _nothing()
+    recorder = instrument.recording() if record else nullcontext()
     with recorder:
         logits = model(
             input_ids=input_ids[:, starts[-1] :], past_key_values=cache, use_cache=True, logits_to_keep=1
@@ -80,14 +81,6 @@ def greedy_decode(
             position += 1
     instrument.set_phase("prefill")
     return Decoded(tokens, instrument.take_records() if record else None)
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def newline_token_ids(tokenizer) -> set[int]:

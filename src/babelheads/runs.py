@@ -2,9 +2,9 @@
 
 Layout::
 
-    RUN/manifest.json              spec (config, model identity), environment, seed
+    RUN/manifest.json              spec (config, model identity), environment, seed, facts (head layout)
     RUN/tables/<table>/<sample>.parquet   one file per finished sample and table
-    RUN/scores.parquet, RUN/kv_scores.parquet, RUN/retrieval_scores.<lang>.json   derived, rewritten
+    RUN/<name>.parquet, RUN/csv/<name>.csv, RUN/retrieval_scores.<lang>.json   derived, rewritten
 
 Each part is written to a temporary name and renamed, and the samples part is written last: a sample
 counts as finished only when its samples part exists, so ``kill -9`` loses at most the sample in flight.

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from babelheads.analysis.ablation import HEAD_SETS, HeadSet, effects, select_head_sets
 from babelheads.data.languages import load_language
+from babelheads.data.niah import NiahCell
 from babelheads.decoding import greedy_decode, newline_token_ids
 from babelheads.errors import BabelheadsError
 from babelheads.experiments.detect import DetectConfig, build_samples, plan
@@ -118,7 +119,17 @@ def ablate(config: AblateConfig, out: Path, device: str = "auto", progress: bool
     return store
 
 
-def _evaluate(config, tasks, unique, todo, store, spec, device, progress) -> None:
+def _evaluate(
+    config: AblateConfig,
+    tasks: DetectConfig,
+    unique: dict[str, HeadSet],
+    todo: list[tuple[str, NiahCell]],
+    store: RunStore,
+    spec: dict,
+    device: str,
+    progress: bool,
+) -> None:
+    """Decode every (head set, sample) not yet in the store, one part per pair."""
     loaded = load_model(tasks.model, device=device, dtype=tasks.dtype)
     if loaded.identity != spec["model"]:
         raise BabelheadsError(f"The model loaded now differs from the detection run's ({loaded.identity}).")
@@ -127,7 +138,8 @@ def _evaluate(config, tasks, unique, todo, store, spec, device, progress) -> Non
     instrument = Instrument(loaded.model, loaded.layout)
     stops = [token for token in [loaded.tokenizer.eos_token_id] if token is not None]
     newlines = newline_token_ids(loaded.tokenizer)
-    languages = {code: load_language(code) for code in tasks.languages}
+    root = Path(tasks.data_dir) if tasks.data_dir else None
+    languages = {code: load_language(code, root) for code in tasks.languages}
     bar = tqdm(todo, desc="ablate", unit="sample", disable=not progress, dynamic_ncols=True)
     try:
         for mask_id, cell in bar:
