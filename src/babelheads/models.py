@@ -200,7 +200,7 @@ def _from_hub(spec: str, dtype: torch.dtype) -> tuple[torch.nn.Module, object]:
         hint = f" Did you mean: {close[0]}?" if close else ""
         raise ModelLoadError(
             f"Unknown model {spec!r}: not a built-in ({', '.join(BUILTINS)}), a local file or directory, "
-            f"or a hub id that can be loaded here.{hint}"
+            f"or a hub id that can be loaded here ({str(error).removeprefix('Could not load ')[:160]}).{hint}"
         ) from error
 
 
