@@ -73,20 +73,25 @@ def test_comparing_runs_of_different_models_needs_models(runs, tmp_path, monkeyp
     assert not (tmp_path / "c").exists()
 
 
-def test_model_comparison_matches_heads_by_address(runs, tmp_path, monkeypatch, capsys):
-    out = tmp_path / "models"
-    code, _stdout, _ = run_cli(
+def compare_models(monkeypatch, capsys, first, second, out) -> tuple[int, str]:
+    code, stdout, _ = run_cli(
         monkeypatch,
         capsys,
         "compare",
-        str(runs["plain"]),
-        str(runs["sibling"]),
+        str(first),
+        str(second),
         "--models",
         "--out",
         str(out),
         "--replicates",
         "20",
     )
+    return code, stdout
+
+
+def test_model_comparison_matches_heads_by_address(runs, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "models"
+    code, _ = compare_models(monkeypatch, capsys, runs["plain"], runs["sibling"], out)
     assert code == 0
     agreement = RunStore(out).derived("model_agreement")
     assert set(agreement["language"]) == {"en", "de", "zh"}
@@ -95,18 +100,7 @@ def test_model_comparison_matches_heads_by_address(runs, tmp_path, monkeypatch, 
 
 def test_model_comparison_says_when_head_shapes_differ(runs, tmp_path, monkeypatch, capsys):
     out = tmp_path / "shapes"
-    code, stdout, _ = run_cli(
-        monkeypatch,
-        capsys,
-        "compare",
-        str(runs["plain"]),
-        str(runs["gemma"]),
-        "--models",
-        "--out",
-        str(out),
-        "--replicates",
-        "20",
-    )
+    code, stdout = compare_models(monkeypatch, capsys, runs["plain"], runs["gemma"], out)
     assert code == 0
     assert "Head shapes differ" in stdout and "3 layers x 4 heads" in stdout and "4 x 4" in stdout
     store = RunStore(out)
