@@ -248,12 +248,18 @@ def _matrix(per_sample: dict[str, np.ndarray]) -> ScoreMatrix:
     return ScoreMatrix(np.arange(n_heads) // 2, np.arange(n_heads) % 2, per_sample)
 
 
-def test_mean_of_a_condition_without_samples_is_zero():
+def test_top_k_beyond_the_retrieval_heads_is_refused_with_the_count_there_is():
+    retrieval = int((_scores_frame(HEAD_TABLE).groupby(["layer", "head"])["score"].mean() >= 0.1).sum())
+    with pytest.raises(BabelheadsError, match=rf"Only {retrieval} heads .* Use --k up to {retrieval}"):
+        _select([retrieval + 1], ["top"])
+
+
+def test_mean_of_a_condition_without_samples_is_nan_not_zero():
     matrix = _matrix({"en": np.array([[0.2, 0.4, 0.0], [0.4, 0.0, 1.0]]), "de": np.empty((0, 3))})
     means = matrix.mean()
     np.testing.assert_allclose(means["en"], [0.3, 0.2, 0.5])
     assert means["de"].shape == (3,)
-    assert means["de"].tolist() == [0.0, 0.0, 0.0]
+    assert np.isnan(means["de"]).all()
     assert matrix.labels() == ["0-0", "0-1", "1-0"]
     assert matrix.conditions == ["en", "de"]
 
@@ -422,7 +428,7 @@ def _addresses(*pairs: tuple[int, int]) -> tuple[HeadAddress, ...]:
 
 
 def test_top_k_are_the_highest_mean_scores_with_ties_broken_by_address():
-    sets = _select([1, 3, 4, 7], ["top"])
+    sets = _select([1, 3, 4, 7], ["top"], threshold=0.0)
     assert _by_name(sets, "top", 4)[0].heads == _addresses((0, 0), (0, 2), (1, 0), (1, 1))
     assert _by_name(sets, "top", 1)[0].heads == _addresses((0, 0))
     assert _by_name(sets, "top", 3)[0].heads == _addresses((0, 0), (0, 2), (1, 0))

@@ -16,7 +16,7 @@ import pytest
 from babelheads import cli
 from babelheads.runs import RunStore
 
-FAST = ["--lengths", "200,300", "--depths", "0,0.5,1", "--max-new-tokens", "5", "--quiet"]
+FAST = ["--lengths", "800,1000", "--depths", "0,0.5,1", "--max-new-tokens", "5", "--quiet"]
 
 
 def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
@@ -70,7 +70,9 @@ def test_detect_writes_a_complete_run_and_summary_reads_it(tiny_model_dir, tmp_p
     assert code == 0
     assert "[en]" in stdout and "[de]" in stdout and "[zh]" in stdout
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["spec"]["config"]["depths"] == [0.0, 0.5, 1.0]
+    assert manifest["spec"]["config"]["task"]["depths"] == [0.0, 0.5, 1.0]
+    assert set(manifest["spec"]["data"]) >= {"corpus:en", "needles:de", "language:zh"}
+    assert manifest["spec"]["precision"] == "float32"
     assert manifest["spec"]["model"]["fingerprint"]
     assert manifest["environment"]["packages"]["torch"]
     assert manifest["layout"]["num_layers"] == 3 and manifest["layout"]["num_kv_heads"] == 2
@@ -80,10 +82,14 @@ def test_detect_writes_a_complete_run_and_summary_reads_it(tiny_model_dir, tmp_p
     assert len(run["events"]) == steps * 3 * 4  # every step, layer and head
     assert set(run["scores"]["language"]) == {"en", "de", "zh"}
     for language in ("en", "de", "zh"):
-        exported = json.loads((out / f"retrieval_scores.{language}.json").read_text())
+        exported = json.loads((out / f"retrieval_scores.{language}.paper.json").read_text())
         assert all(key.count("-") == 1 for key in exported)
+    # The random tiny model retrieves nothing: its scores are NaN (not zeros) until re-aggregated over all.
+    assert run["scores"]["score"].isna().all()
     code, stdout, _ = run_cli(monkeypatch, capsys, "summary", str(out))
-    assert code == 0 and "= 0" in stdout and "[0.5, 1]" in stdout
+    assert code == 0 and "NaN" in stdout and "[0.5, 1]" not in stdout
+    code, stdout, _ = run_cli(monkeypatch, capsys, "summary", str(out), "--score-on", "all")
+    assert code == 0 and "= 0" in stdout and "[0.5, 1]" in stdout and "averaged over all samples" in stdout
 
 
 def test_the_same_command_twice_gives_the_same_tables_and_recomputes_nothing(
@@ -103,7 +109,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(
     tiny_model_dir, tmp_path, monkeypatch, capsys
 ):
     reference, killed = tmp_path / "reference", tmp_path / "killed"
-    args = ["--lengths", "200,300,400", "--depths", "0,0.25,0.5,0.75,1", "--max-new-tokens", "8", "--quiet"]
+    args = ["--lengths", "800,1000,1200", "--depths", "0,0.25,0.5,0.75,1", "--max-new-tokens", "8", "--quiet"]
     command = [sys.executable, "-m", "babelheads.cli", "detect", "--model", str(tiny_model_dir), *args]
     process = subprocess.Popen(
         [*command, "--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -174,11 +180,11 @@ def test_an_empty_or_too_short_corpus_is_refused(tiny_model_dir, tmp_path, monke
     code, _, err = run_cli(
         monkeypatch, capsys, *detect_args(tiny_model_dir, out), "--languages", "en", "--corpus", str(short)
     )
-    assert_one_line_error(code, err, r"corpus has \d+ tokens, fewer than the \d+ that length 200 needs")
+    assert_one_line_error(code, err, r"corpus has \d+ tokens, fewer than the \d+ that length 800 needs")
     assert not out.exists()
 
 
-def test_a_needle_lost_in_tokenization_is_refused(tiny_model_dir, tmp_path, monkeypatch, capsys):
+def test_a_needle_lost_in_tokenization_is_skipped_with_its_reason(tiny_model_dir, tmp_path, monkeypatch, capsys):
     needles = tmp_path / "needles.json"
     needles.write_text(
         json.dumps(
@@ -193,7 +199,7 @@ def test_a_needle_lost_in_tokenization_is_refused(tiny_model_dir, tmp_path, monk
             ]
         )
     )
-    code, _, err = run_cli(
+    code, out, err = run_cli(
         monkeypatch,
         capsys,
         *detect_args(tiny_model_dir, tmp_path / "r"),
@@ -202,7 +208,10 @@ def test_a_needle_lost_in_tokenization_is_refused(tiny_model_dir, tmp_path, monk
         "--needles",
         str(needles),
     )
-    assert_one_line_error(code, err, r"Needle 'glued' is lost in tokenization")
+    assert code == 0, err
+    samples = RunStore(tmp_path / "r").table("samples")
+    assert (samples["status"] == "skipped").all() and len(samples) == 6
+    assert "skipped samples (6)" in out and "needle 'glued' merges with the neighbouring characters" in out
 
 
 def test_an_output_dir_with_a_different_run_is_refused_and_left_intact(
@@ -214,7 +223,7 @@ def test_an_output_dir_with_a_different_run_is_refused_and_left_intact(
     args = [*detect_args(tiny_model_dir, out), "--languages", "en"]
     args[args.index("--depths") + 1] = "0.5"
     code, _, err = run_cli(monkeypatch, capsys, *args)
-    assert_one_line_error(code, err, r"holds a run with a different config \(config\.depths differ\)")
+    assert_one_line_error(code, err, r"holds a run made with a different config\.task\.depths")
     assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
 
 

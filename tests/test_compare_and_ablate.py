@@ -5,11 +5,12 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 from test_cli_and_runs import assert_one_line_error, run_cli
+from test_report import fabricate
 from tiny_models import save_tiny_model
 
 from babelheads.runs import RunStore
 
-FAST = ["--lengths", "200", "--depths", "0,0.5,1", "--max-new-tokens", "4", "--quiet"]
+FAST = ["--lengths", "800", "--depths", "0,0.5,1", "--max-new-tokens", "4", "--quiet"]
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,11 @@ def runs(tmp_path_factory, tiny_model_dir, tiny_tokenizer_session):
             cli.main()
         except SystemExit as exit_:
             assert exit_.code in (0, None)
-        made[name] = root / name
+        # The random tiny models retrieve nothing; fabricated successes and scores give the analyses
+        # something to compare (test_report.fabricate).
+        languages = ["en>zh", "en>de"] if name == "translation" else ["en", "de", "zh"]
+        fabricate(root / name, root / f"{name}-scored", dict.fromkeys(languages, 3))
+        made[name] = root / f"{name}-scored"
     return made
 
 
@@ -117,7 +122,7 @@ def test_ablate_masks_every_head_set_and_resumes(runs, tmp_path, monkeypatch, ca
         "--out",
         str(out),
         "--lengths",
-        "200",
+        "800",
         "--depths",
         "0.5",
         "--k",
@@ -135,6 +140,10 @@ def test_ablate_masks_every_head_set_and_resumes(runs, tmp_path, monkeypatch, ca
     assert set(table.loc[table["head_set"] == "random", "seed"]) == {0, 1}
     assert set(table.loc[table["head_set"] == "top", "count"]) == {1, 3}
     assert (table["method"] == "gate").all() and (table["phases"] == "all").all()
+    # Held out by default: the evaluation haystacks come from another seed, and the manifest says so.
+    overlap = RunStore(out).manifest()["overlap_with_detection"]
+    assert overlap["holdout"] == "seed" and overlap["evaluation_seed"] == 1
+    assert overlap["samples_identical_to_detection"] == 0
     parts = sorted((out / "tables" / "samples").glob("*.parquet"))
     stamps = [path.stat().st_mtime_ns for path in parts]
     assert run_cli(monkeypatch, capsys, *args)[0] == 0

@@ -7,7 +7,7 @@ import torch
 from oracle import naive_peaks
 from tiny_models import ARCHITECTURES, tiny_model
 
-from babelheads.decoding import greedy_decode
+from babelheads.runner import greedy_decode
 from babelheads.heads import HeadAddress
 from babelheads.models import describe_heads
 from babelheads.probe import HeadGates, Instrument, ProbeSettings
@@ -134,7 +134,9 @@ def test_hard_mask_equals_zeroing_the_heads_output_projection(kind):
     torch.testing.assert_close(masked, reference, atol=1e-5, rtol=1e-5)
 
 
-def test_decode_only_gates_leave_prefill_untouched_and_change_decoding():
+def test_decode_only_gates_leave_prefill_untouched_and_mask_the_first_answer_token():
+    """The official protocol: the prefill covers the prompt but its last token, which is decode step 0,
+    so decode-only masking covers the query that emits the first answer token."""
     model = tiny_model("llama")
     layout = describe_heads(model)
     instrument = Instrument(model, layout)
@@ -149,8 +151,9 @@ def test_decode_only_gates_leave_prefill_untouched_and_change_decoding():
         reference = model(ids).logits
     assert torch.equal(prefill_logits, reference)
     plain = greedy_decode(instrument, ids, STEPS, record=False)
-    assert decoded.tokens[0] == plain.tokens[0], "the first token comes from the prefill"
-    assert decoded.tokens != plain.tokens
+    assert decoded.tokens[0] != plain.tokens[0], "the first answer token must be masked too"
+    first = greedy_decode(instrument, ids, 1, record=True)
+    assert first.records.num_steps == 1 and first.tokens == plain.tokens[:1]
 
 
 def test_soft_gate_gradients_match_finite_differences():

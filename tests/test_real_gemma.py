@@ -6,7 +6,7 @@ import pytest
 import torch
 from oracle import naive_peaks
 
-from babelheads.decoding import greedy_decode
+from babelheads.runner import greedy_decode
 from babelheads.experiments.detect import DetectConfig, build_samples, detect, plan
 from babelheads.models import load_model
 from babelheads.probe import Instrument

@@ -16,13 +16,16 @@ import pandas as pd
 import pytest
 
 from babelheads.errors import BabelheadsError
+from babelheads.analysis.aggregate import AggregateSettings
+from babelheads.experiments.compare import CompareConfig, run_compare
 from babelheads.experiments.detect import DetectConfig, detect, finalize
+from babelheads.tasks.niah import NiahSettings
 from babelheads.report import figures
 from babelheads.report.html import build_report, read_runs, report_sections
 from babelheads.runs import RunStore
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-FAST = dict(lengths=(200,), depths=(0.0, 0.5, 1.0), max_new_tokens=4)
+FAST = dict(lengths=(800,), depths=(0.0, 0.5, 1.0))
 # Chosen head scores ('L-H' -> score) of the fabricated runs; every other head scores 0.
 SCORES = {
     "en": {"2-1": 0.9, "1-3": 0.6, "2-0": 0.3, "0-2": 0.05},
@@ -52,12 +55,11 @@ def fabricate(source: Path, target: Path, successes: dict[str, int]) -> RunStore
             heads = pd.read_parquet(path)
             labels = heads["layer"].astype(str) + "-" + heads["head"].astype(str)
             noise = np.random.default_rng(position).uniform(0.6, 1.4, len(heads))
-            chosen = (labels.map(SCORES[language]).fillna(0.0) * noise).clip(upper=1.0)
+            chosen = (labels.map(SCORES.get(language, SCORES['en>zh'])).fillna(0.0) * noise).clip(upper=1.0)
             heads["paper"] = heads["official"] = chosen
             heads["needle_attention"] = 0.05 + 0.5 * chosen
             heads.to_parquet(path, index=False)
-    config = store.manifest()["spec"]["config"]
-    finalize(store, DetectConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}))
+    finalize(store, AggregateSettings())
     return store
 
 
@@ -114,13 +116,20 @@ def runs(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
     """Real tiny runs (which retrieve nothing), fabricated ones with successes, and an ablate run."""
     root = tmp_path_factory.mktemp("report-runs")
     model = str(tiny_model_dir)
-    detect(DetectConfig(model=model, languages=("en", "de", "zh"), **FAST), root / "mono", progress=False)
-    detect(DetectConfig(model=model, pairs=("en:zh",), **FAST), root / "pairs", progress=False)
+    mono = NiahSettings(languages=("en", "de", "zh"), **FAST)
+    detect(DetectConfig(model=model, task=mono, max_new_tokens=4), root / "mono", progress=False)
+    pairs = NiahSettings(pairs=("en:zh",), **FAST)
+    detect(DetectConfig(model=model, task=pairs, max_new_tokens=4), root / "pairs", progress=False)
     good = fabricate(root / "mono", root / "good", {"en": 3, "de": 3, "zh": 3})
     fabricate(root / "pairs", root / "good-pairs", {"en>zh": 3})
     fabricate(root / "mono", root / "thin", {"en": 1, "de": 3, "zh": 3})
     make_ablate_run(root / "ablate", good, ablation_frame())
-    return {name: root / name for name in ("mono", "pairs", "good", "good-pairs", "thin", "ablate")}
+    quick = CompareConfig(replicates=20)
+    run_compare([root / "good", root / "good-pairs"], root / "good-compare", quick)
+    run_compare([root / "mono", root / "pairs"], root / "mono-compare", quick)
+    run_compare([root / "thin"], root / "thin-compare", quick)
+    names = ("mono", "pairs", "good", "good-pairs", "thin", "ablate", "good-compare", "mono-compare", "thin-compare")
+    return {name: root / name for name in names}
 
 
 def assert_png(figure: figures.Figure) -> None:
@@ -300,7 +309,7 @@ def test_png_bytes_are_stable():
 
 
 def test_report_has_one_figure_and_one_matching_csv_per_figure(runs, tmp_path):
-    paths = [runs["good"], runs["good-pairs"], runs["ablate"]]
+    paths = [runs["good"], runs["good-pairs"], runs["good-compare"], runs["ablate"]]
     output = build_report(paths, tmp_path / "out" / "report.html")
     page = output.read_text()
     expected = all_figures(paths)
@@ -333,12 +342,13 @@ def test_runs_of_two_models_are_reported_per_model(runs, tmp_path):
     sections = report_sections(read_runs([runs["good"], other]))
     models = [section.heading for section in sections if section.level == 2]
     assert models == [f"Model {Path(read_runs([runs['good']])[0].model).name}", "Model other-model"]
-    # Each model gets its own accuracy, run and cross-language figures.
-    assert sum(len(section.figures) for section in sections) == 2 * (1 + 2 + 3)
+    # Each model gets its own run figures (no compare run was given: no cross-language figures).
+    assert sum(len(section.figures) for section in sections) == 2 * 2
 
 
 def test_a_run_without_successes_yields_notes_not_charts(runs, tmp_path):
-    page = build_report([runs["mono"], runs["pairs"]], tmp_path / "report.html").read_text()
+    paths = [runs["mono"], runs["pairs"], runs["mono-compare"]]
+    page = build_report(paths, tmp_path / "report.html").read_text()
     found = parse(page)
     # Only the accuracy heat map is drawn: 0% everywhere is a true and useful chart.
     drawn = [figure for figure in found if figure["images"]]
@@ -352,17 +362,17 @@ def test_a_run_without_successes_yields_notes_not_charts(runs, tmp_path):
 
 
 def test_a_thin_language_is_left_out_of_cross_language_figures(runs):
-    figures_ = all_figures([runs["thin"]])
+    figures_ = all_figures([runs["thin"], runs["thin-compare"]])
     overlap = next(figure for figure in figures_ if figure.title == figures.OVERLAP_TITLE)
     assert overlap.png is not None
-    assert overlap.note == "en: 1 successful sample, too few to score heads."
+    assert overlap.note.startswith("en: 1 successful samples (at least 3 needed): left out")
     assert "en" not in "+".join(overlap.data["languages"]).split("+")
 
 
 def test_unknown_run_kinds_and_missing_runs_are_refused(runs, tmp_path):
-    other = RunStore(tmp_path / "compare")
-    other.create({"kind": "compare", "config": {}}, 0)
-    with pytest.raises(BabelheadsError, match=r"is a 'compare' run; the report reads detect and ablate runs"):
+    other = RunStore(tmp_path / "other")
+    other.create({"kind": "sweep", "config": {}}, 0)
+    with pytest.raises(BabelheadsError, match=r"is a 'sweep' run; the report reads detect, compare and ablate"):
         build_report([runs["good"], other.root], tmp_path / "report.html")
     with pytest.raises(BabelheadsError, match="not a babelheads run"):
         build_report([tmp_path / "nothing"], tmp_path / "report.html")
@@ -391,7 +401,7 @@ CHROMIUM_FLAGS = [
     shutil.which("chromium") is None, reason="chromium is not installed (apt-get install chromium)"
 )
 def test_the_report_renders_in_headless_chromium(runs, tmp_path):
-    paths = [runs["good"], runs["good-pairs"], runs["ablate"]]
+    paths = [runs["good"], runs["good-pairs"], runs["good-compare"], runs["ablate"]]
     output = build_report(paths, tmp_path / "report.html")
     expected = sum(figure.png is not None for figure in all_figures(paths))
 

@@ -1,4 +1,10 @@
-"""The ``babelheads`` command: thin wrappers over the Python API that turn errors into one line."""
+"""babelheads finds the attention heads a language model uses to retrieve from long contexts, per
+language, and tests them: needle-in-a-haystack detection with a retrieval score per head, comparison
+across languages, masking top heads against random ones, and an HTML report.
+
+Start with `babelheads study --out runs/demo` (the whole study on the built-in Gemma 3 270M), or
+`babelheads detect --help`. Every command writes a run directory that resumes when run again.
+"""
 
 from __future__ import annotations
 
@@ -73,12 +79,13 @@ def detect(
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Find retrieval heads with needle-in-a-haystack tests, per language."""
+    from babelheads.analysis.aggregate import AggregateSettings
     from babelheads.experiments.detect import DetectConfig
     from babelheads.experiments.detect import detect as run_detect
     from babelheads.report.text import detection_summary
+    from babelheads.tasks.niah import NiahSettings
 
-    config = DetectConfig(
-        model=model,
+    task = NiahSettings(
         languages=tuple(code.strip() for code in languages.split(",") if code.strip()),
         pairs=tuple(pair.strip() for pair in pairs.split(",") if pair.strip()),
         corpus=corpus,
@@ -88,15 +95,18 @@ def detect(
         depths=_floats(depths, "depths"),
         needles_per_cell=needles_per_cell,
         needle_kind=needle_kind,
+        prompt=prompt,
+        seed=seed,
+    )
+    analysis = AggregateSettings(score=score, score_on=score_on, success_threshold=success_threshold)
+    config = DetectConfig(
+        model=model,
+        task=task,
         max_new_tokens=max_new_tokens,
-        score=score,
-        score_on=score_on,
-        success_threshold=success_threshold,
         top_k=top_k,
         sink_tokens=sink_tokens,
-        prompt=prompt,
         dtype=dtype,
-        seed=seed,
+        analysis=analysis,
     )
     store = run_detect(config, out, device=device, progress=not quiet)
     typer.echo(detection_summary(store))
@@ -105,16 +115,37 @@ def detect(
 
 @app.command()
 def summary(
-    run: Annotated[Path, typer.Argument(help="A run directory.")],
+    run: Annotated[Path, typer.Argument(help="A detection run directory.")],
     top: Annotated[int, typer.Option(help="Top heads to list per language.")] = 10,
+    score: Annotated[
+        str | None, typer.Option(help="Re-aggregate with this variant: paper or official.")
+    ] = None,
+    score_on: Annotated[str | None, typer.Option(help="Re-aggregate over success or all samples.")] = None,
+    success_threshold: Annotated[
+        float | None, typer.Option(help="Re-aggregate with this ROUGE-1 success threshold.")
+    ] = None,
+    threshold: Annotated[float, typer.Option(help="Retrieval-head threshold for the share printed.")] = 0.1,
+    write: Annotated[
+        bool, typer.Option(help="Also rewrite the run's scores tables and official JSON with these settings.")
+    ] = False,
 ) -> None:
-    """Print the score distribution and top heads of a detection run."""
-    from babelheads.report.text import detection_summary
+    """Print the score distribution and top heads of a detection run; re-aggregate without re-running."""
+    from dataclasses import replace
+
+    from babelheads.experiments.detect import finalize
+    from babelheads.report.text import detection_summary, recorded_settings
     from babelheads.runs import RunStore
 
     store = RunStore(run)
     store.validate()
-    typer.echo(detection_summary(store, top))
+    if store.manifest()["spec"].get("kind") != "detect":
+        raise BabelheadsError(f"{run} is not a detection run; summary reads detection runs.")
+    changes = {"score": score, "score_on": score_on, "success_threshold": success_threshold}
+    changes = {key: value for key, value in changes.items() if value is not None}
+    settings = replace(recorded_settings(store), **changes) if changes else None
+    if settings is not None and write:
+        finalize(store, settings)
+    typer.echo(detection_summary(store, top, settings, threshold))
 
 
 @app.command()
@@ -149,6 +180,11 @@ def compare(
 def ablate(
     run: Annotated[Path, typer.Argument(help="The detection run whose scores pick the heads.")],
     out: Annotated[Path, typer.Option(help="Run directory for the ablation.")] = Path("runs/ablate"),
+    task: Annotated[str, typer.Option(help="niah (held-out needle tests) or cot (word problems).")] = "niah",
+    holdout: Annotated[
+        str, typer.Option(help="niah: seed (other haystacks), needles (unused needles) or none.")
+    ] = "seed",
+    problems: Annotated[int, typer.Option(help="cot: word problems per language.")] = 30,
     languages: Annotated[str, typer.Option(help="Languages to test; default: the detection run's.")] = "",
     k: Annotated[str, typer.Option(help="Numbers of heads to mask (a sweep).")] = "2,4,8",
     head_sets: Annotated[
@@ -176,6 +212,9 @@ def ablate(
 
     config = AblateConfig(
         run=str(run),
+        task=task,
+        holdout=holdout,
+        problems=problems,
         languages=tuple(code for code in languages.split(",") if code),
         k=_ints(k, "k"),
         head_sets=tuple(name.strip() for name in head_sets.split(",") if name.strip()),
@@ -209,7 +248,7 @@ def study(
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """The whole study in one command: detect, translate, compare, ablate, report."""
-    from babelheads.experiments.study import StudyConfig, run_study
+    from babelheads.study import StudyConfig, run_study
 
     config = StudyConfig(
         model=model,
@@ -226,7 +265,7 @@ def study(
 
 @app.command()
 def report(
-    runs: Annotated[list[Path], typer.Argument(help="Detection, translation and ablation runs.")],
+    runs: Annotated[list[Path], typer.Argument(help="Detect, compare and ablate runs.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="The HTML file to write.")] = Path(
         "report.html"
     ),
@@ -259,6 +298,12 @@ def languages(data: Annotated[Path | None, typer.Option()] = None) -> None:
 
 
 def main() -> None:
+    import warnings
+
+    from babelheads.analysis.aggregate import ThinDataWarning
+
+    # Summaries print these notes themselves, as one line each; Python's form would add source lines.
+    warnings.simplefilter("ignore", ThinDataWarning)
     try:
         app(standalone_mode=False)
     except BabelheadsError as error:

@@ -101,6 +101,11 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def resolved_precision(dtype: str, device: str) -> str:
+    """The dtype ``dtype`` resolves to on ``device`` ('auto' -> float32 on CPU, bfloat16 on CUDA)."""
+    return str(resolve_dtype(dtype, resolve_device(device))).removeprefix("torch.")
+
+
 def load_model(spec: str, device: str = "auto", dtype: str = "auto", chat: bool | None = None) -> LoadedModel:
     """Load ``spec``: a built-in name, a GGUF file, a model directory, or a hub id (in that order).
 

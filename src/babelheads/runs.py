@@ -61,20 +61,23 @@ class RunStore:
                 f"{self.manifest_path} is corrupted ({error}). Restore it or start a new run."
             ) from error
 
-    def check_compatible(self, spec: dict) -> None:
-        """Refuse to mix: an existing run must have been made with exactly this spec."""
+    def check_compatible(self, spec: dict, ignore: tuple[str, ...] = ()) -> None:
+        """Refuse to mix: an existing run must have been made with exactly this spec (the top-level
+        entries in ``ignore`` aside, e.g. the model identity before the model is loaded)."""
+        if self.root.exists() and not self.root.is_dir():
+            raise RunStoreError(f"{self.root} is a file, not a run directory. Choose another --out.")
         if not self.exists():
             if self.root.exists() and any(self.root.iterdir()):
                 raise RunStoreError(
                     f"{self.root} exists, is not empty and holds no babelheads run. Choose another --out."
                 )
             return
-        existing = self.manifest()["spec"]
-        spec = _as_json(spec)
+        existing = {key: value for key, value in self.manifest()["spec"].items() if key not in ignore}
+        spec = {key: value for key, value in _as_json(spec).items() if key not in ignore}
         if existing != spec:
             changed = sorted(_differences(existing, spec))
             raise RunStoreError(
-                f"{self.root} holds a run with a different config ({', '.join(changed[:4])} differ). "
+                f"{self.root} holds a run made with a different {', '.join(changed[:4])}. "
                 "Use another --out, or delete that run to start over."
             )
 
@@ -119,6 +122,8 @@ class RunStore:
         frames = []
         for sample_id in sorted(finished):
             path = directory / f"{sample_id}.parquet"
+            if not path.exists() and name != COMMIT_TABLE and self._skipped(sample_id):
+                continue
             if not path.exists():
                 raise RunStoreError(
                     f"{path} is missing although its sample finished. Delete "
@@ -130,6 +135,12 @@ class RunStore:
         if not frames:
             return pd.DataFrame()
         return pd.concat(frames, ignore_index=True)
+
+    def _skipped(self, sample_id: str) -> bool:
+        """A sample recorded as skipped has a samples part and nothing else."""
+        path = self.root / TABLES / COMMIT_TABLE / f"{sample_id}.parquet"
+        frame = read_parquet(path, hint=f"delete it to redo {sample_id}")
+        return "status" in frame and bool((frame["status"] == "skipped").all())
 
     def validate(self) -> None:
         """Read every finished part once; fail on the first damaged one, naming the file and the fix."""

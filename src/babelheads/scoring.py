@@ -6,11 +6,17 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from functools import cache
+from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 from rouge_score import rouge_scorer
 
+from babelheads.heads import HeadLayout
 from babelheads.probe import StepRecords
+
+if TYPE_CHECKING:
+    from babelheads.tasks.base import Sample
 
 SCORE_VARIANTS = ("paper", "official")
 """paper: distinct copied answer tokens / |span| (at most 1). official: every copy event / |span|, as the
@@ -62,6 +68,56 @@ def retrieval_scores(events: CopyEvents, answer_span: tuple[int, int]) -> dict[s
         copied = events.peak[events.copy[:, layer, head], layer, head]
         paper[layer, head] = len(np.unique(copied)) / span
     return {"paper": paper, "official": official}
+
+
+def retrieval_tables(
+    base: dict, sample: Sample, tokens: list[int], records: StepRecords, layout: HeadLayout
+) -> dict[str, pd.DataFrame]:
+    """A sample's raw events (every step x layer x head: peaks, weights, copy) and its per-head scores
+    (both variants and the needle-attention share), from the sample's 'needle' and 'answer' spans."""
+    if "answer" not in sample.spans or "needle" not in sample.spans:
+        raise ValueError(
+            f"Recording retrieval needs 'needle' and 'answer' spans; {sample.sample_id} has none."
+        )
+    answer_span, needle_span = sample.spans["answer"], sample.spans["needle"]
+    events = copy_events(records, tokens, sample.input_ids, needle_span, answer_span)
+    scores = {**retrieval_scores(events, answer_span), "needle_attention": events.in_needle.mean(axis=0)}
+    steps = len(tokens)
+    step, layer, head = np.meshgrid(
+        np.arange(steps), np.arange(layout.num_layers), np.arange(layout.num_heads), indexing="ij"
+    )
+    positions, weights = records.positions[:, 0], records.weights[:, 0]
+    count = steps * layout.total_heads
+    event_frame = pd.DataFrame(
+        {
+            "sample_id": base["sample_id"],
+            "step": step.ravel().astype(np.int32),
+            "token": np.repeat(np.asarray(tokens, dtype=np.int64), layout.total_heads),
+            "layer": layer.ravel().astype(np.int16),
+            "head": head.ravel().astype(np.int16),
+            "kv_head": (head.ravel() // layout.group_size).astype(np.int16),
+            "peak": events.peak.ravel(),
+            "weight": weights[..., 0].ravel(),
+            "positions": list(positions.reshape(count, -1)),
+            "weights": list(weights.reshape(count, -1)),
+            "in_needle": events.in_needle.ravel(),
+            "in_answer": events.in_answer.ravel(),
+            "copy": events.copy.ravel(),
+        }
+    )
+    grid_layer, grid_head = np.meshgrid(
+        np.arange(layout.num_layers), np.arange(layout.num_heads), indexing="ij"
+    )
+    head_frame = pd.DataFrame(
+        {
+            **base,
+            "layer": grid_layer.ravel().astype(np.int16),
+            "head": grid_head.ravel().astype(np.int16),
+            "kv_head": (grid_head.ravel() // layout.group_size).astype(np.int16),
+            **{name: values.ravel() for name, values in scores.items()},
+        }
+    )
+    return {"events": event_frame, "head_scores": head_frame}
 
 
 class _Tokenizer:

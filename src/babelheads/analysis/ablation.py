@@ -57,6 +57,12 @@ def select_head_sets(
     if missing:
         raise BabelheadsError(f"The detection run has no scores for {', '.join(missing)}.")
     wide = wide[languages]
+    thin = [language for language in languages if wide[language].isna().all()]
+    if thin:
+        raise BabelheadsError(
+            f"The detection run has too few successful samples in {', '.join(thin)} to choose heads by "
+            "(its scores are NaN). Leave it out with --languages, or detect on more samples."
+        )
     total = len(wide)
     for k in k_values:
         if not 1 <= k <= total:
@@ -72,6 +78,14 @@ def select_head_sets(
         return [addresses[index] for index in order]
 
     top = ranked(np.ones(total, dtype=bool), mean)
+    if "top" in names:
+        strong = int((mean >= threshold).sum())
+        too_many = [k for k in k_values if k > strong]
+        if too_many:
+            raise BabelheadsError(
+                f"Only {strong} heads have a mean retrieval score >= {threshold}, so a top-{max(too_many)} set "
+                f"would mask heads that are not retrieval heads. Use --k up to {strong}, or a lower --threshold."
+            )
     agnostic = ranked(member.all(axis=1), mean)
     specific = ranked(member.any(axis=1) & ~member.all(axis=1), peak)
     pool = [addresses[index] for index in np.flatnonzero(~member.any(axis=1))]
@@ -102,7 +116,7 @@ def paired_delta(
 ) -> tuple[float, float, float]:
     """Mean of masked - baseline over paired samples, with a percentile bootstrap interval."""
     differences = np.asarray(masked, dtype=float) - np.asarray(baseline, dtype=float)
-    if len(differences) == 0:
+    if len(differences) == 0 or np.isnan(differences).all():
         return np.nan, np.nan, np.nan
     rng = np.random.default_rng(seed)
     draws = differences[rng.integers(0, len(differences), (replicates, len(differences)))].mean(axis=1)
@@ -114,9 +128,12 @@ def paired_delta(
 def effects(evaluations: pd.DataFrame, sets: pd.DataFrame, replicates: int, seed: int) -> pd.DataFrame:
     """Accuracy and ROUGE per head set and language, and their change from no masking, paired by sample.
 
-    evaluations : mask_id, sample_id, language, success, rouge1_recall.
+    evaluations : mask_id, sample_id, language, success, and rouge1_recall where the task has it (word
+    problems have none: their ROUGE columns are NaN).
     sets : name, k, seed, count, heads, mask_id.
     """
+    if "rouge1_recall" not in evaluations:
+        evaluations = evaluations.assign(rouge1_recall=np.nan)
     baseline = evaluations[evaluations["mask_id"] == "baseline"].set_index("sample_id")
     rows = []
     for head_set in sets.to_dict("records"):
@@ -126,6 +143,8 @@ def effects(evaluations: pd.DataFrame, sets: pd.DataFrame, replicates: int, seed
             base = baseline.loc[frame.index]
             accuracy = paired_delta(frame["success"], base["success"], replicates, seed)
             rouge = paired_delta(frame["rouge1_recall"], base["rouge1_recall"], replicates, seed)
+            if frame["rouge1_recall"].isna().all():
+                rouge = (np.nan, np.nan, np.nan)
             rows.append(
                 {
                     "head_set": head_set["name"],

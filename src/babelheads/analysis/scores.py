@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from babelheads.analysis.aggregate import AggregateSettings, used_samples
 from babelheads.errors import BabelheadsError
-from babelheads.runs import RunStore
+from babelheads.heads import HeadAddress
 
 
 @dataclass
@@ -29,11 +30,17 @@ class ScoreMatrix:
         return list(self.per_sample)
 
     def mean(self) -> dict[str, np.ndarray]:
-        """Mean score per head; a condition with no sample scores 0 everywhere (nothing was copied)."""
+        """Mean score per head; NaN for a condition without samples (no data is not a score of 0)."""
         return {
-            condition: values.mean(axis=0) if len(values) else np.zeros(len(self.layers))
+            condition: values.mean(axis=0) if len(values) else np.full(len(self.layers), np.nan)
             for condition, values in self.per_sample.items()
         }
+
+    def counts(self) -> dict[str, int]:
+        return {condition: len(values) for condition, values in self.per_sample.items()}
+
+    def subset(self, conditions: list[str]) -> ScoreMatrix:
+        return ScoreMatrix(self.layers, self.heads, {key: self.per_sample[key] for key in conditions})
 
     def resample(self, rng: np.random.Generator) -> ScoreMatrix:
         """Each condition's samples drawn with replacement, independently."""
@@ -44,25 +51,32 @@ class ScoreMatrix:
         return ScoreMatrix(self.layers, self.heads, drawn)
 
     def labels(self) -> list[str]:
-        return [f"{layer}-{head}" for layer, head in zip(self.layers, self.heads, strict=True)]
+        return [
+            str(HeadAddress(int(layer), int(head)))
+            for layer, head in zip(self.layers, self.heads, strict=True)
+        ]
 
 
-def score_matrix(store: RunStore, variant: str | None = None, score_on: str | None = None) -> ScoreMatrix:
-    """The run's per-sample scores. By default the run's own variant and sample rule (success/all)."""
-    config = store.manifest()["spec"]["config"]
-    variant = variant or config["score"]
-    score_on = score_on or config["score_on"]
-    samples = store.table("samples")
-    heads = store.table("head_scores")
+def score_matrix(
+    samples: pd.DataFrame, head_scores: pd.DataFrame, settings: AggregateSettings, variant: str | None = None
+) -> ScoreMatrix:
+    """Per-sample scores of ``variant`` (default: the settings' score) over the samples the settings use.
+
+    samples : a detection run's samples table; head_scores : its per-sample head scores.
+    """
+    variant = variant or settings.score
     if samples.empty:
-        raise BabelheadsError(f"{store.root} has no finished samples yet. Run detect first.")
-    if score_on == "success":
-        heads = heads[heads["sample_id"].isin(set(samples.loc[samples["success"], "sample_id"]))]
-    order = store.derived("scores")[["layer", "head"]].drop_duplicates().sort_values(["layer", "head"])
+        raise BabelheadsError("The run has no finished samples yet. Run detect first.")
+    used = set(used_samples(samples, settings)["sample_id"])
+    heads = head_scores[head_scores["sample_id"].isin(used)]
+    order = head_scores[["layer", "head"]].drop_duplicates().sort_values(["layer", "head"])
     index = pd.MultiIndex.from_frame(order)
     per_sample = {}
     for condition in samples["language"].drop_duplicates():
         frame = heads[heads["language"] == condition]
+        if frame.empty:
+            per_sample[condition] = np.zeros((0, len(order)))
+            continue
         wide = frame.pivot_table(
             index="sample_id", columns=["layer", "head"], values=variant, aggfunc="first"
         )

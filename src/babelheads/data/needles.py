@@ -19,11 +19,13 @@ class Needle:
     question: str
     answer: str
     kind: str = "fact"
+    answer_start: int | None = None
 
     @property
     def answer_offset(self) -> int:
-        """Character offset of the answer inside the statement."""
-        return self.statement.index(self.answer)
+        """Character offset of the answer inside the statement: ``answer_start`` when given, else its only
+        occurrence (a needle whose answer occurs twice without ``answer_start`` is refused on loading)."""
+        return self.statement.index(self.answer) if self.answer_start is None else self.answer_start
 
 
 def load_needles(source: str, language: str, extra_root: Path | None = None) -> list[Needle]:
@@ -59,7 +61,30 @@ def parse_needles(path: Path) -> list[Needle]:
                 f"Needle {item['id']!r} in {path}: its answer {item['answer']!r} does not occur in its "
                 "statement. The answer must be a verbatim span of the statement."
             )
+        start = item.get("answer_start")
+        if start is not None:
+            if (
+                not isinstance(start, int)
+                or item["statement"][start : start + len(item["answer"])] != item["answer"]
+            ):
+                raise TaskError(
+                    f"Needle {item['id']!r} in {path}: answer_start {start!r} does not point at its answer "
+                    f"{item['answer']!r} in the statement. Give the character offset where the answer begins."
+                )
+        elif item["statement"].count(item["answer"]) > 1:
+            raise TaskError(
+                f"Needle {item['id']!r} in {path}: its answer {item['answer']!r} occurs more than once in its "
+                'statement, so the span to score is ambiguous. Add "answer_start" (the character offset '
+                "of the intended occurrence) or rephrase the statement."
+            )
         needles.append(
-            Needle(item["id"], item["statement"], item["question"], item["answer"], item.get("kind", "fact"))
+            Needle(
+                item["id"],
+                item["statement"],
+                item["question"],
+                item["answer"],
+                item.get("kind", "fact"),
+                start,
+            )
         )
     return needles

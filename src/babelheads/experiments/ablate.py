@@ -1,4 +1,4 @@
-"""Masking sets of heads with the instrument's gates and measuring NIAH accuracy and ROUGE."""
+"""Masking sets of heads chosen from a detection run, on held-out NIAH samples or word problems."""
 
 from __future__ import annotations
 
@@ -6,31 +6,35 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
-import torch
-from tqdm.auto import tqdm
 
 from babelheads.analysis.ablation import HEAD_SETS, HeadSet, effects, select_head_sets
-from babelheads.data.languages import load_language
-from babelheads.data.niah import NiahCell
-from babelheads.decoding import greedy_decode, newline_token_ids
+from babelheads.analysis.aggregate import completed
 from babelheads.errors import BabelheadsError
-from babelheads.experiments.detect import DetectConfig, build_samples, plan
-from babelheads.models import load_model
-from babelheads.probe import HeadGates, Instrument
+from babelheads.models import load_model, resolved_precision
+from babelheads.probe import HeadGates
+from babelheads.runner import Job, RunSettings, run_jobs
 from babelheads.runs import RunStore
-from babelheads.scoring import check_answer
+from babelheads.tasks.cot import CotSettings, CotTask
+from babelheads.tasks.niah import NiahSettings, NiahTask
 
 METHODS = {"gate": "scale", "uniform": "uniform"}
 PHASE_CHOICES = {"all": ("prefill", "decode"), "decode": ("decode",)}
+TASKS = ("niah", "cot")
+HOLDOUTS = ("seed", "needles", "none")
 
 
 @dataclass(frozen=True)
 class AblateConfig:
-    """run : the detection run whose scores pick the heads. method : 'gate' zeroes the head's output
+    """run : the detection run whose scores pick the heads. task : 'niah' (held-out needle tests) or
+    'cot' (word problems, reasoning and direct prompts). method : 'gate' zeroes the head's output
     (before o_proj); 'uniform' makes it attend uniformly (the official code's masking; decode only).
-    phases : 'all' masks prefill and decoding, 'decode' decoding only."""
+    phases : 'all' masks prefill and decoding, 'decode' decoding only, from the query of the last
+    prompt token on (as the official code). holdout (niah) : 'seed' evaluates on haystacks of another
+    seed, 'needles' on needles the detection run never used, 'none' on the detection run's own grid
+    cells; the manifest records what the two share."""
 
     run: str
+    task: str = "niah"
     languages: tuple[str, ...] = ()
     k: tuple[int, ...] = (2, 4, 8)
     head_sets: tuple[str, ...] = HEAD_SETS
@@ -42,12 +46,16 @@ class AblateConfig:
     depths: tuple[float, ...] = (0.25, 0.5, 0.75)
     needle_kind: str = "all"
     needles_per_cell: int = 1
+    holdout: str = "seed"
+    problems: int = 30
     max_new_tokens: int = 16
     success_threshold: float = 0.5
     replicates: int = 200
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise BabelheadsError(f"Unknown task {self.task!r}. Use one of: {', '.join(TASKS)}.")
         if self.method not in METHODS:
             raise BabelheadsError(f"Unknown method {self.method!r}. Use gate or uniform.")
         if self.phases not in PHASE_CHOICES:
@@ -56,28 +64,68 @@ class AblateConfig:
             raise BabelheadsError("Uniform masking applies while decoding only. Add --phases decode.")
         if self.random_seeds < 1:
             raise BabelheadsError(f"random_seeds must be at least 1. Got {self.random_seeds}.")
+        if self.holdout not in HOLDOUTS:
+            raise BabelheadsError(f"Unknown holdout {self.holdout!r}. Use one of: {', '.join(HOLDOUTS)}.")
 
 
-def evaluation_config(config: AblateConfig, detection: dict) -> DetectConfig:
-    """The NIAH samples to evaluate, in the detection run's model, corpus, prompt and dtype."""
-    detected = detection["config"]
-    languages = config.languages or tuple(detected["languages"])
-    return DetectConfig(
-        model=detected["model"],
+def evaluation_task(config: AblateConfig, detection: dict, detected: pd.DataFrame) -> tuple[object, dict]:
+    """The task to evaluate, in the detection run's data, and what it shares with the detection samples."""
+    settings = detection["config"]["task"]
+    languages = config.languages or tuple(settings["languages"])
+    if config.task == "cot":
+        task = CotTask(
+            CotSettings(languages, config.problems, data_dir=settings["data_dir"], prompt=settings["prompt"])
+        )
+        return task, {"holdout": "different task (word problems)"}
+    used = sorted(set(detected["needle_id"])) if "needle_id" in detected else []
+    seed = config.seed + 1 if config.holdout == "seed" and config.seed == settings["seed"] else config.seed
+    niah = NiahSettings(
         languages=languages,
-        corpus=detected["corpus"],
-        needles=detected["needles"],
-        data_dir=detected["data_dir"],
+        corpus=settings["corpus"],
+        needles=settings["needles"],
+        data_dir=settings["data_dir"],
         lengths=config.lengths,
         depths=config.depths,
         needles_per_cell=config.needles_per_cell,
         needle_kind=config.needle_kind,
-        max_new_tokens=config.max_new_tokens,
-        success_threshold=config.success_threshold,
-        prompt=detected["prompt"],
-        dtype=detected["dtype"],
-        seed=config.seed,
+        prompt=settings["prompt"],
+        seed=seed,
     )
+    if config.holdout == "needles":
+        unused = _unused_needles(niah, used)
+        niah = NiahSettings(**{**asdict(niah), "needle_ids": tuple(unused)})
+    task = NiahTask(niah, config.success_threshold)
+    needles = sorted({cell.needle.id for cell in task.cells})
+    same_prompts = seed == settings["seed"] and (
+        set(task.sample_ids()) & set(detected["sample_id"]) if "sample_id" in detected else set()
+    )
+    return task, {
+        "holdout": config.holdout,
+        "evaluation_seed": seed,
+        "detection_seed": settings["seed"],
+        "needles_shared": sorted(set(needles) & set(used)),
+        "needles_held_out": sorted(set(needles) - set(used)),
+        "samples_identical_to_detection": len(same_prompts) if same_prompts else 0,
+    }
+
+
+def _unused_needles(settings: NiahSettings, used: list[str]) -> list[str]:
+    from babelheads.data.needles import load_needles
+
+    source = settings.conditions()[0][0]
+    kind = settings.needle_kind
+    all_ids = [
+        needle.id
+        for needle in load_needles(settings.needles, source, settings.root)
+        if kind in ("all", needle.kind)
+    ]
+    unused = [needle for needle in all_ids if needle not in set(used)]
+    if not unused:
+        raise BabelheadsError(
+            "The detection run used every needle, so none is held out. Use --holdout seed, or detect with "
+            "fewer needles (--needles-per-cell 1 on a smaller grid)."
+        )
+    return unused
 
 
 def ablate(config: AblateConfig, out: Path, device: str = "auto", progress: bool = True) -> RunStore:
@@ -85,91 +133,60 @@ def ablate(config: AblateConfig, out: Path, device: str = "auto", progress: bool
     spec_detect = detection.manifest()["spec"]
     if spec_detect.get("kind") != "detect":
         raise BabelheadsError(f"{config.run} is not a detection run; ablate picks heads from one.")
-    tasks = evaluation_config(config, spec_detect)
+    detected = completed(detection.table("samples"))
+    task, overlap = evaluation_task(config, spec_detect, detected)
+    languages = list(config.languages or spec_detect["config"]["task"]["languages"])
     sets = select_head_sets(
         detection.derived("scores"),
-        list(tasks.languages),
+        languages,
         list(config.k),
         list(config.head_sets),
         config.random_seeds,
         config.threshold,
         config.seed,
     )
-    cells = plan(tasks)
     store = RunStore(out)
     spec = {
         "kind": "ablate",
         "config": asdict(config),
+        "data": task.identity(),
+        "precision": spec_detect.get("precision", resolved_precision(spec_detect["config"]["dtype"], device)),
         "model": spec_detect["model"],
         "detection": detection.manifest()["spec_digest"],
     }
-    store.check_compatible(spec if store.exists() else {})
+    store.check_compatible(spec)
     unique: dict[str, HeadSet] = {}
     for head_set in sets:  # sets with the same heads (an empty agnostic set and 'none') run once
         unique.setdefault(head_set.mask_id, head_set)
-    todo = [
-        (mask, cell)
-        for mask in unique
-        for cell in cells
-        if f"{mask}--{cell.sample_id}" not in store.finished()
-    ]
-    if todo:
-        _evaluate(config, tasks, unique, todo, store, spec, device, progress)
+    part_ids = {f"{mask}--{sample_id}" for mask in unique for sample_id in task.sample_ids()}
+    if not part_ids <= store.finished():
+        detected_config = spec_detect["config"]
+        loaded = load_model(detected_config["model"], device=device, dtype=detected_config["dtype"])
+        if loaded.identity != spec["model"]:
+            raise BabelheadsError(
+                f"The model loaded now differs from the detection run's ({loaded.identity})."
+            )
+        store.create(spec, config.seed, {"overlap_with_detection": overlap})
+        samples = task.build(loaded)
+        jobs = [
+            Job(
+                f"{mask_id}--{sample.sample_id}",
+                sample,
+                _gates(loaded.layout, head_set, config),
+                (("mask_id", mask_id),),
+            )
+            for mask_id, head_set in unique.items()
+            for sample in samples
+        ]
+        run_jobs(store, loaded, jobs, task.score, RunSettings(config.max_new_tokens), progress, "ablate")
     finalize(store, config, sets)
     return store
 
 
-def _evaluate(
-    config: AblateConfig,
-    tasks: DetectConfig,
-    unique: dict[str, HeadSet],
-    todo: list[tuple[str, NiahCell]],
-    store: RunStore,
-    spec: dict,
-    device: str,
-    progress: bool,
-) -> None:
-    """Decode every (head set, sample) not yet in the store, one part per pair."""
-    loaded = load_model(tasks.model, device=device, dtype=tasks.dtype)
-    if loaded.identity != spec["model"]:
-        raise BabelheadsError(f"The model loaded now differs from the detection run's ({loaded.identity}).")
-    samples = {sample.sample_id: sample for sample in build_samples(tasks, loaded, plan(tasks))}
-    store.create(spec, config.seed)
-    instrument = Instrument(loaded.model, loaded.layout)
-    stops = [token for token in [loaded.tokenizer.eos_token_id] if token is not None]
-    newlines = newline_token_ids(loaded.tokenizer)
-    root = Path(tasks.data_dir) if tasks.data_dir else None
-    languages = {code: load_language(code, root) for code in tasks.languages}
-    bar = tqdm(todo, desc="ablate", unit="sample", disable=not progress, dynamic_ncols=True)
-    try:
-        for mask_id, cell in bar:
-            head_set = unique[mask_id]
-            bar.set_postfix_str(f"{head_set.name} k={head_set.k} {cell.sample_id}")
-            gates = None
-            if head_set.heads:
-                gates = HeadGates.mask(
-                    loaded.layout, head_set.heads, PHASE_CHOICES[config.phases], METHODS[config.method]
-                )
-            sample = samples[cell.sample_id]
-            ids = torch.tensor([sample.input_ids], device=loaded.device)
-            with instrument.gated(gates):
-                decoded = greedy_decode(instrument, ids, tasks.max_new_tokens, stops, newlines, record=False)
-            text = loaded.tokenizer.decode(decoded.tokens, skip_special_tokens=True).strip()
-            check = check_answer(
-                cell.expected_answer, text, languages[cell.language].answer_tokenizer, tasks.success_threshold
-            )
-            row = {
-                "mask_id": mask_id,
-                "sample_id": cell.sample_id,
-                "language": cell.condition,
-                "success": check.success,
-                "rouge1_recall": check.rouge1_recall,
-                "contains": check.contains,
-                "output": text,
-            }
-            store.append(f"{mask_id}--{cell.sample_id}", {"samples": pd.DataFrame([row])})
-    finally:
-        instrument.detach()
+def _gates(layout, head_set: HeadSet, config: AblateConfig) -> HeadGates | None:
+    if not head_set.heads:
+        return None
+    return HeadGates.mask(layout, head_set.heads, PHASE_CHOICES[config.phases], METHODS[config.method])
 
 
 def finalize(store: RunStore, config: AblateConfig, sets: list[HeadSet]) -> None:
@@ -187,7 +204,8 @@ def finalize(store: RunStore, config: AblateConfig, sets: list[HeadSet]) -> None
         ]
     )
     store.write_derived("head_sets", table)
-    result = effects(store.table("samples"), table, config.replicates, config.seed)
+    result = effects(completed(store.table("samples")), table, config.replicates, config.seed)
+    result["task"] = config.task
     result["method"] = config.method
     result["phases"] = config.phases
     store.write_derived("ablation", result)

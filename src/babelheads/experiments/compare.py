@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import json
+import warnings
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from babelheads.analysis import crosslingual
+from babelheads.analysis.aggregate import AggregateSettings, ThinDataWarning, completed
+from babelheads.analysis.distribution import distribution
 from babelheads.analysis.scores import ScoreMatrix, bootstrap, score_matrix
 from babelheads.errors import BabelheadsError
+from babelheads.heads import HeadAddress
 from babelheads.runs import RunStore
 
 TRANSLATION_TOP_HEADS = 10
@@ -25,6 +30,7 @@ class CompareConfig:
     replicates: int = 200
     seed: int = 0
     models: bool = False
+    min_samples: int = 3
 
     def __post_init__(self) -> None:
         if not 0 < self.threshold <= self.strong:
@@ -69,11 +75,32 @@ def json_key(data: dict) -> str:
     return repr(sorted(data.items()))
 
 
+@dataclass
+class DetectionTables:
+    """What compare reads from one detection run."""
+
+    samples: pd.DataFrame
+    head_scores: pd.DataFrame
+    settings: AggregateSettings
+
+
+def read_detection(store: RunStore) -> DetectionTables:
+    """A run's raw tables and the analysis settings it was aggregated with (analysis.json)."""
+    recorded = store.manifest().get("analysis", {})
+    path = store.root / "analysis.json"
+    if path.exists():
+        recorded = {key: value for key, value in json.loads(path.read_text()).items() if key != "notes"}
+    return DetectionTables(store.table("samples"), store.table("head_scores"), AggregateSettings(**recorded))
+
+
 def merged_matrix(
-    stores: list[RunStore], variant: str | None = None, score_on: str | None = None
+    runs: list[DetectionTables], variant: str | None = None, score_on: str | None = None
 ) -> ScoreMatrix:
     """One matrix over the runs' conditions; a condition in several runs pools their samples."""
-    matrices = [score_matrix(store, variant, score_on) for store in stores]
+    matrices = []
+    for run in runs:
+        settings = run.settings if score_on is None else replace(run.settings, score_on=score_on)
+        matrices.append(score_matrix(run.samples, run.head_scores, settings, variant))
     first = matrices[0]
     pooled: dict[str, list[np.ndarray]] = {}
     for matrix in matrices:
@@ -91,19 +118,40 @@ def monolingual(matrix: ScoreMatrix) -> ScoreMatrix:
     return ScoreMatrix(matrix.layers, matrix.heads, kept)
 
 
-def crosslingual_tables(stores: list[RunStore], config: CompareConfig) -> dict[str, pd.DataFrame]:
-    """Findings 1-4 as tables, every figure with a bootstrap interval over samples."""
-    matrix = merged_matrix(stores)
+def thin_conditions(matrix: ScoreMatrix, min_samples: int) -> tuple[list[str], list[str]]:
+    """(conditions with at least ``min_samples`` samples, notes for the others)."""
+    kept, notes = [], []
+    for condition, count in matrix.counts().items():
+        if count >= min_samples:
+            kept.append(condition)
+        else:
+            notes.append(
+                f"{condition}: {count} successful samples (at least {min_samples} needed): left out of the "
+                "cross-language statistics, which would otherwise read it as a language without retrieval heads"
+            )
+    for note in notes:
+        warnings.warn(note, ThinDataWarning, stacklevel=2)
+    return kept, notes
+
+
+def crosslingual_tables(runs: list[DetectionTables], config: CompareConfig) -> dict[str, pd.DataFrame]:
+    """Findings 1-4 as tables, every figure with a bootstrap interval over samples. Languages with too
+    few successful samples are left out of the statistics and named in the 'notes' table."""
+    matrix = merged_matrix(runs)
     mono = monolingual(matrix)
+    kept, notes = thin_conditions(mono, config.min_samples)
+    mono = mono.subset(kept)
     means = mono.mean()
     tables: dict[str, pd.DataFrame] = {
         "heads": _heads_table(mono, config),
-        "overlap": crosslingual.overlap_table(means, mono.layers, mono.labels(), config.threshold),
-        "generality": crosslingual.generality_table(means, mono.layers, mono.heads, config.threshold),
-        "accuracy": accuracy_table(stores),
+        "accuracy": accuracy_table(runs),
+        "settings": pd.DataFrame([{**asdict(config), "languages": " ".join(kept)}]),
     }
-    tables["overlap"]["heads"] = tables["overlap"]["heads"].map(" ".join)
-    if len(mono.conditions) >= 2:
+    if kept:
+        tables["overlap"] = crosslingual.overlap_table(means, mono.layers, mono.labels(), config.threshold)
+        tables["overlap"]["heads"] = tables["overlap"]["heads"].map(" ".join)
+        tables["generality"] = crosslingual.generality_table(means, mono.layers, mono.heads, config.threshold)
+    if len(kept) >= 2:
         statistics = bootstrap(
             mono,
             lambda scores: {
@@ -116,9 +164,10 @@ def crosslingual_tables(stores: list[RunStore], config: CompareConfig) -> dict[s
         ranks = statistics["statistic"].str.contains("|", regex=False)
         tables["overlap_statistics"] = statistics[~ranks].reset_index(drop=True)
         tables["rank_agreement"] = _rank_table(crosslingual.split_keys(statistics[ranks]))
-    translation = translation_table(stores, config)
+    translation = translation_table(runs, config)
     if not translation.empty:
         tables["translation"] = translation
+    tables["notes"] = pd.DataFrame({"note": notes}, dtype=object)
     return tables
 
 
@@ -127,9 +176,8 @@ def _heads_table(matrix: ScoreMatrix, config: CompareConfig) -> pd.DataFrame:
     labels = matrix.labels()
     frames = []
     for condition in matrix.conditions:
-        single = ScoreMatrix(matrix.layers, matrix.heads, {condition: matrix.per_sample[condition]})
         frame = bootstrap(
-            single,
+            matrix.subset([condition]),
             lambda scores, c=condition: dict(zip(labels, scores[c].tolist(), strict=True)),
             config.replicates,
             config.seed,
@@ -137,9 +185,12 @@ def _heads_table(matrix: ScoreMatrix, config: CompareConfig) -> pd.DataFrame:
         frame = frame.rename(columns={"statistic": "head_address", "value": "score"})
         frame.insert(0, "language", condition)
         frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=["language", "head_address", "score", "lo", "hi", "layer", "head"])
     table = pd.concat(frames, ignore_index=True)
-    table["layer"] = table["head_address"].str.split("-").str[0].astype(int)
-    table["head"] = table["head_address"].str.split("-").str[1].astype(int)
+    addresses = table["head_address"].map(HeadAddress.parse)
+    table["layer"] = addresses.map(lambda address: address.layer)
+    table["head"] = addresses.map(lambda address: address.head)
     table["is_retrieval"] = table["score"] >= config.threshold
     return table
 
@@ -157,82 +208,126 @@ def _rank_table(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def accuracy_table(stores: list[RunStore]) -> pd.DataFrame:
-    """Retrieval accuracy by condition, length and depth: the familiar haystack chart's numbers."""
-    samples = pd.concat([store.table("samples") for store in stores], ignore_index=True)
+def accuracy_table(runs: list[DetectionTables]) -> pd.DataFrame:
+    """Retrieval accuracy by condition, length and depth, with the prompts' actual token lengths."""
+    frames = [
+        completed(run.samples).assign(
+            success=lambda f, t=run.settings.success_threshold: f["rouge1_recall"] > t
+        )
+        for run in runs
+    ]
+    samples = pd.concat(frames, ignore_index=True)
     grouped = samples.groupby(["language", "length", "depth"])
     return grouped.agg(
-        accuracy=("success", "mean"), rouge1_recall=("rouge1_recall", "mean"), samples=("success", "size")
+        accuracy=("success", "mean"),
+        rouge1_recall=("rouge1_recall", "mean"),
+        samples=("success", "size"),
+        tokens=("tokens", "mean"),
+        depth_actual=("depth_actual", "mean"),
     ).reset_index()
 
 
-def translation_table(stores: list[RunStore], config: CompareConfig) -> pd.DataFrame:
-    """Finding 4: for each 'A>B' condition, the top retrieval heads of A, monolingual vs translated:
-    copy score and needle-attention score (both over all samples, right or wrong), and accuracy."""
-    copies = merged_matrix(stores, score_on="all")
-    attention = merged_matrix(stores, variant="needle_attention", score_on="all")
-    retrieval = merged_matrix(stores)
-    accuracy = pd.concat([store.table("samples") for store in stores]).groupby("language")["success"].mean()
+def _needle_kinds(runs: list[DetectionTables]) -> dict[str, str]:
+    return {
+        sample_id: kind
+        for run in runs
+        for sample_id, kind in zip(run.samples["sample_id"], run.samples["needle_kind"], strict=True)
+    }
+
+
+def translation_table(runs: list[DetectionTables], config: CompareConfig) -> pd.DataFrame:
+    """Finding 4: for each 'A>B' condition and needle kind, the top retrieval heads of A, monolingual vs
+    translated: copy score and needle-attention score (over all samples, right or wrong), and accuracy.
+
+    A copy needs the emitted token inside the source answer span; a translated fact answer has other
+    tokens, so its copy score is 0 by construction and needle attention is the measure that can tell.
+    Keys (codes, numbers) are copied verbatim in every language, so both measures apply to them.
+    """
+    retrieval = merged_matrix(runs)
+    means = retrieval.mean()
+    kinds = _needle_kinds(runs)
+    samples = pd.concat([completed(run.samples) for run in runs], ignore_index=True)
     rows = []
-    for condition in copies.conditions:
+    for condition in retrieval.conditions:
         source, _, target = condition.partition(">")
-        if not target or source not in copies.per_sample:
+        if not target or source not in retrieval.per_sample:
             continue
-        ranking = np.argsort(-retrieval.mean()[source], kind="stable")[:TRANSLATION_TOP_HEADS]
-        ranking = [index for index in ranking if retrieval.mean()[source][index] > 0]
-        joined = ScoreMatrix(
-            copies.layers,
-            copies.heads,
-            {
-                "copy_mono": copies.per_sample[source],
-                "copy_translation": copies.per_sample[condition],
-                "attention_mono": attention.per_sample[source],
-                "attention_translation": attention.per_sample[condition],
-            },
-        )
-        statistics = bootstrap(
-            joined,
-            lambda scores, picked=ranking: {
-                name: float(values[picked].mean()) if picked else np.nan for name, values in scores.items()
-            },
-            config.replicates,
-            config.seed,
-        )
-        for row in statistics.itertuples():
-            rows.append(
-                {
-                    "condition": condition,
-                    "monolingual": source,
-                    "measure": row.statistic,
-                    "value": row.value,
-                    "lo": row.lo,
-                    "hi": row.hi,
-                    "top_heads": len(ranking),
-                }
-            )
-        rows.append(
-            {
-                "condition": condition,
-                "monolingual": source,
-                "measure": "accuracy_mono",
-                "value": accuracy.get(source, np.nan),
-                "lo": np.nan,
-                "hi": np.nan,
-                "top_heads": len(ranking),
-            }
-        )
-        rows.append(
-            {
-                "condition": condition,
-                "monolingual": source,
-                "measure": "accuracy_translation",
-                "value": accuracy.get(condition, np.nan),
-                "lo": np.nan,
-                "hi": np.nan,
-                "top_heads": len(ranking),
-            }
-        )
+        if retrieval.counts()[source] < config.min_samples:
+            continue  # its top heads would be picked from noise; the notes name the thin language
+        ranking = [
+            index
+            for index in np.argsort(-np.nan_to_num(means[source], nan=-1.0), kind="stable")[
+                :TRANSLATION_TOP_HEADS
+            ]
+            if means[source][index] > 0
+        ]
+        for kind in sorted(set(samples.loc[samples["language"] == condition, "needle_kind"])):
+            rows += _translation_rows(runs, condition, source, kind, kinds, ranking, samples, config)
     return pd.DataFrame(rows)
+
+
+def _translation_rows(
+    runs: list[DetectionTables],
+    condition: str,
+    source: str,
+    kind: str,
+    kinds: dict[str, str],
+    ranking: list[int],
+    samples: pd.DataFrame,
+    config: CompareConfig,
+) -> list[dict]:
+    def of_kind(run: DetectionTables) -> DetectionTables:
+        chosen = {sample for sample, value in kinds.items() if value == kind}
+        return DetectionTables(
+            run.samples[run.samples["sample_id"].isin(chosen)],
+            run.head_scores[run.head_scores["sample_id"].isin(chosen)],
+            run.settings,
+        )
+
+    subset = [of_kind(run) for run in runs]
+    subset = [run for run in subset if not run.samples.empty]
+    copies = merged_matrix(subset, score_on="all")
+    attention = merged_matrix(subset, variant="needle_attention", score_on="all")
+    if source not in copies.per_sample or condition not in copies.per_sample:
+        return []
+    joined = ScoreMatrix(
+        copies.layers,
+        copies.heads,
+        {
+            "copy_mono": copies.per_sample[source],
+            "copy_translation": copies.per_sample[condition],
+            "attention_mono": attention.per_sample[source],
+            "attention_translation": attention.per_sample[condition],
+        },
+    )
+    statistics = bootstrap(
+        joined,
+        lambda scores, picked=ranking: {
+            name: float(values[picked].mean()) if picked else np.nan for name, values in scores.items()
+        },
+        config.replicates,
+        config.seed,
+    )
+    base = {"condition": condition, "monolingual": source, "needle_kind": kind, "top_heads": len(ranking)}
+    rows = [
+        {**base, "measure": row.statistic, "value": row.value, "lo": row.lo, "hi": row.hi}
+        for row in statistics.itertuples()
+    ]
+    chosen = samples[samples["needle_kind"] == kind]
+    for measure, label in (("accuracy_mono", source), ("accuracy_translation", condition)):
+        outcome = (
+            chosen.loc[chosen["language"] == label, "rouge1_recall"] > runs[0].settings.success_threshold
+        )
+        rows.append(
+            {
+                **base,
+                "measure": measure,
+                "value": float(outcome.mean()) if len(outcome) else np.nan,
+                "lo": np.nan,
+                "hi": np.nan,
+            }
+        )
+    return rows
 
 
 def model_tables(stores: list[RunStore], config: CompareConfig) -> tuple[dict[str, pd.DataFrame], list[str]]:
@@ -240,11 +335,10 @@ def model_tables(stores: list[RunStore], config: CompareConfig) -> tuple[dict[st
     Where head shapes differ, heads cannot be matched: only the score distributions are compared."""
     if len(stores) != 2:
         raise BabelheadsError(f"A model comparison takes exactly two runs, one per model. Got {len(stores)}.")
-    first, second = (monolingual(score_matrix(store)) for store in stores)
+    runs = [read_detection(store) for store in stores]
+    first, second = (monolingual(merged_matrix([run])) for run in runs)
     names = [model_name(store) for store in stores]
     notes = []
-    from babelheads.analysis.distribution import distribution
-
     frames = []
     for name, store in zip(names, stores, strict=True):
         frames.append(distribution(store.derived("scores")).reset_index().assign(model=name))
@@ -262,11 +356,11 @@ def model_tables(stores: list[RunStore], config: CompareConfig) -> tuple[dict[st
         pair = ScoreMatrix(
             first.layers,
             first.heads,
-            {
-                f"{names[0]}": first.per_sample[language],
-                f"{names[1]}": second.per_sample[language],
-            },
+            {names[0]: first.per_sample[language], names[1]: second.per_sample[language]},
         )
+        if min(pair.counts().values()) < config.min_samples:
+            notes.append(f"{language}: too few successful samples in one of the models to compare them.")
+            continue
         statistics = bootstrap(
             pair,
             lambda scores, layers=pair.layers: {
@@ -278,7 +372,7 @@ def model_tables(stores: list[RunStore], config: CompareConfig) -> tuple[dict[st
         )
         rows.append(statistics.assign(language=language))
     if not rows:
-        notes.append("The two runs share no language; nothing to match.")
+        notes.append("The two runs share no language with enough samples; nothing to match.")
         return tables, notes
     tables["model_agreement"] = pd.concat(rows, ignore_index=True)
     return tables, notes
@@ -292,16 +386,20 @@ def run_compare(
     notes: list[str] = []
     if config.models:
         tables, notes = model_tables(stores, config)
+        tables["notes"] = pd.DataFrame({"note": notes}, dtype=object)
     else:
         check_same_model(stores)
-        tables = crosslingual_tables(stores, config)
+        tables = crosslingual_tables([read_detection(store) for store in stores], config)
+        notes = list(tables["notes"]["note"])
     store = RunStore(out)
-    spec = {"kind": "compare", "config": asdict(config), "runs": [str(Path(p).resolve()) for p in paths]}
-    if store.exists():
-        store.check_compatible(spec)
-    else:
-        store.check_compatible({})
-        store.create(spec, config.seed)
+    spec = {
+        "kind": "compare",
+        "config": asdict(config),
+        "runs": [str(Path(p).resolve()) for p in paths],
+        "run_digests": [store_.manifest()["spec_digest"] for store_ in stores],
+    }
+    store.check_compatible(spec, ignore=("run_digests",))
+    store.create(spec, config.seed)
     for name, table in tables.items():
         store.write_derived(name, table)
         store.write_csv(name, table)

@@ -15,6 +15,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from babelheads.probe.eager import eager_attention
+
 if TYPE_CHECKING:
     from babelheads.probe.instrument import Instrument
 
@@ -32,9 +34,15 @@ def probed_attention(
     dropout: float = 0.0,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    attn_output, _ = sdpa_attention_forward(
-        module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
-    )
+    softcap, sinks = kwargs.get("softcap"), kwargs.get("s_aux")
+    if softcap is not None or sinks is not None:
+        # sdpa refuses softcap and drops sinks silently: compute both exactly instead.
+        scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+        attn_output = eager_attention(query, key, value, attention_mask, scale, softcap, sinks)
+    else:
+        attn_output, _ = sdpa_attention_forward(
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+        )
     instrument: Instrument | None = getattr(module, PROBE_ATTRIBUTE, None)
     if instrument is None:
         return attn_output, None
@@ -42,9 +50,7 @@ def probed_attention(
     instrument.layer_calls[layer] += 1
     if instrument.is_recording:
         last_position = _last_query_position(kwargs.get("position_ids"), instrument, query)
-        instrument.record_last_row(
-            layer, query, key, attention_mask, scaling, kwargs.get("softcap"), last_position
-        )
+        instrument.record_last_row(layer, query, key, attention_mask, scaling, softcap, sinks, last_position)
     gates = instrument.gates
     if gates is not None and gates.applies_to(instrument.phase):
         attn_output = gates.apply(layer, attn_output, value, attention_mask)

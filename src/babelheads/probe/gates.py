@@ -8,7 +8,7 @@ are the same mechanism.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -31,6 +31,7 @@ class HeadGates:
     values: torch.Tensor
     phases: frozenset[str] = frozenset(PHASES)
     mode: str = "scale"
+    _placed: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.phases = frozenset(self.phases)
@@ -68,6 +69,9 @@ class HeadGates:
             values[address.layer, address.head] = 0.0
         return cls(values, frozenset(phases), mode)
 
+    def _on(self, like: torch.Tensor) -> torch.Tensor:
+        return _placed_values(self, like)
+
     def applies_to(self, phase: str) -> bool:
         return phase in self.phases
 
@@ -76,10 +80,21 @@ class HeadGates:
     ) -> torch.Tensor:
         """Gate one layer. attn_output : (batch, q_len, heads, head_dim);
         value : (batch, kv_heads, kv_len, head_dim)."""
-        gate = self.values[layer].to(device=attn_output.device, dtype=attn_output.dtype).view(1, 1, -1, 1)
+        gate = self._on(attn_output)[layer].view(1, 1, -1, 1)
         if self.mode == "scale":
             return attn_output * gate
         return gate * attn_output + (1 - gate) * _uniform_output(attn_output, value, attention_mask)
+
+
+def _placed_values(gates: HeadGates, like: torch.Tensor) -> torch.Tensor:
+    """The gate values on ``like``'s device and dtype, copied there once rather than per layer and step.
+    A trainable gate is never cached: its gradient must flow to ``values`` itself."""
+    if gates.values.requires_grad:
+        return gates.values.to(device=like.device, dtype=like.dtype)
+    key = (like.device, like.dtype)
+    if key not in gates._placed:
+        gates._placed[key] = gates.values.to(device=like.device, dtype=like.dtype)
+    return gates._placed[key]
 
 
 def _uniform_output(

@@ -119,19 +119,22 @@ class Instrument:
         attention_mask: torch.Tensor | None,
         scaling: float | None,
         softcap: float | None,
+        sinks: torch.Tensor | None,
         last_position: torch.Tensor,
     ) -> None:
         """Attention of the last query row of every head, reduced to its top-k peaks.
 
         query : (batch, heads, q_len, head_dim); key : (batch, kv_heads, kv_len, head_dim), a contiguous
         run of positions ending at ``last_position`` (full caches and sliding-window caches both are).
-        Costs O(heads x kv_len) memory: the row is never materialised for more than one query.
+        Costs O(heads x kv_len) memory: the row is never materialised for more than one query. The
+        logits are computed in the model's dtype, as the model does, and only they are upcast: no fp32
+        copy of the key cache per step. ``sinks`` (GPT-OSS) take their share of the softmax.
         """
         batch, heads, _, head_dim = query.shape
         kv_heads, kv_len = key.shape[1], key.shape[2]
         scale = head_dim**-0.5 if scaling is None else scaling
         q = query[:, :, -1, :].reshape(batch, kv_heads, heads // kv_heads, head_dim)
-        logits = torch.matmul(q.float(), key.float().transpose(-1, -2)).reshape(batch, heads, kv_len) * scale
+        logits = torch.matmul(q, key.transpose(-1, -2)).reshape(batch, heads, kv_len).float() * scale
         if softcap is not None:
             logits = torch.tanh(logits / softcap) * softcap
         if attention_mask is not None:
@@ -142,7 +145,11 @@ class Instrument:
                 logits = logits.masked_fill(~row, float("-inf"))
             else:
                 logits = logits + row.float()
-        weights = torch.softmax(logits, dim=-1)
+        if sinks is not None:
+            sink = sinks.float().view(1, heads, 1).expand(batch, heads, 1)
+            weights = torch.softmax(torch.cat([logits, sink], dim=-1), dim=-1)[..., :kv_len]
+        else:
+            weights = torch.softmax(logits, dim=-1)
         first_position = last_position.view(batch, 1, 1) - (kv_len - 1)
         ranked = weights
         if self.settings.sink_tokens:

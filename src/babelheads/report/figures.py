@@ -215,13 +215,14 @@ def distribution_chart(
 
 OVERLAP_TITLE = "Which languages share retrieval heads"
 OVERLAP_CAPTION = (
-    "Bars count the heads that are retrieval heads (score >= 0.1) in exactly the languages marked "
-    "below them; the right panel places each of those heads at its layer."
+    "Bars count the heads that are retrieval heads (score >= {threshold}, as set in compare) in exactly "
+    "the languages marked below them; the right panel places each of those heads at its layer."
 )
 GENERALITY_TITLE = "Strength vs generality of heads"
 GENERALITY_CAPTION = (
-    "Each dot is a head: how many languages it is a retrieval head in (x, jittered) against its "
-    "highest score in any language (y). Strong heads on the right serve every language."
+    "Each dot is a head: how many languages it is a retrieval head in (score >= {threshold}; x, "
+    "jittered) against its highest score in any language (y). Strong heads on the right serve every "
+    "language."
 )
 
 
@@ -243,13 +244,13 @@ def _placement(n_languages: int, total: int) -> str:
 
 
 @_styled
-def overlap_chart(overlap: pd.DataFrame, note: str | None = None) -> Figure:
+def overlap_chart(overlap: pd.DataFrame, note: str | None = None, threshold: float = 0.1) -> Figure:
     """UpSet-style overlap: bars of head counts per exact language subset, a dot matrix beneath, and
     where those heads sit (layer strip coloured shared / in some / language-specific).
 
     overlap : the compare table (languages 'de+en', n_languages, count, heads 'L-H ...', mean_layer).
     """
-    title, caption = OVERLAP_TITLE, OVERLAP_CAPTION
+    title, caption = OVERLAP_TITLE, OVERLAP_CAPTION.format(threshold=threshold)
     languages = list(overlap.loc[overlap["n_languages"] == 1, "languages"])
     total = len(languages)
     shown = overlap[overlap["count"] > 0].sort_values(["count", "n_languages"], ascending=[False, False])
@@ -259,7 +260,7 @@ def overlap_chart(overlap: pd.DataFrame, note: str | None = None) -> Figure:
             title,
             caption,
             overlap.reset_index(drop=True),
-            note=" ".join(filter(None, ["No head reaches score 0.1 in any language.", note])),
+            note=" ".join(filter(None, [f"No head reaches score {threshold} in any language.", note])),
         )
     figure = MplFigure(figsize=(WIDTH, 3.2 + 0.35 * total), layout="constrained")
     grid = figure.add_gridspec(2, 2, height_ratios=[3, 0.6 + 0.3 * total], width_ratios=[3, 2])
@@ -306,12 +307,14 @@ def overlap_chart(overlap: pd.DataFrame, note: str | None = None) -> Figure:
 
 
 @_styled
-def generality_scatter(generality: pd.DataFrame, languages: int, note: str | None = None) -> Figure:
+def generality_scatter(
+    generality: pd.DataFrame, languages: int, note: str | None = None, threshold: float = 0.1
+) -> Figure:
     """Strength vs generality: x = number of languages a head retrieves in (jittered), y = its max score.
 
     generality : the compare table (layer, head, n_languages, max_score, mean_score).
     """
-    title, caption = GENERALITY_TITLE, GENERALITY_CAPTION
+    title, caption = GENERALITY_TITLE, GENERALITY_CAPTION.format(threshold=threshold)
     data = generality.reset_index(drop=True)
     if not (generality["max_score"] > 0).any():
         reason = "No head scores above 0 in any language."
@@ -335,9 +338,9 @@ def generality_scatter(generality: pd.DataFrame, languages: int, note: str | Non
             )
     ax.set_xticks(range(languages + 1))
     ax.set_xlim(-0.5, languages + 0.5)
-    ax.set_xlabel("languages in which the head is a retrieval head (score >= 0.1)")
+    ax.set_xlabel(f"languages in which the head is a retrieval head (score >= {threshold})")
     ax.set_ylabel("highest score in any language")
-    ax.axhline(0.1, color="#999999", linestyle=":", linewidth=1)
+    ax.axhline(threshold, color="#999999", linestyle=":", linewidth=1)
     return Figure(title, caption, data, png=_png(figure), note=note)
 
 
@@ -452,8 +455,8 @@ def accuracy_heatmap(accuracy: pd.DataFrame) -> Figure:
 
 
 TRANSLATION_PANELS = {
-    "copy": "copy score of top heads",
     "attention": "attention on the needle (top heads)",
+    "copy": "copy score of top heads",
     "accuracy": "accuracy",
 }
 
@@ -471,7 +474,10 @@ def translation_chart(
     title = "Retrieval + translation vs monolingual retrieval"
     caption = (
         "For each 'source>answer' condition, the source language's top retrieval heads: how much they copy "
-        "and attend to the needle, and accuracy, answering in the source language (mono) vs translating."
+        "and attend to the needle, and accuracy, answering in the source language (mono) vs translating, "
+        "split by needle kind. For fact needles a translated answer's tokens are not in the source answer "
+        "span, so their copy score is 0 by construction: read needle attention for them. Keys (codes, "
+        "numbers) are copied verbatim in every language, so both measures apply."
     )
     conditions = list(dict.fromkeys(translation["condition"])) if len(translation) else []
     notes = []
@@ -531,7 +537,12 @@ def _ablation_lines(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 @_styled
-def ablation_curves(ablation: pd.DataFrame, min_samples: int = MIN_SAMPLES) -> Figure:
+def ablation_curves(
+    ablation: pd.DataFrame,
+    min_samples: int = MIN_SAMPLES,
+    title: str | None = None,
+    caption: str | None = None,
+) -> Figure:
     """NIAH accuracy against the number of masked heads K, per head set, one panel per language.
 
     ablation : an ablate run's table (head_set, k, seed, count, language, accuracy, samples, method,
@@ -541,8 +552,8 @@ def ablation_curves(ablation: pd.DataFrame, min_samples: int = MIN_SAMPLES) -> F
     """
     method = ", ".join(map(str, dict.fromkeys(ablation["method"]))) if len(ablation) else "?"
     phases = ", ".join(map(str, dict.fromkeys(ablation["phases"]))) if len(ablation) else "?"
-    title = f"Accuracy when heads are masked (method {method}, phases {phases})"
-    caption = (
+    title = title or f"Accuracy when heads are masked (method {method}, phases {phases})"
+    caption = caption or (
         "Accuracy as K heads of each set are masked (highest-scoring first); the dashed line is the "
         "unmasked model, grey the mean over random head sets with its min-max band. A steep fall means "
         "the set matters."

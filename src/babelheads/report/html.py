@@ -1,8 +1,8 @@
-"""One static HTML report of detect and ablate runs that works offline.
+"""One static HTML report of detect, compare and ablate runs that works offline.
 
 Figures are embedded as base64 PNG, each with a caption and its numbers as a ``data:`` CSV link; the
-page loads nothing from elsewhere. Runs are grouped per model; the detection runs of one model are
-pooled for the cross-language figures.
+page loads nothing from elsewhere. Runs are grouped per model. The report draws the tables the runs
+wrote and recomputes no comparison: what ``compare --threshold 0.2`` wrote is what it shows.
 """
 
 from __future__ import annotations
@@ -17,15 +17,21 @@ from pathlib import Path
 
 import pandas as pd
 
-from babelheads.analysis import crosslingual
+from babelheads.analysis.aggregate import completed
 from babelheads.errors import BabelheadsError
-from babelheads.experiments.compare import CompareConfig, crosslingual_tables, json_key
 from babelheads.report import figures
 from babelheads.report.figures import Figure
 from babelheads.report.text import ablation_summary, comparison_summary, detection_summary
 from babelheads.runs import RunStore
 
-KINDS = ("detect", "ablate")
+KINDS = ("detect", "compare", "ablate")
+COT_TITLE = "Chain-of-thought vs direct answers when retrieval heads are masked"
+COT_CAPTION = (
+    "Word problems asked with a reasoning prompt ('/cot') and a direct-answer prompt ('/direct'): exact "
+    "numeric accuracy as K heads of each set are masked. Wu et al. (2024) report that masking retrieval "
+    "heads hurts chain-of-thought far more than masking random heads. The text summary gives every "
+    "change with its paired 95% interval."
+)
 
 
 @dataclass
@@ -51,8 +57,17 @@ class Section:
     figures: list[Figure] = field(default_factory=list)
 
 
+def _model_identity(store: RunStore) -> dict:
+    """A run's model; a compare run's is that of the detection runs it read."""
+    spec = store.manifest()["spec"]
+    if spec.get("kind") == "compare":
+        first = RunStore(Path(spec["runs"][0]))
+        return first.manifest()["spec"].get("model", {}) if first.exists() else {}
+    return spec.get("model", {})
+
+
 def read_runs(paths: list[Path]) -> list[Run]:
-    """Open each run; only detect and ablate runs can be reported."""
+    """Open each run: detect, compare and ablate runs can be reported."""
     if not paths:
         raise BabelheadsError("Give at least one run to report on.")
     runs = []
@@ -62,13 +77,20 @@ def read_runs(paths: list[Path]) -> list[Run]:
         spec = manifest["spec"]
         kind = spec.get("kind")
         if kind not in KINDS:
-            raise BabelheadsError(f"{path} is a {kind!r} run; the report reads detect and ablate runs.")
+            raise BabelheadsError(
+                f"{path} is a {kind!r} run; the report reads detect, compare and ablate runs."
+            )
         config = spec.get("config", {})
-        identity = spec.get("model", {})
         if kind == "detect":
-            languages = [pair.replace(":", ">") for pair in config.get("pairs", [])] or config["languages"]
+            task = config.get("task", {})
+            languages = [pair.replace(":", ">") for pair in task.get("pairs", [])] or task.get(
+                "languages", []
+            )
+        elif kind == "compare":
+            languages = str(store.derived("settings")["languages"].iloc[0]).split()
         else:
-            languages = list(config.get("languages") or dict.fromkeys(store.derived("ablation")["language"]))
+            languages = list(dict.fromkeys(store.derived("ablation")["language"]))
+        identity = _model_identity(store)
         runs.append(
             Run(
                 path,
@@ -108,89 +130,98 @@ def report_sections(runs: list[Run], min_samples: int = figures.MIN_SAMPLES) -> 
 
 def model_sections(runs: list[Run], min_samples: int) -> list[Section]:
     sections = [Section(f"Model {_short(runs[0].model)}", level=2)]
-    detects = [run for run in runs if run.kind == "detect"]
-    if detects:
-        stores = [run.store for run in detects]
-        tables = crosslingual_tables(stores, CompareConfig())
-        pooled = pd.concat([store.table("samples") for store in stores], ignore_index=True)
-        sections.append(
-            Section("Needle-in-a-haystack accuracy", figures=[figures.accuracy_heatmap(tables["accuracy"])])
-        )
-        full = full_attention_layers(detects[0].store.manifest())
-        for run in detects:
-            scores = run.store.derived("scores")
-            successes = _successes(run.store.table("samples"))
-            sections.append(
-                Section(
-                    f"Detection run {run.path.name}",
-                    summary=detection_summary(run.store),
-                    figures=[
-                        figures.score_heatmap(scores, successes, min_samples, full),
-                        figures.distribution_chart(scores, successes, min_samples),
-                    ],
-                )
-            )
-        sections.append(crosslingual_section(tables, _successes(pooled), min_samples))
+    for run in runs:
+        if run.kind == "detect":
+            sections.append(detection_section(run, min_samples))
+    for run in runs:
+        if run.kind == "compare":
+            sections.append(crosslingual_section(run, min_samples))
     for run in runs:
         if run.kind == "ablate":
             table = run.store.derived("ablation")
+            cot = "task" in table and (table["task"] == "cot").any()
+            figure = (
+                figures.ablation_curves(table, min_samples, COT_TITLE, COT_CAPTION)
+                if cot
+                else figures.ablation_curves(table, min_samples)
+            )
             sections.append(
                 Section(
-                    f"Ablation run {run.path.name}",
-                    summary=ablation_summary(run.store),
-                    figures=[figures.ablation_curves(table, min_samples)],
+                    f"Ablation run {run.path.name}", summary=ablation_summary(run.store), figures=[figure]
                 )
             )
     return sections
 
 
-def crosslingual_section(
-    tables: dict[str, pd.DataFrame], successes: dict[str, int], min_samples: int
-) -> Section:
-    """Overlap, strength vs generality and rank agreement over the languages with enough successful
-    samples (a language scored on too few samples would look like one with no retrieval heads), and
-    retrieval + translation."""
-    section = Section("Across languages", summary=comparison_summary(tables, []))
-    languages = list(dict.fromkeys(tables["heads"]["language"]))
-    kept, thin = figures.split_thin(languages, successes, min_samples)
-    note = "; ".join(thin) + "." if thin else None
-    if len(languages) >= 2:
-        if len(kept) >= 2:
-            overlap, generality = _overlap_tables(tables["heads"], kept)
-            section.figures.append(figures.overlap_chart(overlap, note))
-            section.figures.append(figures.generality_scatter(generality, len(kept), note))
-        else:
-            counts = pd.DataFrame(
-                {"language": languages, "successful_samples": [successes.get(x, 0) for x in languages]}
+def detection_section(run: Run, min_samples: int) -> Section:
+    scores = run.store.derived("scores")
+    samples = completed(run.store.table("samples"))
+    successes = samples.groupby("language")["success"].sum().astype(int).to_dict()
+    full = full_attention_layers(run.store.manifest())
+    return Section(
+        f"Detection run {run.path.name}",
+        summary=detection_summary(run.store),
+        figures=[
+            figures.score_heatmap(scores, successes, min_samples, full),
+            figures.distribution_chart(scores, successes, min_samples),
+        ],
+    )
+
+
+def crosslingual_section(run: Run, min_samples: int) -> Section:
+    """The tables a compare run wrote, drawn as they are: its threshold, its languages, its notes."""
+    store = run.store
+    tables = {
+        name: store.derived(name) for name in COMPARE_TABLES if (store.root / f"{name}.parquet").exists()
+    }
+    settings = tables["settings"].iloc[0]
+    threshold = float(settings["threshold"])
+    kept = str(settings["languages"]).split()
+    notes = list(tables.get("notes", pd.DataFrame({"note": []}))["note"])
+    note = "; ".join(notes) + "." if notes else None
+    section = Section(f"Across languages ({run.path.name})", summary=comparison_summary(tables, notes))
+    section.figures.append(figures.accuracy_heatmap(tables["accuracy"]))
+    if len(kept) >= 2 and "overlap" in tables:
+        section.figures.append(figures.overlap_chart(tables["overlap"], note, threshold))
+        section.figures.append(figures.generality_scatter(tables["generality"], len(kept), note, threshold))
+    else:
+        reason = " ".join(filter(None, ["Needs two languages with enough successful samples.", note]))
+        data = pd.DataFrame({"language": kept})
+        section.figures.append(
+            Figure(
+                figures.OVERLAP_TITLE, figures.OVERLAP_CAPTION.format(threshold=threshold), data, note=reason
             )
-            reason = " ".join(filter(None, ["Needs two languages with enough successful samples.", note]))
-            section.figures.append(
-                Figure(figures.OVERLAP_TITLE, figures.OVERLAP_CAPTION, counts, note=reason)
+        )
+        section.figures.append(
+            Figure(
+                figures.GENERALITY_TITLE,
+                figures.GENERALITY_CAPTION.format(threshold=threshold),
+                data,
+                note=reason,
             )
-            section.figures.append(
-                Figure(figures.GENERALITY_TITLE, figures.GENERALITY_CAPTION, counts, note=reason)
-            )
-        if "rank_agreement" in tables:
-            section.figures.append(figures.rank_matrix(tables["rank_agreement"], kept, note))
-    if "translation" in tables:
-        section.figures.append(figures.translation_chart(tables["translation"], successes, min_samples))
+        )
+    if "rank_agreement" in tables:
+        section.figures.append(figures.rank_matrix(tables["rank_agreement"], kept, note))
+    if "translation" in tables and len(tables["translation"]):
+        translation = tables["translation"]
+        translation = translation.assign(
+            condition=translation["condition"] + " " + translation["needle_kind"]
+        )
+        section.figures.append(figures.translation_chart(translation))
     return section
 
 
-def _overlap_tables(heads: pd.DataFrame, languages: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The compare tables 'overlap' and 'generality' restricted to ``languages``."""
-    wide = heads.pivot_table(index=["layer", "head"], columns="language", values="score").sort_index()
-    layers = wide.index.get_level_values("layer").to_numpy()
-    head_index = wide.index.get_level_values("head").to_numpy()
-    means = {language: wide[language].to_numpy() for language in languages}
-    labels = [f"{layer}-{head}" for layer, head in wide.index]
-    overlap = crosslingual.overlap_table(means, layers, labels)
-    overlap["heads"] = overlap["heads"].map(" ".join)
-    return overlap, crosslingual.generality_table(means, layers, head_index)
-
-
-def _successes(samples: pd.DataFrame) -> dict[str, int]:
-    return samples.groupby("language")["success"].sum().astype(int).to_dict()
+COMPARE_TABLES = (
+    "settings",
+    "notes",
+    "accuracy",
+    "heads",
+    "overlap",
+    "generality",
+    "overlap_statistics",
+    "rank_agreement",
+    "translation",
+)
 
 
 def full_attention_layers(manifest: dict) -> list[int] | None:
@@ -204,6 +235,10 @@ def full_attention_layers(manifest: dict) -> list[int] | None:
 
 def _short(model: str) -> str:
     return Path(model).name if "/" in model and Path(model).is_absolute() else model
+
+
+def json_key(data: dict) -> str:
+    return repr(sorted(data.items()))
 
 
 STYLE = """

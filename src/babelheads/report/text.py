@@ -2,46 +2,94 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 
-from babelheads.analysis.distribution import BINS, distribution, retrieval_head_share, top_heads
+from babelheads.analysis.aggregate import AggregateSettings, aggregate, with_success
+from babelheads.analysis.distribution import (
+    BINS,
+    RETRIEVAL_THRESHOLD,
+    distribution,
+    retrieval_head_share,
+    top_heads,
+)
+from babelheads.heads import HeadAddress
 from babelheads.runs import RunStore
 
 
-def detection_summary(store: RunStore, top: int = 10) -> str:
+def detection_summary(
+    store: RunStore,
+    top: int = 10,
+    settings: AggregateSettings | None = None,
+    retrieval_threshold: float = RETRIEVAL_THRESHOLD,
+) -> str:
+    """Per language: samples, retrieval, the Wu et al. distribution and the top heads. With ``settings``
+    the stored per-sample scores are re-aggregated under them (nothing is re-run); without, the run's
+    own aggregation is read."""
     manifest = store.manifest()
     spec = manifest["spec"]
-    config = spec["config"]
-    samples = store.table("samples")
-    scores = store.derived("scores")
-    shares = distribution(scores)
-    retrieval = retrieval_head_share(scores)
+    raw = store.table("samples")
+    if settings is None:
+        settings = recorded_settings(store)
+        scores = store.derived("scores")
+        notes = _recorded_notes(store)
+    else:
+        scores, _, notes = aggregate(raw, store.table("head_scores"), settings)
+    samples = with_success(raw, settings.success_threshold)
+    skipped = raw[raw["status"] == "skipped"] if "status" in raw else raw.iloc[:0]
+    shares = distribution(scores.dropna(subset=["score"]))
+    retrieval = retrieval_head_share(scores.dropna(subset=["score"]), retrieval_threshold)
     lines = [
         f"run {store.root}  model {spec['model'].get('model')}  seed {manifest['seed']}",
-        f"score variant: {config['score']} (averaged over {config['score_on']} samples; "
-        f"success = ROUGE-1 recall > {config['success_threshold']})",
+        f"score variant: {settings.score} (averaged over {settings.score_on} samples; "
+        f"success = ROUGE-1 recall > {settings.success_threshold})",
     ]
-    labels = [pair.replace(":", ">") for pair in config.get("pairs", [])] or config["languages"]
-    for language in labels:
+    task = spec["config"].get("task", {})
+    planned = [pair.replace(":", ">") for pair in task.get("pairs", [])] or list(task.get("languages", []))
+    for language in dict.fromkeys([*planned, *raw["language"]]):
         frame = samples[samples["language"] == language]
+        lost = skipped[skipped["language"] == language]
+        lines.append("")
         if frame.empty:
+            lines.append(f"[{language}] no sample ran ({len(lost)} skipped)")
             continue
         used = int(scores.loc[scores["language"] == language, "samples_used"].iloc[0])
-        lines.append("")
         lines.append(
             f"[{language}] {len(frame)} samples, {frame['success'].mean():.0%} retrieved "
             f"(ROUGE-1 recall {frame['rouge1_recall'].mean():.2f}), {used} used for scores"
+            + (f", {len(lost)} skipped" if len(lost) else "")
         )
+        if language not in shares.index:
+            lines.append("  scores: NaN (too few samples to score; not zero)")
+            continue
         row = shares.loc[language]
         lines.append("  heads  " + "   ".join(f"{name}: {row[name]:.1%}" for name in BINS))
-        lines.append(f"  retrieval heads (score >= 0.1): {retrieval[language]:.1%}")
+        lines.append(f"  retrieval heads (score >= {retrieval_threshold}): {retrieval[language]:.1%}")
         best = top_heads(scores, language, top)
         best = best[best["score"] > 0]
-        cells = [f"{row.layer}-{row.head} {row.score:.2f}" for row in best.itertuples()]
-        lines.append(
-            "  top heads: " + (", ".join(cells) if cells else "none (no successful retrieval to score)")
-        )
+        cells = [f"{HeadAddress(int(row.layer), int(row.head))} {row.score:.2f}" for row in best.itertuples()]
+        lines.append("  top heads: " + (", ".join(cells) if cells else "none (no head copied)"))
+    if len(skipped):
+        lines.append("")
+        lines.append(f"skipped samples ({len(skipped)}):")
+        lines += [f"  {row.sample_id}: {row.reason}" for row in skipped.itertuples()]
+    if notes:
+        lines.append("")
+        lines += [f"warning: {note}" for note in notes]
     return "\n".join(lines)
+
+
+def recorded_settings(store: RunStore) -> AggregateSettings:
+    """The analysis settings the run's derived tables were written with."""
+    path = store.root / "analysis.json"
+    recorded = json.loads(path.read_text()) if path.exists() else store.manifest().get("analysis", {})
+    return AggregateSettings(**{key: value for key, value in recorded.items() if key != "notes"})
+
+
+def _recorded_notes(store: RunStore) -> list[str]:
+    path = store.root / "analysis.json"
+    return list(json.loads(path.read_text()).get("notes", [])) if path.exists() else []
 
 
 def accuracy_grid(samples: pd.DataFrame) -> pd.DataFrame:
@@ -53,7 +101,13 @@ def accuracy_grid(samples: pd.DataFrame) -> pd.DataFrame:
 
 def comparison_summary(tables: dict[str, pd.DataFrame], notes: list[str]) -> str:
     """The findings of a compare run in a few lines, each figure with its 95% interval."""
-    lines = list(notes)
+    lines = [f"warning: {note}" for note in notes]
+    if "settings" in tables:
+        settings = tables["settings"].iloc[0]
+        lines.append(
+            f"retrieval heads: score >= {settings['threshold']}; strong: >= {settings['strong']}; "
+            f"languages compared: {settings['languages'] or 'none'}"
+        )
     if "overlap" in tables:
         lines.append("retrieval heads by the languages they serve (score >= threshold):")
         for row in tables["overlap"].itertuples():
@@ -84,12 +138,15 @@ def comparison_summary(tables: dict[str, pd.DataFrame], notes: list[str]) -> str
             lines.append("  pairs by agreement: " + " > ".join(alls["pair"]))
     if "translation" in tables:
         lines.append("retrieval + translation vs monolingual (top retrieval heads of the source language):")
-        for condition, frame in tables["translation"].groupby("condition", sort=False):
+        lines.append("  (fact needles: copy is 0 by construction when translating; read needle attention)")
+        grouped = tables["translation"].groupby(["condition", "needle_kind"], sort=False)
+        for (condition, kind), frame in grouped:
             values = dict(zip(frame["measure"], frame["value"], strict=True))
             lines.append(
-                f"  {condition:<7} copy {values['copy_mono']:.3f} -> {values['copy_translation']:.3f}   "
-                f"needle attention {values['attention_mono']:.3f} -> {values['attention_translation']:.3f}   "
-                f"accuracy {values['accuracy_mono']:.0%} -> {values['accuracy_translation']:.0%}"
+                f"  {condition:<7} {kind:<5} needle attention {values['attention_mono']:.3f} -> "
+                f"{values['attention_translation']:.3f}   copy {values['copy_mono']:.3f} -> "
+                f"{values['copy_translation']:.3f}   accuracy {values['accuracy_mono']:.0%} -> "
+                f"{values['accuracy_translation']:.0%}"
             )
     return "\n".join(lines)
 
@@ -98,10 +155,17 @@ def ablation_summary(store: RunStore) -> str:
     """Accuracy per head set, K and language, with the paired change from no masking."""
     table = store.derived("ablation")
     config = store.manifest()["spec"]["config"]
+    overlap = store.manifest().get("overlap_with_detection", {})
     lines = [
-        f"masking: method {config['method']}, phases {config['phases']} "
+        f"task {config.get('task', 'niah')}; masking: method {config['method']}, phases {config['phases']} "
         f"(change vs no masking, 95% paired bootstrap interval)"
     ]
+    if overlap:
+        lines.append(
+            f"held out from detection: {overlap.get('holdout')}; needles shared with detection: "
+            f"{len(overlap.get('needles_shared', []))}; identical samples: "
+            f"{overlap.get('samples_identical_to_detection', 0)}"
+        )
     grouped = table.groupby(["head_set", "k", "language"], sort=False)
     for (head_set, k, language), frame in grouped:
         seeds = f" over {len(frame)} draws" if head_set == "random" else ""

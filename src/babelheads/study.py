@@ -1,4 +1,7 @@
-"""The embedded default job: detect -> retrieval + translation -> compare -> ablate -> report."""
+"""The embedded default job: detect -> retrieval + translation -> compare -> ablate -> report.
+
+It sits above the experiments and the report: nothing below imports it.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,9 @@ from pathlib import Path
 from babelheads.experiments.ablate import AblateConfig, ablate
 from babelheads.experiments.compare import CompareConfig, run_compare
 from babelheads.experiments.detect import DetectConfig, detect
+from babelheads.report.html import build_report
 from babelheads.runs import RunStore
+from babelheads.tasks.niah import NiahSettings
 
 
 @dataclass(frozen=True)
@@ -31,17 +36,19 @@ def run_study(
     say: Callable[[str], None] = print,
 ) -> Path:
     """Run every step (each resumes if its run exists) and return the report's path."""
-    from babelheads.report.html import build_report
-
-    common = {"model": config.model, "seed": config.seed, "dtype": config.dtype}
+    common = {"model": config.model, "dtype": config.dtype}
     say("1/5 detection")
-    detection = detect(DetectConfig(languages=config.languages, **common), out / "detect", device, progress)
+    task = NiahSettings(languages=config.languages, seed=config.seed)
+    detection = detect(DetectConfig(task=task, **common), out / "detect", device, progress)
     targets = [code for code in config.languages if code != config.translate_from]
     runs = [detection.root]
     if targets:
         say("2/5 retrieval + translation")
         pairs = tuple(f"{config.translate_from}:{target}" for target in targets)
-        runs.append(detect(DetectConfig(pairs=pairs, **common), out / "translation", device, progress).root)
+        translation = NiahSettings(pairs=pairs, seed=config.seed)
+        runs.append(
+            detect(DetectConfig(task=translation, **common), out / "translation", device, progress).root
+        )
     say("3/5 cross-language comparison")
     run_compare(runs, out / "compare", CompareConfig(seed=config.seed))
     say("4/5 ablation")
@@ -61,4 +68,4 @@ def run_study(
         progress,
     )
     say("5/5 report")
-    return build_report([*runs, ablation.root], out / "report.html")
+    return build_report([*runs, out / "compare", ablation.root], out / "report.html")

@@ -1,0 +1,86 @@
+"""What a task is: samples (token ids, named spans, the expected output) and a scorer for an output.
+
+The runner knows nothing else about a task. Adding a task adds a module here, never a branch in the
+runner.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from babelheads.models import LoadedModel
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One prompt to decode.
+
+    sample_id : a file name that is safe on every OS (see :func:`safe_id`).
+    condition : the label results are grouped by: a language ('en') or a variant of one ('en>zh').
+    spans : named half-open token spans [start, end) into ``input_ids``, e.g. 'needle' and 'answer'.
+    meta : further columns for the run's samples table (length, depth, needle id, ...).
+    """
+
+    sample_id: str
+    condition: str
+    input_ids: tuple[int, ...]
+    expected: str
+    spans: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    meta: Mapping[str, object] = field(default_factory=dict)
+    text: str = ""
+    """The prompt as text, for inspection (not stored in the tables)."""
+    max_new_tokens: int | None = None
+    """A limit of the sample's own (a reasoning chain needs more steps than a short answer)."""
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A sample that could not be built; the run records it with its reason and goes on."""
+
+    sample_id: str
+    condition: str
+    reason: str
+    meta: Mapping[str, object] = field(default_factory=dict)
+
+
+class Task(Protocol):
+    """A task builds its samples for a loaded model and scores what the model wrote."""
+
+    name: str
+
+    def sample_ids(self) -> list[str]:
+        """Every sample's id, without a model: a finished run is recognised before any model loads."""
+        ...
+
+    def identity(self) -> dict:
+        """What decides the samples' content beyond the config (hashes of the data files read)."""
+        ...
+
+    def build(self, loaded: LoadedModel) -> list[Sample | Skipped]: ...
+
+    def score(self, sample: Sample, output: str) -> dict[str, object]:
+        """Columns for the samples table; must hold 'success' (bool)."""
+        ...
+
+
+def safe_id(text: str) -> str:
+    """``text`` as a portable file name: characters outside [A-Za-z0-9._-] become '_' and, since that
+    could make two ids equal, a short hash of the original is appended."""
+    cleaned = _UNSAFE.sub("_", text)
+    if cleaned == text:
+        return text
+    return f"{cleaned}-{hashlib.sha256(text.encode()).hexdigest()[:6]}"
+
+
+def content_digest(data: object) -> str:
+    """A short hash of JSON-able content (texts, parsed needles, language settings)."""
+    encoded = json.dumps(data, sort_keys=True, ensure_ascii=False, default=str).encode()
+    return hashlib.sha256(encoded).hexdigest()[:16]
