@@ -184,7 +184,9 @@ def test_an_empty_or_too_short_corpus_is_refused(tiny_model_dir, tmp_path, monke
     assert not out.exists()
 
 
-def test_a_needle_lost_in_tokenization_is_skipped_with_its_reason(tiny_model_dir, tmp_path, monkeypatch, capsys):
+def test_a_needle_lost_in_tokenization_is_skipped_with_its_reason(
+    tiny_model_dir, tmp_path, monkeypatch, capsys
+):
     needles = tmp_path / "needles.json"
     needles.write_text(
         json.dumps(

@@ -13,9 +13,9 @@ from transformers import PreTrainedTokenizerFast
 from babelheads.data.corpora import load_corpus
 from babelheads.data.languages import available_languages, load_language
 from babelheads.data.needles import Needle, load_needles, parse_needles
+from babelheads.errors import TaskError
 from babelheads.tasks.base import Sample, Skipped
 from babelheads.tasks.niah import NiahBuilder, NiahCell, grid_cells
-from babelheads.errors import TaskError
 
 BUILDER_LANGUAGES = ("en", "de", "zh")
 NEEDLE_LANGUAGES = ("en", "de", "zh", "fr", "es")
@@ -313,7 +313,9 @@ DEPTHS = [0.0, 0.1, 0.3, 0.5, 0.7, 1.0]
 
 def needle_of(sample) -> Needle:
     return next(
-        needle for needle in load_needles("builtin", sample.meta["source_language"]) if needle.id == sample.meta["needle_id"]
+        needle
+        for needle in load_needles("builtin", sample.meta["source_language"])
+        if needle.id == sample.meta["needle_id"]
     )
 
 
@@ -325,7 +327,12 @@ def _check_sample(sample, builder: NiahBuilder, tokenizer) -> None:
     assert answer_text.strip() == needle.answer
     needle_text = tokenizer.decode(list(sample.input_ids[slice(*sample.spans["needle"])]))
     assert needle.statement.replace(" ", "") in needle_text.replace(" ", "")
-    assert sample.spans["needle"][0] <= sample.spans["answer"][0] < sample.spans["answer"][1] <= sample.spans["needle"][1]
+    assert (
+        sample.spans["needle"][0]
+        <= sample.spans["answer"][0]
+        < sample.spans["answer"][1]
+        <= sample.spans["needle"][1]
+    )
     assert list(sample.input_ids) == tokenizer(prompt)["input_ids"]
     # The statement is there once, at a sentence boundary.
     assert prompt.count(needle.statement) == 1

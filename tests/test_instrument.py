@@ -7,10 +7,10 @@ import torch
 from oracle import naive_peaks
 from tiny_models import ARCHITECTURES, tiny_model
 
-from babelheads.runner import greedy_decode
 from babelheads.heads import HeadAddress
 from babelheads.models import describe_heads
 from babelheads.probe import HeadGates, Instrument, ProbeSettings
+from babelheads.runner import greedy_decode
 
 STEPS = 6
 

@@ -6,10 +6,11 @@ import pytest
 import torch
 from oracle import naive_peaks
 
-from babelheads.runner import greedy_decode
-from babelheads.experiments.detect import DetectConfig, build_samples, detect, plan
+from babelheads.experiments.detect import DetectConfig, detect
 from babelheads.models import load_model
 from babelheads.probe import Instrument
+from babelheads.runner import greedy_decode
+from babelheads.tasks.niah import NiahSettings, NiahTask
 
 pytestmark = pytest.mark.real
 LANGUAGES = ("en", "de")
@@ -22,13 +23,10 @@ def gemma():
 
 @pytest.fixture(scope="module")
 def detection(tmp_path_factory):
-    config = DetectConfig(
-        languages=LANGUAGES,
-        lengths=(1000, 2000),
-        depths=(0.25, 0.5, 0.75),
-        needle_kind="key",
-        max_new_tokens=16,
+    task = NiahSettings(
+        languages=LANGUAGES, lengths=(1000, 2000), depths=(0.25, 0.5, 0.75), needle_kind="key"
     )
+    config = DetectConfig(task=task, max_new_tokens=16)
     store = detect(config, tmp_path_factory.mktemp("gemma-run"), progress=False)
     return store
 
@@ -57,8 +55,8 @@ def test_recorded_peaks_equal_eager_argmax_on_gemma(gemma):
 
 
 def test_greedy_output_is_identical_with_and_without_the_instrument(gemma):
-    config = DetectConfig(languages=("de",), lengths=(600,), depths=(0.5,), needle_kind="key")
-    ids = torch.tensor([build_samples(config, gemma, plan(config))[0].input_ids])
+    task = NiahTask(NiahSettings(languages=("de",), lengths=(600,), depths=(0.5,), needle_kind="key"))
+    ids = torch.tensor([task.build(gemma)[0].input_ids])
     instrument = Instrument(gemma.model, gemma.layout)
     ours = greedy_decode(instrument, ids, 12).tokens
     instrument.detach()

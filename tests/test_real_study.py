@@ -2,25 +2,27 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import torch
+from oracle import naive_peaks
 
 from babelheads.experiments.ablate import AblateConfig, ablate
 from babelheads.experiments.compare import CompareConfig, run_compare
-from babelheads.experiments.detect import DetectConfig, build_samples, detect, plan
+from babelheads.experiments.detect import DetectConfig, detect
 from babelheads.models import load_model
+from babelheads.probe import Instrument
+from babelheads.runner import greedy_decode
+from babelheads.scoring import copy_events, retrieval_scores
+from babelheads.tasks.niah import NiahSettings, NiahTask
 
 pytestmark = pytest.mark.real
 
 
 @pytest.fixture(scope="module")
 def gemma_run(tmp_path_factory):
-    config = DetectConfig(
-        languages=("en",),
-        lengths=(1000, 2000),
-        depths=(0.25, 0.5, 0.75),
-        needle_kind="key",
-        max_new_tokens=16,
-    )
+    task = NiahSettings(languages=("en",), lengths=(1000, 2000), depths=(0.25, 0.5, 0.75), needle_kind="key")
+    config = DetectConfig(task=task, max_new_tokens=16)
     return detect(config, tmp_path_factory.mktemp("gemma-detect"), progress=False)
 
 
@@ -50,19 +52,43 @@ def test_smollm2_is_an_instruct_model_prompted_with_its_chat_template():
     loaded = load_model("smollm2-135m", device="cpu")
     assert loaded.is_chat
     assert (loaded.layout.num_layers, loaded.layout.num_heads, loaded.layout.num_kv_heads) == (30, 9, 3)
-    config = DetectConfig(model="smollm2-135m", languages=("en",), lengths=(400,), depths=(0.5,))
-    sample = build_samples(config, loaded, plan(config))[0]
-    assert sample.prompt.startswith("<|im_start|>") and sample.prompt.rstrip().endswith("assistant")
+    task = NiahTask(NiahSettings(languages=("en",), lengths=(400,), depths=(0.5,)))
+    sample = task.build(loaded)[0]
+    assert sample.text.startswith("<|im_start|>") and sample.text.rstrip().endswith("assistant")
+
+
+def test_official_per_head_scores_are_reproduced_on_smollm2_with_50_greedy_steps():
+    """The official code's protocol and copy rule, recomputed from eager attention with a cache (as its
+    code does): every head's official score must equal the instrument's, on a fixed prompt."""
+    loaded = load_model("smollm2-135m", device="cpu")
+    task = NiahTask(NiahSettings(languages=("en",), lengths=(600,), depths=(0.5,), needle_kind="key"))
+    sample = task.build(loaded)[0]
+    ids = torch.tensor([sample.input_ids])
+    instrument = Instrument(loaded.model, loaded.layout)
+    decoded = greedy_decode(instrument, ids, 50)
+    instrument.detach()
+    start, end = sample.spans["answer"]
+    ours = retrieval_scores(
+        copy_events(decoded.records, decoded.tokens, sample.input_ids, sample.spans["needle"], (start, end)),
+        (start, end),
+    )["official"]
+    tokens, peaks, _ = naive_peaks(loaded.model, ids, 50, use_cache=True)
+    assert tokens == decoded.tokens
+    official = np.zeros_like(ours)
+    for token, step_peaks in zip(tokens, peaks, strict=True):
+        for layer, heads in enumerate(step_peaks):
+            for head, position in enumerate(heads):
+                if start <= position < end and int(ids[0, position]) == token:
+                    official[layer, head] += 1 / (end - start)
+    assert official.max() > 0, "the fixed prompt must make some head copy"
+    np.testing.assert_allclose(ours, official, rtol=0, atol=1e-12)
 
 
 def test_the_two_builtin_models_compare_and_say_their_shapes_differ(gemma_run, tmp_path):
     smol = detect(
         DetectConfig(
             model="smollm2-135m",
-            languages=("en",),
-            lengths=(600,),
-            depths=(0.5,),
-            needle_kind="key",
+            task=NiahSettings(languages=("en",), lengths=(600,), depths=(0.5,), needle_kind="key"),
             max_new_tokens=12,
         ),
         tmp_path / "smol",

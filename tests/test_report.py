@@ -15,14 +15,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from babelheads.errors import BabelheadsError
 from babelheads.analysis.aggregate import AggregateSettings
+from babelheads.errors import BabelheadsError
 from babelheads.experiments.compare import CompareConfig, run_compare
 from babelheads.experiments.detect import DetectConfig, detect, finalize
-from babelheads.tasks.niah import NiahSettings
 from babelheads.report import figures
 from babelheads.report.html import build_report, read_runs, report_sections
 from babelheads.runs import RunStore
+from babelheads.tasks.niah import NiahSettings
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FAST = dict(lengths=(800,), depths=(0.0, 0.5, 1.0))
@@ -55,7 +55,7 @@ def fabricate(source: Path, target: Path, successes: dict[str, int]) -> RunStore
             heads = pd.read_parquet(path)
             labels = heads["layer"].astype(str) + "-" + heads["head"].astype(str)
             noise = np.random.default_rng(position).uniform(0.6, 1.4, len(heads))
-            chosen = (labels.map(SCORES.get(language, SCORES['en>zh'])).fillna(0.0) * noise).clip(upper=1.0)
+            chosen = (labels.map(SCORES.get(language, SCORES["en>zh"])).fillna(0.0) * noise).clip(upper=1.0)
             heads["paper"] = heads["official"] = chosen
             heads["needle_attention"] = 0.05 + 0.5 * chosen
             heads.to_parquet(path, index=False)
@@ -128,7 +128,17 @@ def runs(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
     run_compare([root / "good", root / "good-pairs"], root / "good-compare", quick)
     run_compare([root / "mono", root / "pairs"], root / "mono-compare", quick)
     run_compare([root / "thin"], root / "thin-compare", quick)
-    names = ("mono", "pairs", "good", "good-pairs", "thin", "ablate", "good-compare", "mono-compare", "thin-compare")
+    names = (
+        "mono",
+        "pairs",
+        "good",
+        "good-pairs",
+        "thin",
+        "ablate",
+        "good-compare",
+        "mono-compare",
+        "thin-compare",
+    )
     return {name: root / name for name in names}
 
 
@@ -372,7 +382,9 @@ def test_a_thin_language_is_left_out_of_cross_language_figures(runs):
 def test_unknown_run_kinds_and_missing_runs_are_refused(runs, tmp_path):
     other = RunStore(tmp_path / "other")
     other.create({"kind": "sweep", "config": {}}, 0)
-    with pytest.raises(BabelheadsError, match=r"is a 'sweep' run; the report reads detect, compare and ablate"):
+    with pytest.raises(
+        BabelheadsError, match=r"is a 'sweep' run; the report reads detect, compare and ablate"
+    ):
         build_report([runs["good"], other.root], tmp_path / "report.html")
     with pytest.raises(BabelheadsError, match="not a babelheads run"):
         build_report([tmp_path / "nothing"], tmp_path / "report.html")

@@ -1,0 +1,255 @@
+"""The runner's stop rule and protocol, exact attention for softcap and sinks, tasks and their data."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+from test_cli_and_runs import assert_one_line_error, detect_args, run_cli
+from tiny_models import tiny_model
+
+from babelheads.analysis.aggregate import AggregateSettings, aggregate
+from babelheads.data.needles import parse_needles
+from babelheads.data.problems import load_problems
+from babelheads.errors import TaskError
+from babelheads.models import describe_heads
+from babelheads.official import official_name, read_official
+from babelheads.probe import Instrument
+from babelheads.probe.eager import eager_attention
+from babelheads.runner import StopRule, greedy_decode
+from babelheads.runs import RunStore
+from babelheads.tasks.base import safe_id
+from babelheads.tasks.cot import extract_number
+
+# --- stops --------------------------------------------------------------------------------------------
+
+RULE = StopRule(stop_ids=frozenset({1, 2}), blank_newlines=frozenset({10}), text_newlines=frozenset({11}))
+
+
+def test_every_eos_id_stops_and_a_first_token_with_text_and_a_newline_ends_the_answer():
+    assert RULE.ends(1, False) == (True, True) and RULE.ends(2, True)[0]
+    assert RULE.ends(10, False) == (False, False), "a blank line before the answer is skipped"
+    assert RULE.ends(10, True) == (True, True), "a blank line after it ends the answer"
+    assert RULE.ends(11, False) == (True, True), "'42\\n' as the first token is a one-token answer"
+    assert RULE.ends(5, False) == (False, True)
+
+
+def test_stop_rule_reads_the_generation_config_list_and_end_of_turn_tokens(tiny_model_dir):
+    from babelheads.models import load_model
+
+    loaded = load_model(str(tiny_model_dir), device="cpu")
+    loaded.model.generation_config.eos_token_id = [1, 7]
+    rule = StopRule.for_model(loaded)
+    assert {1, 7} <= rule.stop_ids
+    newline = loaded.tokenizer.convert_tokens_to_ids("Ċ")
+    assert newline in rule.blank_newlines
+
+
+def test_decoding_stops_at_a_stop_token_of_the_list():
+    model = tiny_model("llama")
+    instrument = Instrument(model, describe_heads(model))
+    ids = torch.randint(3, 500, (1, 30), generator=torch.Generator().manual_seed(3))
+    free = greedy_decode(instrument, ids, 6, record=False).tokens
+    stopped = greedy_decode(instrument, ids, 6, StopRule(stop_ids=frozenset({free[2]})), record=False).tokens
+    assert stopped == free[: free.index(free[2]) + 1]
+    assert instrument.position is None, "the position is reset after every sample"
+
+
+# --- exact attention for what sdpa cannot take ------------------------------------------------------
+
+
+def test_gemma2_softcap_logits_equal_its_own_eager_attention():
+    from transformers import AutoModelForCausalLM, Gemma2Config
+
+    import babelheads.probe  # noqa: F401
+
+    config = Gemma2Config(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        sliding_window=8,
+        attn_logit_softcapping=5.0,
+        final_logit_softcapping=None,
+    )
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=torch.float32).eval()
+    ids = torch.randint(0, 256, (1, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reference = model(ids).logits
+        model.set_attn_implementation("babelheads")
+        instrument = Instrument(model, describe_heads(model))
+        ours = model(ids).logits
+        decoded = greedy_decode(instrument, ids, 3)
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+    assert decoded.records.num_steps == 3
+
+
+def test_sink_logits_take_their_share_as_gpt_oss_eager_computes_them():
+    generator = torch.Generator().manual_seed(0)
+    query = torch.randn(1, 4, 5, 8, generator=generator)
+    key = torch.randn(1, 2, 5, 8, generator=generator)
+    value = torch.randn(1, 2, 5, 8, generator=generator)
+    sinks = torch.randn(4, generator=generator)
+    causal = torch.ones(5, 5, dtype=torch.bool).tril().view(1, 1, 5, 5)
+    ours = eager_attention(query, key, value, causal, 8**-0.5, sinks=sinks)
+    keys, values = key.repeat_interleave(2, 1), value.repeat_interleave(2, 1)
+    logits = (query @ keys.transpose(-1, -2)) * 8**-0.5
+    logits = logits.masked_fill(~causal, float("-inf"))
+    combined = torch.cat([logits, sinks.view(1, 4, 1, 1).expand(1, 4, 5, 1)], dim=-1)
+    weights = torch.softmax(combined, dim=-1)[..., :-1]
+    torch.testing.assert_close(ours, (weights @ values).transpose(1, 2), atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(ours, eager_attention(query, key, value, causal, 8**-0.5))
+
+
+# --- needles, ids, official files ---------------------------------------------------------------------
+
+
+def test_an_answer_that_occurs_twice_is_refused_unless_answer_start_says_which(tmp_path):
+    statement = "The code is 47 and the spare code is 47 too."
+    path = tmp_path / "needles.json"
+    path.write_text(
+        json.dumps([{"id": "twice", "statement": statement, "question": "Code?", "answer": "47"}])
+    )
+    with pytest.raises(TaskError, match="occurs more than once.*answer_start"):
+        parse_needles(path)
+    second = statement.rindex("47")
+    path.write_text(
+        json.dumps(
+            [{"id": "twice", "statement": statement, "question": "?", "answer": "47", "answer_start": second}]
+        )
+    )
+    assert parse_needles(path)[0].answer_offset == second
+    path.write_text(
+        json.dumps(
+            [{"id": "twice", "statement": statement, "question": "?", "answer": "47", "answer_start": 3}]
+        )
+    )
+    with pytest.raises(TaskError, match="does not point at its answer"):
+        parse_needles(path)
+
+
+def test_sample_ids_are_portable_file_names():
+    assert safe_id("en-L1000-D0.500-key") == "en-L1000-D0.500-key"
+    unsafe = safe_id("en>zh-L1000-D0.5-a/b:c")
+    assert all(char.isalnum() or char in "._-" for char in unsafe)
+    assert safe_id("a/b") != safe_id("a:b")
+
+
+def test_official_files_name_their_variant_and_read_back(tmp_path):
+    path = tmp_path / official_name("en", "paper")
+    path.write_text(json.dumps({"0-1": [0.5, 1.0], "2-3": [0.0, 0.0]}))
+    frame = read_official(path)
+    assert path.name == "retrieval_scores.en.paper.json"
+    assert frame["variant"].unique().tolist() == ["paper"]
+    assert frame.loc[(frame["layer"] == 0) & (frame["head"] == 1), "score"].item() == 0.75
+    authors = tmp_path / "Qwen.json"
+    authors.write_text(json.dumps({"1-1": [1.65]}))
+    assert read_official(authors)["variant"].item() == "official"
+
+
+# --- aggregation as an analysis setting ---------------------------------------------------------------
+
+
+def _tables():
+    samples = pd.DataFrame(
+        {
+            "sample_id": ["a", "b", "c"],
+            "language": ["en", "en", "de"],
+            "status": "ok",
+            "rouge1_recall": [1.0, 0.4, 0.0],
+            "success": [True, False, False],
+        }
+    )
+    rows = []
+    for sample_id, language, values in (
+        ("a", "en", (1.0, 2.0)),
+        ("b", "en", (0.5, 0.5)),
+        ("c", "de", (0.2, 0.2)),
+    ):
+        for head, (paper, official) in enumerate([values, (0.0, 0.0)]):
+            rows.append(
+                {
+                    "sample_id": sample_id,
+                    "language": language,
+                    "layer": 0,
+                    "head": head,
+                    "kv_head": 0,
+                    "paper": paper,
+                    "official": official,
+                    "needle_attention": 0.5,
+                }
+            )
+    return samples, pd.DataFrame(rows)
+
+
+def test_aggregation_follows_variant_samples_and_threshold_and_gives_nan_not_zero():
+    samples, heads = _tables()
+    with pytest.warns(UserWarning, match="de: 0 successful samples"):
+        scores, kv, notes = aggregate(samples, heads, AggregateSettings())
+    en = scores[scores["language"] == "en"].set_index("head")
+    assert en.loc[0, "score"] == 1.0 and en.loc[0, "samples_used"] == 1
+    assert scores.loc[scores["language"] == "de", "score"].isna().all()
+    assert kv.loc[kv["language"] == "en", "score"].item() == 1.0  # max over the KV group
+    official = aggregate(samples, heads, AggregateSettings(score="official"))[0]
+    assert official.loc[(official["language"] == "en") & (official["head"] == 0), "score"].item() == 2.0
+    everything = aggregate(samples, heads, AggregateSettings(score_on="all"))[0]
+    assert (
+        everything.loc[(everything["language"] == "en") & (everything["head"] == 0), "score"].item() == 0.75
+    )
+    lower = aggregate(samples, heads, AggregateSettings(success_threshold=0.3))[0]
+    assert lower.loc[(lower["language"] == "en") & (lower["head"] == 0), "samples_used"].item() == 2
+
+
+# --- word problems -----------------------------------------------------------------------------------
+
+
+def test_word_problems_are_parallel_with_numeric_answers():
+    sets = {code: load_problems(code) for code in ("en", "de", "zh")}
+    reference = [(problem.id, problem.answer) for problem in sets["en"].problems]
+    assert len(reference) >= 30
+    for problem_set in sets.values():
+        assert [(problem.id, problem.answer) for problem in problem_set.problems] == reference
+        assert problem_set.answer_marker in problem_set.cot_prompt
+
+
+@pytest.mark.parametrize(
+    ("output", "marker", "expected"),
+    [
+        (" She has 24 - 7 = 17 apples. The answer is 17.", "The answer is", (17, "marker")),
+        (" The answer is 1,250.", "The answer is", (1250, "marker")),
+        (" 3 + 4 = 7, so 7", "The answer is", (7, "last")),
+        (" 共有 5 × 3 = 15 个。答案是15。", "答案是", (15, "marker")),
+        (" keine Ahnung", "Die Antwort ist", (None, "none")),
+    ],
+)
+def test_numeric_answers_are_extracted_after_the_marker_or_last(output, marker, expected):
+    assert extract_number(output, marker) == expected
+
+
+def test_cot_ablation_runs_through_the_cli(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    detection = tmp_path / "detect"
+    args = [*detect_args(tiny_model_dir, detection), "--languages", "en", "--score-on", "all"]
+    assert run_cli(monkeypatch, capsys, *args)[0] == 0
+    out = tmp_path / "cot"
+    common = ["ablate", str(detection), "--task", "cot", "--problems", "2", "--quiet", "--k", "1"]
+    code, stdout, err = run_cli(
+        monkeypatch, capsys, *common, "--out", str(out), "--head-sets", "random", "--random-seeds", "1"
+    )
+    assert code == 0, err
+    assert "task cot" in stdout
+    store = RunStore(out)
+    table = store.derived("ablation")
+    assert set(table["language"]) == {"en/cot", "en/direct"}
+    assert (table["task"] == "cot").all() and table["delta_rouge"].isna().all()
+    samples = store.table("samples")
+    assert len(samples) == 2 * 2 * 2  # problems x modes x (none, random)
+    assert set(samples["extracted_by"]) <= {"marker", "last", "none"}
+    # The random tiny model copies nothing, so no head can be a top retrieval head.
+    code, _, err = run_cli(monkeypatch, capsys, *common, "--out", str(tmp_path / "top"), "--head-sets", "top")
+    assert_one_line_error(code, err, r"Only 0 heads have a mean retrieval score >= 0.1")
