@@ -33,8 +33,7 @@ def detection(tmp_path_factory):
 
 def test_recorded_peaks_equal_eager_argmax_on_gemma(gemma):
     # 700 tokens: past the 512-token sliding window, so slot-to-position mapping is exercised.
-    config = DetectConfig(languages=("en",), lengths=(700,), depths=(0.5,))
-    sample = build_samples(config, gemma, plan(config))[0]
+    sample = NiahTask(NiahSettings(languages=("en",), lengths=(700,), depths=(0.5,))).build(gemma)[0]
     ids = torch.tensor([sample.input_ids])
     steps = 5
     instrument = Instrument(gemma.model, gemma.layout)

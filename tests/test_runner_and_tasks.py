@@ -116,7 +116,7 @@ def test_an_answer_that_occurs_twice_is_refused_unless_answer_start_says_which(t
     path.write_text(
         json.dumps([{"id": "twice", "statement": statement, "question": "Code?", "answer": "47"}])
     )
-    with pytest.raises(TaskError, match="occurs more than once.*answer_start"):
+    with pytest.raises(TaskError, match=r"occurs more than once.*answer_start"):
         parse_needles(path)
     second = statement.rindex("47")
     path.write_text(
@@ -191,7 +191,7 @@ def _tables():
 def test_aggregation_follows_variant_samples_and_threshold_and_gives_nan_not_zero():
     samples, heads = _tables()
     with pytest.warns(UserWarning, match="de: 0 successful samples"):
-        scores, kv, notes = aggregate(samples, heads, AggregateSettings())
+        scores, kv, _ = aggregate(samples, heads, AggregateSettings())
     en = scores[scores["language"] == "en"].set_index("head")
     assert en.loc[0, "score"] == 1.0 and en.loc[0, "samples_used"] == 1
     assert scores.loc[scores["language"] == "de", "score"].isna().all()

@@ -95,7 +95,7 @@ def retrieval_tables(
             "token": np.repeat(np.asarray(tokens, dtype=np.int64), layout.total_heads),
             "layer": layer.ravel().astype(np.int16),
             "head": head.ravel().astype(np.int16),
-            "kv_head": (head.ravel() // layout.group_size).astype(np.int16),
+            "kv_head": layout.kv_head_of(head.ravel()).astype(np.int16),
             "peak": events.peak.ravel(),
             "weight": weights[..., 0].ravel(),
             "positions": list(positions.reshape(count, -1)),
@@ -113,7 +113,7 @@ def retrieval_tables(
             **base,
             "layer": grid_layer.ravel().astype(np.int16),
             "head": grid_head.ravel().astype(np.int16),
-            "kv_head": (grid_head.ravel() // layout.group_size).astype(np.int16),
+            "kv_head": layout.kv_head_of(grid_head.ravel()).astype(np.int16),
             **{name: values.ravel() for name, values in scores.items()},
         }
     )

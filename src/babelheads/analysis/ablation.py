@@ -83,8 +83,9 @@ def select_head_sets(
         too_many = [k for k in k_values if k > strong]
         if too_many:
             raise BabelheadsError(
-                f"Only {strong} heads have a mean retrieval score >= {threshold}, so a top-{max(too_many)} set "
-                f"would mask heads that are not retrieval heads. Use --k up to {strong}, or a lower --threshold."
+                f"Only {strong} heads have a mean retrieval score >= {threshold}, so a "
+                f"top-{max(too_many)} set would mask heads that are not retrieval heads. "
+                f"Use --k up to {strong}, or a lower --threshold."
             )
     agnostic = ranked(member.all(axis=1), mean)
     specific = ranked(member.any(axis=1) & ~member.all(axis=1), peak)

@@ -73,9 +73,9 @@ def parse_needles(path: Path) -> list[Needle]:
                 )
         elif item["statement"].count(item["answer"]) > 1:
             raise TaskError(
-                f"Needle {item['id']!r} in {path}: its answer {item['answer']!r} occurs more than once in its "
-                'statement, so the span to score is ambiguous. Add "answer_start" (the character offset '
-                "of the intended occurrence) or rephrase the statement."
+                f"Needle {item['id']!r} in {path}: its answer {item['answer']!r} occurs more than once "
+                'in its statement, so the span to score is ambiguous. Add "answer_start" (the character '
+                "offset of the intended occurrence) or rephrase the statement."
             )
         needles.append(
             Needle(

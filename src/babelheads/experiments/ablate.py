@@ -96,16 +96,16 @@ def evaluation_task(config: AblateConfig, detection: dict, detected: pd.DataFram
         niah = NiahSettings(**{**asdict(niah), "needle_ids": tuple(unused)})
     task = NiahTask(niah, config.success_threshold)
     needles = sorted({cell.needle.id for cell in task.cells})
-    same_prompts = seed == settings["seed"] and (
-        set(task.sample_ids()) & set(detected["sample_id"]) if "sample_id" in detected else set()
-    )
+    # A prompt repeats a detection prompt only with the same seed (the haystack order) and cell.
+    detected_ids = set(detected["sample_id"]) if "sample_id" in detected else set()
+    identical = len(set(task.sample_ids()) & detected_ids) if seed == settings["seed"] else 0
     return task, {
         "holdout": config.holdout,
         "evaluation_seed": seed,
         "detection_seed": settings["seed"],
         "needles_shared": sorted(set(needles) & set(used)),
         "needles_held_out": sorted(set(needles) - set(used)),
-        "samples_identical_to_detection": len(same_prompts) if same_prompts else 0,
+        "samples_identical_to_detection": identical,
     }
 
 

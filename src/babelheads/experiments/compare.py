@@ -127,7 +127,8 @@ def thin_conditions(matrix: ScoreMatrix, min_samples: int) -> tuple[list[str], l
         else:
             notes.append(
                 f"{condition}: {count} successful samples (at least {min_samples} needed): left out of the "
-                "cross-language statistics, which would otherwise read it as a language without retrieval heads"
+                "cross-language statistics, which would otherwise read it as a language without "
+                "retrieval heads"
             )
     for note in notes:
         warnings.warn(note, ThinDataWarning, stacklevel=2)

@@ -293,9 +293,9 @@ class NiahBuilder:
         if overhead + total < MIN_LENGTH_SHARE * cell.length:
             marks = " ".join(self.language.sentence_end)
             raise TaskError(
-                f"The {self.language.name} prompt for length {cell.length} would have only {overhead + total} "
-                f"tokens: the haystack has no sentence end ({marks}) or paragraph break in the last "
-                f"{budget - total} of its first {budget} tokens. Check sentence_end in the "
+                f"The {self.language.name} prompt for length {cell.length} would have only "
+                f"{overhead + total} tokens: the haystack has no sentence end ({marks}) or paragraph "
+                f"break in the last {budget - total} of its first {budget} tokens. Check sentence_end in the "
                 f"{self.language.code} language file, use a corpus of running text, or a longer --lengths."
             )
         target = cell.depth * total
