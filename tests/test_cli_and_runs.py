@@ -109,13 +109,13 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(
     tiny_model_dir, tmp_path, monkeypatch, capsys
 ):
     reference, killed = tmp_path / "reference", tmp_path / "killed"
-    args = ["--lengths", "800,1000,1200", "--depths", "0,0.25,0.5,0.75,1", "--max-new-tokens", "8", "--quiet"]
+    args = ["--lengths", "1000,1200,1400", "--depths", "0,0.25,0.5,0.75,1", "--max-new-tokens", "8", "--quiet"]
     command = [sys.executable, "-m", "babelheads.cli", "detect", "--model", str(tiny_model_dir), *args]
     process = subprocess.Popen(
         [*command, "--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     samples = killed / "tables" / "samples"
-    deadline = time.time() + 120
+    deadline = time.time() + 300
     while time.time() < deadline and len(list(samples.glob("*.parquet"))) < 3:
         time.sleep(0.05)
     os.kill(process.pid, signal.SIGKILL)
