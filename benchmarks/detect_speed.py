@@ -69,21 +69,19 @@ class PeakMemory:
 
 
 def prompts(loaded, length: int, count: int) -> list:
-    from babelheads.experiments.detect import DetectConfig, build_samples, plan
+    from babelheads.tasks.niah import NiahSettings, NiahTask
 
-    config = DetectConfig(
-        model="-", languages=("en",), lengths=(length,), depths=(0.5,), needles_per_cell=count
-    )
-    return [sample.input_ids for sample in build_samples(config, loaded, plan(config))]
+    settings = NiahSettings(languages=("en",), lengths=(length,), depths=(0.5,), needles_per_cell=count)
+    return [sample.input_ids for sample in NiahTask(settings).build(loaded)]
 
 
 def worker(args) -> None:
     import torch
 
     sys.path.insert(0, str(ROOT / "tests"))
-    from babelheads.decoding import greedy_decode
     from babelheads.models import load_model
     from babelheads.probe import Instrument
+    from babelheads.runner import greedy_decode
 
     loaded = load_model(args.model, device=args.device, dtype=args.dtype)
     model = loaded.model

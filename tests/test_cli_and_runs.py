@@ -109,7 +109,15 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(
     tiny_model_dir, tmp_path, monkeypatch, capsys
 ):
     reference, killed = tmp_path / "reference", tmp_path / "killed"
-    args = ["--lengths", "1000,1200,1400", "--depths", "0,0.25,0.5,0.75,1", "--max-new-tokens", "8", "--quiet"]
+    args = [
+        "--lengths",
+        "1000,1200,1400",
+        "--depths",
+        "0,0.25,0.5,0.75,1",
+        "--max-new-tokens",
+        "8",
+        "--quiet",
+    ]
     command = [sys.executable, "-m", "babelheads.cli", "detect", "--model", str(tiny_model_dir), *args]
     process = subprocess.Popen(
         [*command, "--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

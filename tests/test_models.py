@@ -24,6 +24,7 @@ def test_layout_reports_heads_and_attention_kinds(kind):
     expected_windows = {
         "gemma3": (8, 8, None, 8),
         "mistral": (16, 16, 16),
+        "gemma2": (8, None, 8),
     }.get(kind, (None, None, None))
     assert layout.layer_windows == expected_windows
     assert layout.num_heads == 4

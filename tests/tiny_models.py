@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import (
     AutoModelForCausalLM,
+    Gemma2Config,
     Gemma3TextConfig,
     LlamaConfig,
     MistralConfig,
@@ -43,10 +44,27 @@ def tiny_config(kind: str, vocab_size: int = VOCAB):
             layer_types=["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"],
             query_pre_attn_scalar=16,
         )
+    if kind == "gemma2":
+        # Logit soft-capping: a term sdpa refuses, so the instrument computes this attention exactly.
+        return Gemma2Config(
+            **common,
+            num_key_value_heads=2,
+            head_dim=16,
+            sliding_window=8,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+            attn_logit_softcapping=5.0,
+            query_pre_attn_scalar=16,
+        )
     raise ValueError(kind)
 
 
-ARCHITECTURES = ["llama", "qwen2", "mistral", "phi3", "gemma3"]
+ARCHITECTURES = ["llama", "qwen2", "mistral", "phi3", "gemma3", "gemma2"]
+REFERENCE_ATTENTION = {"gemma2": "eager"}
+"""The attention a plain model uses for reference: sdpa, except where sdpa cannot compute the model."""
+
+
+def reference_attention(kind: str) -> str:
+    return REFERENCE_ATTENTION.get(kind, "sdpa")
 
 
 def tiny_model(kind: str, attn_implementation: str = "babelheads", seed: int = 0, vocab_size: int = VOCAB):

@@ -132,8 +132,8 @@ def summary(
     """Print the score distribution and top heads of a detection run; re-aggregate without re-running."""
     from dataclasses import replace
 
-    from babelheads.experiments.detect import finalize
-    from babelheads.report.text import detection_summary, recorded_settings
+    from babelheads.experiments.detect import finalize, recorded_analysis
+    from babelheads.report.text import detection_summary
     from babelheads.runs import RunStore
 
     store = RunStore(run)
@@ -142,7 +142,7 @@ def summary(
         raise BabelheadsError(f"{run} is not a detection run; summary reads detection runs.")
     changes = {"score": score, "score_on": score_on, "success_threshold": success_threshold}
     changes = {key: value for key, value in changes.items() if value is not None}
-    settings = replace(recorded_settings(store), **changes) if changes else None
+    settings = replace(recorded_analysis(store)[0], **changes) if changes else None
     if settings is not None and write:
         finalize(store, settings)
     typer.echo(detection_summary(store, top, settings, threshold))

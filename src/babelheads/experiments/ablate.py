@@ -68,7 +68,9 @@ class AblateConfig:
             raise BabelheadsError(f"Unknown holdout {self.holdout!r}. Use one of: {', '.join(HOLDOUTS)}.")
 
 
-def evaluation_task(config: AblateConfig, detection: dict, detected: pd.DataFrame) -> tuple[object, dict]:
+def evaluation_task(
+    config: AblateConfig, detection: dict, detected: pd.DataFrame
+) -> tuple[NiahTask | CotTask, dict]:
     """The task to evaluate, in the detection run's data, and what it shares with the detection samples."""
     settings = detection["config"]["task"]
     languages = config.languages or tuple(settings["languages"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -15,6 +14,7 @@ from babelheads.analysis.aggregate import AggregateSettings, ThinDataWarning, co
 from babelheads.analysis.distribution import distribution
 from babelheads.analysis.scores import ScoreMatrix, bootstrap, score_matrix
 from babelheads.errors import BabelheadsError
+from babelheads.experiments.detect import recorded_analysis
 from babelheads.heads import HeadAddress
 from babelheads.runs import RunStore
 
@@ -85,12 +85,8 @@ class DetectionTables:
 
 
 def read_detection(store: RunStore) -> DetectionTables:
-    """A run's raw tables and the analysis settings it was aggregated with (analysis.json)."""
-    recorded = store.manifest().get("analysis", {})
-    path = store.root / "analysis.json"
-    if path.exists():
-        recorded = {key: value for key, value in json.loads(path.read_text()).items() if key != "notes"}
-    return DetectionTables(store.table("samples"), store.table("head_scores"), AggregateSettings(**recorded))
+    """A run's raw tables and the analysis settings it was aggregated with."""
+    return DetectionTables(store.table("samples"), store.table("head_scores"), recorded_analysis(store)[0])
 
 
 def merged_matrix(

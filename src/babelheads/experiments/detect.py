@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from babelheads.probe import ProbeSettings
 from babelheads.runner import Job, RunSettings, run_jobs
 from babelheads.runs import RunStore
 from babelheads.tasks.niah import NiahSettings, NiahTask
+
+ANALYSIS_FILE = "analysis.json"
 
 
 @dataclass(frozen=True)
@@ -91,5 +94,13 @@ def finalize(store: RunStore, settings: AggregateSettings) -> list[str]:
     store.write_derived("scores", scores)
     store.write_derived("kv_scores", kv_scores)
     export_official(store, samples, heads, settings)
-    store.write_json("analysis.json", {**asdict(settings), "notes": notes})
+    store.write_json(ANALYSIS_FILE, {**asdict(settings), "notes": notes})
     return notes
+
+
+def recorded_analysis(store: RunStore) -> tuple[AggregateSettings, list[str]]:
+    """The analysis settings a run's score tables were last written with, and their notes."""
+    path = store.root / ANALYSIS_FILE
+    recorded = json.loads(path.read_text()) if path.exists() else store.manifest().get("analysis", {})
+    notes = list(recorded.pop("notes", []))
+    return AggregateSettings(**recorded), notes

@@ -26,6 +26,9 @@ class HeadGates:
     head-importance work). mode 'uniform' gives ``g * out + (1 - g) * uniform``, where ``uniform`` is
     the head's output when it attends uniformly to every visible key: the official retrieval-head
     code's masking (a zeroed query), which it applies while decoding only, and so does this.
+
+    Fixed values are copied to the model's device once, on first use: make new gates to change them.
+    Trainable values (``requires_grad``) are read on every call, so their gradients reach them.
     """
 
     values: torch.Tensor

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pandas as pd
 
 from babelheads.analysis.aggregate import AggregateSettings, aggregate, with_success
@@ -14,6 +12,7 @@ from babelheads.analysis.distribution import (
     retrieval_head_share,
     top_heads,
 )
+from babelheads.experiments.detect import recorded_analysis
 from babelheads.heads import HeadAddress
 from babelheads.runs import RunStore
 
@@ -31,9 +30,8 @@ def detection_summary(
     spec = manifest["spec"]
     raw = store.table("samples")
     if settings is None:
-        settings = recorded_settings(store)
+        settings, notes = recorded_analysis(store)
         scores = store.derived("scores")
-        notes = _recorded_notes(store)
     else:
         scores, _, notes = aggregate(raw, store.table("head_scores"), settings)
     samples = with_success(raw, settings.success_threshold)
@@ -78,25 +76,6 @@ def detection_summary(
         lines.append("")
         lines += [f"warning: {note}" for note in notes]
     return "\n".join(lines)
-
-
-def recorded_settings(store: RunStore) -> AggregateSettings:
-    """The analysis settings the run's derived tables were written with."""
-    path = store.root / "analysis.json"
-    recorded = json.loads(path.read_text()) if path.exists() else store.manifest().get("analysis", {})
-    return AggregateSettings(**{key: value for key, value in recorded.items() if key != "notes"})
-
-
-def _recorded_notes(store: RunStore) -> list[str]:
-    path = store.root / "analysis.json"
-    return list(json.loads(path.read_text()).get("notes", [])) if path.exists() else []
-
-
-def accuracy_grid(samples: pd.DataFrame) -> pd.DataFrame:
-    """Mean success by language, length and depth: the familiar haystack table."""
-    return samples.pivot_table(
-        index=["language", "length"], columns="depth", values="success", aggfunc="mean"
-    )
 
 
 def comparison_summary(tables: dict[str, pd.DataFrame], notes: list[str]) -> str:

@@ -1,0 +1,122 @@
+"""Detection, aggregation, official files and masking on a model that really copies (copying_model.py),
+so that every number checked can come out wrong."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from copying_model import Script, copying_model
+
+from babelheads.analysis.aggregate import AggregateSettings, aggregate
+from babelheads.experiments import ablate as ablate_module
+from babelheads.experiments import detect as detect_module
+from babelheads.experiments.ablate import AblateConfig, ablate
+from babelheads.experiments.detect import DetectConfig, detect
+from babelheads.tasks.niah import NiahSettings, NiahTask
+
+TASK = NiahSettings(languages=("en", "de"), lengths=(1200,), depths=(0.25, 0.5, 0.75), needle_kind="key")
+
+
+def _script(loaded, settings: NiahSettings, misread_depth: float | None) -> dict:
+    script = {}
+    for sample in NiahTask(settings).build(loaded):
+        misread = sample.meta["depth"] == misread_depth
+        script[sample.input_ids] = Script(sample.spans["answer"], sample.spans["needle"], misread)
+    return script
+
+
+@pytest.fixture(scope="module")
+def copier(tiny_tokenizer_session):
+    loaded = copying_model(tiny_tokenizer_session, {})
+    # Detection samples: the depth-0.5 ones misread (wrong answer, no copy); ablation samples (another
+    # seed, held out) all read right.
+    loaded.model.script.update(_script(loaded, TASK, misread_depth=0.5))
+    loaded.model.script.update(_script(loaded, replace(TASK, seed=1), misread_depth=None))
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def run(copier, tmp_path_factory):
+    patch = pytest.MonkeyPatch()
+    patch.setattr(detect_module, "load_model", lambda *args, **kwargs: copier)
+    try:
+        store = detect(
+            DetectConfig(model="copying-stub", task=TASK, max_new_tokens=12),
+            tmp_path_factory.mktemp("copier"),
+            progress=False,
+        )
+    finally:
+        patch.undo()
+    return store
+
+
+def test_the_copier_answers_right_except_where_it_misreads(run):
+    samples = run.table("samples")
+    assert len(samples) == 6
+    assert (samples["success"] == (samples["depth"] != 0.5)).all(), samples[["depth", "output", "answer"]]
+
+
+def test_the_retriever_scores_one_on_successes_and_every_other_head_zero(run):
+    scores = run.derived("scores").set_index(["language", "layer", "head"])
+    samples = run.table("samples")
+    for language in ("en", "de"):
+        assert scores.loc[(language, 1, 0), "paper"] == 1.0
+        assert scores.loc[(language, 1, 0), "official"] == 1.0
+        assert scores.loc[(language, 1, 0), "samples_used"] == 2
+        others = scores.loc[language].drop(index=(1, 0))
+        assert (others["paper"] == 0).all() and (others["official"] == 0).all()
+        # It looks into the needle at every step but the last (EOS, read at position 0), also when it
+        # misreads: needle attention averages over every sample.
+        steps = samples.loc[samples["language"] == language, "steps"]
+        expected = ((steps - 1) / steps).mean()
+        assert scores.loc[(language, 1, 0), "needle_attention"] == pytest.approx(expected)
+        assert scores.loc[(language, 1, 1), "needle_attention"] == 0.0
+
+
+def test_a_kv_head_scores_the_max_of_its_query_heads(run):
+    kv = run.derived("kv_scores").set_index(["language", "layer", "kv_head"])
+    assert kv.loc[("en", 1, 0), "score"] == 1.0
+    assert kv.loc[("en", 0, 0), "score"] == 0.0
+
+
+def test_score_on_all_counts_the_misread_samples_as_zero_copies(run):
+    scores, _, _ = aggregate(
+        run.table("samples"), run.table("head_scores"), AggregateSettings(score_on="all")
+    )
+    retriever = scores[(scores["layer"] == 1) & (scores["head"] == 0)]
+    np.testing.assert_allclose(retriever["score"], [2 / 3, 2 / 3])
+    assert (retriever["samples_used"] == 3).all()
+
+
+def test_official_json_holds_each_used_samples_score(run):
+    data = json.loads((run.root / "retrieval_scores.en.paper.json").read_text())
+    assert data["1-0"] == [1.0, 1.0]
+    assert data["1-1"] == [0.0, 0.0] and data["0-0"] == [0.0, 0.0]
+    assert set(data) == {"0-0", "0-1", "1-0", "1-1"}
+
+
+def test_masking_the_retriever_breaks_retrieval_and_a_random_head_does_not(
+    copier, run, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(ablate_module, "load_model", lambda *args, **kwargs: copier)
+    config = AblateConfig(
+        run=str(run.root),
+        k=(1,),
+        head_sets=("top", "random"),
+        random_seeds=3,
+        lengths=TASK.lengths,
+        depths=TASK.depths,
+        needle_kind="key",
+        max_new_tokens=12,
+    )
+    table = ablate(config, tmp_path / "ablate", progress=False).derived("ablation")
+    for language in ("en", "de"):
+        rows = table[table["language"] == language]
+        assert rows.loc[rows["head_set"] == "none", "accuracy"].item() == 1.0
+        top = rows[rows["head_set"] == "top"]
+        assert top["heads"].item() == "1-0" and top["accuracy"].item() == 0.0
+        assert top["delta_accuracy"].item() == -1.0
+        assert (rows.loc[rows["head_set"] == "random", "accuracy"] == 1.0).all()
