@@ -412,7 +412,8 @@ def rank_matrix(rank_agreement: pd.DataFrame, languages: Sequence[str], note: st
 def accuracy_heatmap(accuracy: pd.DataFrame) -> Figure:
     """NIAH accuracy by context length (rows) and needle depth (columns), one panel per condition.
 
-    accuracy : language, length, depth, accuracy, rouge1_recall, samples.
+    accuracy : language, length, depth, accuracy, rouge1_recall, samples, and optionally tokens (the
+    prompts' actual mean length), shown beside each requested length.
     """
     title = "Needle-in-a-haystack accuracy by context length and depth"
     caption = (
@@ -445,9 +446,17 @@ def accuracy_heatmap(accuracy: pd.DataFrame) -> Figure:
                         j, i, f"{value:.0%}\nn={counts.iat[i, j]:.0f}", ha="center", va="center", fontsize=7
                     )
         ax.set_xticks(range(len(depths)), [f"{d:g}" for d in depths])
-        ax.set_yticks(range(len(lengths)), [str(x) for x in lengths])
-        ax.set_xlabel("needle depth")
-        ax.set_ylabel("context length (tokens)")
+        if "tokens" in frame:
+            actual = frame.groupby("length")["tokens"].mean().reindex(lengths)
+            labels = [
+                f"{x} ({t:.0f})" if np.isfinite(t) else str(x) for x, t in zip(lengths, actual, strict=True)
+            ]
+            ax.set_ylabel("requested length (actual mean), tokens")
+        else:
+            labels = [str(x) for x in lengths]
+            ax.set_ylabel("context length (tokens)")
+        ax.set_yticks(range(len(lengths)), labels)
+        ax.set_xlabel("needle depth (in tokens)")
         overall = frame["accuracy"].mul(frame["samples"]).sum() / frame["samples"].sum()
         ax.set_title(f"{condition}  ({overall:.0%} overall)")
     figure.colorbar(image, ax=axes, shrink=0.8, label="accuracy")

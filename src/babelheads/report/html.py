@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from babelheads.analysis.aggregate import completed
+from babelheads.analysis.aggregate import with_success
 from babelheads.errors import BabelheadsError
+from babelheads.experiments.detect import recorded_analysis
 from babelheads.report import figures
 from babelheads.report.figures import Figure
 from babelheads.report.text import ablation_summary, comparison_summary, detection_summary
@@ -155,7 +156,8 @@ def model_sections(runs: list[Run], min_samples: int) -> list[Section]:
 
 def detection_section(run: Run, min_samples: int) -> Section:
     scores = run.store.derived("scores")
-    samples = completed(run.store.table("samples"))
+    settings, _ = recorded_analysis(run.store)
+    samples = with_success(run.store.table("samples"), settings.success_threshold)
     successes = samples.groupby("language")["success"].sum().astype(int).to_dict()
     full = full_attention_layers(run.store.manifest())
     return Section(
