@@ -161,6 +161,7 @@ class NiahTask:
         self.settings = settings
         self.success_threshold = success_threshold
         self.cells = self._plan()
+        self._haystacks: dict[str, str] = {}
         self._languages = {
             code: load_language(code, settings.root)
             for pair in settings.conditions()
@@ -225,10 +226,16 @@ class NiahTask:
             needles = load_needles(settings.needles, code, root)
             identity[f"needles:{code}"] = content_digest([asdict(needle) for needle in needles])
         for source, _ in settings.conditions():
-            identity[f"corpus:{source}"] = content_digest(
-                load_corpus(settings.corpus, source, settings.seed, root)
-            )
+            identity[f"corpus:{source}"] = content_digest(self._haystack(source))
         return identity
+
+    def _haystack(self, code: str) -> str:
+        """The corpus of ``code``, read once (a dataset corpus is not streamed twice)."""
+        if code not in self._haystacks:
+            self._haystacks[code] = load_corpus(
+                self.settings.corpus, code, self.settings.seed, self.settings.root
+            )
+        return self._haystacks[code]
 
     def build(self, loaded: LoadedModel) -> list[Sample | Skipped]:
         chat = {"auto": loaded.is_chat, "chat": True, "plain": False}[self.settings.prompt]
@@ -236,12 +243,9 @@ class NiahTask:
         built: list[Sample | Skipped] = []
         for cell in self.cells:
             if cell.language not in builders:
-                haystack = load_corpus(
-                    self.settings.corpus, cell.language, self.settings.seed, self.settings.root
-                )
                 builders[cell.language] = NiahBuilder(
                     self._languages[cell.language],
-                    haystack,
+                    self._haystack(cell.language),
                     loaded.tokenizer,
                     chat,
                     loaded.layout.max_positions,
