@@ -8,6 +8,8 @@ emits the first answer token, and step 0's attention is recorded like every late
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -104,7 +106,7 @@ def greedy_decode(
         raise ValueError(f"input_ids must have shape (1, n), n >= 1. Got {tuple(input_ids.shape)} instead.")
     model = instrument.model
     stops = stops or StopRule()
-    cache = DynamicCache(config=model.config)
+    cache = {cache_argument(type(model)): DynamicCache(config=model.config)}
     length = input_ids.shape[1]
     tokens: list[int] = []
     instrument.set_phase("prefill")
@@ -112,7 +114,7 @@ def greedy_decode(
     for start in range(0, length - 1, prefill_chunk):
         model(
             input_ids=input_ids[:, start : min(start + prefill_chunk, length - 1)],
-            past_key_values=cache,
+            **cache,
             use_cache=True,
             logits_to_keep=1,
         )
@@ -124,7 +126,7 @@ def greedy_decode(
                 instrument.position = position
                 logits = model(
                     input_ids=step_input,
-                    past_key_values=cache,
+                    **cache,
                     use_cache=True,
                     position_ids=torch.tensor([[position]], device=input_ids.device),
                     logits_to_keep=1,
@@ -140,6 +142,14 @@ def greedy_decode(
         instrument.set_phase("prefill")
         instrument.position = None
     return Decoded(tokens, instrument.take_records() if record else None)
+
+
+@functools.cache
+def cache_argument(model_class: type) -> str:
+    """The name the model's forward takes its KV cache by: 'cache' from transformers 5.24 on (which
+    warns on every call given the old name), 'past_key_values' before."""
+    parameters = inspect.signature(model_class.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 @dataclass(frozen=True)
