@@ -148,10 +148,12 @@ def ablation_summary(store: RunStore) -> str:
     grouped = table.groupby(["head_set", "k", "language"], sort=False)
     for (head_set, k, language), frame in grouped:
         seeds = f" over {len(frame)} draws" if head_set == "random" else ""
+        rouge = frame["rouge1_recall"].mean()  # NaN for tasks without ROUGE (word problems)
         lines.append(
-            f"  {head_set:<9} K={k:<3} {language:<6} heads {frame['count'].iloc[0]:>3}  accuracy "
+            f"  {head_set:<9} K={k:<3} {language:<9} heads {frame['count'].iloc[0]:>3}  accuracy "
             f"{frame['accuracy'].mean():4.0%}  change {frame['delta_accuracy'].mean():+.2f} "
-            f"[{frame['delta_accuracy_lo'].min():+.2f}, {frame['delta_accuracy_hi'].max():+.2f}]  "
-            f"ROUGE-1 {frame['rouge1_recall'].mean():.2f}{seeds}"
+            f"[{frame['delta_accuracy_lo'].min():+.2f}, {frame['delta_accuracy_hi'].max():+.2f}]"
+            + (f"  ROUGE-1 {rouge:.2f}" if rouge == rouge else "")
+            + seeds
         )
     return "\n".join(lines)
