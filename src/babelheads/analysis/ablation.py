@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from babelheads.analysis.scores import mean_interval
 from babelheads.errors import BabelheadsError
 from babelheads.heads import HeadAddress
 
@@ -117,13 +118,7 @@ def paired_delta(
 ) -> tuple[float, float, float]:
     """Mean of masked - baseline over paired samples, with a percentile bootstrap interval."""
     differences = np.asarray(masked, dtype=float) - np.asarray(baseline, dtype=float)
-    if len(differences) == 0 or np.isnan(differences).all():
-        return np.nan, np.nan, np.nan
-    rng = np.random.default_rng(seed)
-    draws = differences[rng.integers(0, len(differences), (replicates, len(differences)))].mean(axis=1)
-    tail = (1 - level) / 2 * 100
-    lo, hi = np.percentile(draws, [tail, 100 - tail])
-    return float(differences.mean()), float(lo), float(hi)
+    return mean_interval(differences, replicates, seed, level)
 
 
 def effects(evaluations: pd.DataFrame, sets: pd.DataFrame, replicates: int, seed: int) -> pd.DataFrame:

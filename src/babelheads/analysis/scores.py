@@ -111,3 +111,17 @@ def bootstrap(
         lo, hi = np.percentile(sample, [tail, 100 - tail]) if len(sample) else (np.nan, np.nan)
         rows.append({"statistic": name, "value": value, "lo": lo, "hi": hi, "replicates": len(sample)})
     return pd.DataFrame(rows)
+
+
+def mean_interval(
+    values: np.ndarray, replicates: int, seed: int, level: float = 0.95
+) -> tuple[float, float, float]:
+    """Mean of ``values`` with a percentile bootstrap interval; NaN for no (or only NaN) values."""
+    values = np.asarray(values, dtype=float)
+    if len(values) == 0 or np.isnan(values).all():
+        return np.nan, np.nan, np.nan
+    rng = np.random.default_rng(seed)
+    draws = values[rng.integers(0, len(values), (replicates, len(values)))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(draws, [tail, 100 - tail])
+    return float(values.mean()), float(lo), float(hi)

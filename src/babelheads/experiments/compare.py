@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 
 from babelheads.analysis import crosslingual
-from babelheads.analysis.aggregate import AggregateSettings, ThinDataWarning, completed
+from babelheads.analysis.aggregate import AggregateSettings, ThinDataWarning, with_success
 from babelheads.analysis.distribution import distribution
-from babelheads.analysis.scores import ScoreMatrix, bootstrap, score_matrix
+from babelheads.analysis.scores import ScoreMatrix, bootstrap, mean_interval, score_matrix
 from babelheads.errors import BabelheadsError
 from babelheads.experiments.detect import recorded_analysis
 from babelheads.heads import HeadAddress
@@ -207,12 +207,7 @@ def _rank_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 def accuracy_table(runs: list[DetectionTables]) -> pd.DataFrame:
     """Retrieval accuracy by condition, length and depth, with the prompts' actual token lengths."""
-    frames = [
-        completed(run.samples).assign(
-            success=lambda f, t=run.settings.success_threshold: f["rouge1_recall"] > t
-        )
-        for run in runs
-    ]
+    frames = [with_success(run.samples, run.settings.success_threshold) for run in runs]
     samples = pd.concat(frames, ignore_index=True)
     grouped = samples.groupby(["language", "length", "depth"])
     return grouped.agg(
@@ -222,14 +217,6 @@ def accuracy_table(runs: list[DetectionTables]) -> pd.DataFrame:
         tokens=("tokens", "mean"),
         depth_actual=("depth_actual", "mean"),
     ).reset_index()
-
-
-def _needle_kinds(runs: list[DetectionTables]) -> dict[str, str]:
-    return {
-        sample_id: kind
-        for run in runs
-        for sample_id, kind in zip(run.samples["sample_id"], run.samples["needle_kind"], strict=True)
-    }
 
 
 def translation_table(runs: list[DetectionTables], config: CompareConfig) -> pd.DataFrame:
@@ -242,8 +229,9 @@ def translation_table(runs: list[DetectionTables], config: CompareConfig) -> pd.
     """
     retrieval = merged_matrix(runs)
     means = retrieval.mean()
-    kinds = _needle_kinds(runs)
-    samples = pd.concat([completed(run.samples) for run in runs], ignore_index=True)
+    samples = pd.concat(
+        [with_success(run.samples, run.settings.success_threshold) for run in runs], ignore_index=True
+    )
     rows = []
     for condition in retrieval.conditions:
         source, _, target = condition.partition(">")
@@ -259,7 +247,7 @@ def translation_table(runs: list[DetectionTables], config: CompareConfig) -> pd.
             if means[source][index] > 0
         ]
         for kind in sorted(set(samples.loc[samples["language"] == condition, "needle_kind"])):
-            rows += _translation_rows(runs, condition, source, kind, kinds, ranking, samples, config)
+            rows += _translation_rows(runs, condition, source, kind, ranking, samples, config)
     return pd.DataFrame(rows)
 
 
@@ -268,20 +256,11 @@ def _translation_rows(
     condition: str,
     source: str,
     kind: str,
-    kinds: dict[str, str],
     ranking: list[int],
     samples: pd.DataFrame,
     config: CompareConfig,
 ) -> list[dict]:
-    def of_kind(run: DetectionTables) -> DetectionTables:
-        chosen = {sample for sample, value in kinds.items() if value == kind}
-        return DetectionTables(
-            run.samples[run.samples["sample_id"].isin(chosen)],
-            run.head_scores[run.head_scores["sample_id"].isin(chosen)],
-            run.settings,
-        )
-
-    subset = [of_kind(run) for run in runs]
+    subset = [_of_needle_kind(run, kind) for run in runs]
     subset = [run for run in subset if not run.samples.empty]
     copies = merged_matrix(subset, score_on="all")
     attention = merged_matrix(subset, variant="needle_attention", score_on="all")
@@ -312,19 +291,19 @@ def _translation_rows(
     ]
     chosen = samples[samples["needle_kind"] == kind]
     for measure, label in (("accuracy_mono", source), ("accuracy_translation", condition)):
-        outcome = (
-            chosen.loc[chosen["language"] == label, "rouge1_recall"] > runs[0].settings.success_threshold
-        )
-        rows.append(
-            {
-                **base,
-                "measure": measure,
-                "value": float(outcome.mean()) if len(outcome) else np.nan,
-                "lo": np.nan,
-                "hi": np.nan,
-            }
-        )
+        outcome = chosen.loc[chosen["language"] == label, "success"]
+        value, lo, hi = mean_interval(outcome.to_numpy(dtype=float), config.replicates, config.seed)
+        rows.append({**base, "measure": measure, "value": value, "lo": lo, "hi": hi})
     return rows
+
+
+def _of_needle_kind(run: DetectionTables, kind: str) -> DetectionTables:
+    chosen = set(run.samples.loc[run.samples["needle_kind"] == kind, "sample_id"])
+    return DetectionTables(
+        run.samples[run.samples["sample_id"].isin(chosen)],
+        run.head_scores[run.head_scores["sample_id"].isin(chosen)],
+        run.settings,
+    )
 
 
 def model_tables(stores: list[RunStore], config: CompareConfig) -> tuple[dict[str, pd.DataFrame], list[str]]:
