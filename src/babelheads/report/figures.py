@@ -451,7 +451,7 @@ def accuracy_heatmap(accuracy: pd.DataFrame) -> Figure:
             labels = [
                 f"{x} ({t:.0f})" if np.isfinite(t) else str(x) for x, t in zip(lengths, actual, strict=True)
             ]
-            ax.set_ylabel("requested length (actual mean), tokens")
+            ax.set_ylabel("length (actual), tokens")
         else:
             labels = [str(x) for x in lengths]
             ax.set_ylabel("context length (tokens)")

@@ -279,7 +279,8 @@ def render(runs: list[Run], sections: list[Section]) -> str:
     rows = "".join(
         f"<tr><td class='path' title='{escape(str(run.path))}'>{escape(run.path.name)}</td>"
         f"<td>{escape(run.kind)}</td><td class='path'>{escape(run.model)}</td><td>{run.seed}</td>"
-        f"<td>{escape(', '.join(run.languages))}</td><td>{len(run.store.finished())}</td></tr>"
+        f"<td>{escape(', '.join(run.languages))}</td>"
+        f"<td>{'-' if run.kind == 'compare' else len(run.store.finished())}</td></tr>"
         for run in runs
     )
     anchors = [f"section-{index}" for index in range(1, len(sections) + 1)]
