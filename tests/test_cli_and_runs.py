@@ -250,3 +250,37 @@ def test_a_corrupted_parquet_file_is_named_with_the_fix(tiny_model_dir, tmp_path
 def test_summary_of_a_directory_that_is_no_run(tmp_path, monkeypatch, capsys):
     code, _, err = run_cli(monkeypatch, capsys, "summary", str(tmp_path))
     assert_one_line_error(code, err, r"is not a babelheads run")
+
+
+def test_resuming_with_changed_corpus_content_is_refused_naming_it(
+    tiny_model_dir, tmp_path, monkeypatch, capsys
+):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(load_builtin_text("en"))
+    out = tmp_path / "run"
+    args = [*detect_args(tiny_model_dir, out), "--languages", "en", "--corpus", str(corpus)]
+    assert run_cli(monkeypatch, capsys, *args)[0] == 0
+    corpus.write_text(load_builtin_text("en").replace("the", "a", 1))
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert_one_line_error(code, err, r"holds a run made with a different data\.corpus:en")
+
+
+def load_builtin_text(code: str) -> str:
+    from babelheads.data.corpora import load_corpus
+
+    return load_corpus("builtin", code, 0)
+
+
+def test_an_out_path_that_is_a_file_gets_one_line(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    target = tmp_path / "results.txt"
+    target.write_text("keep me")
+    code, _, err = run_cli(monkeypatch, capsys, *detect_args(tiny_model_dir, target))
+    assert_one_line_error(code, err, r"is a file, not a run directory")
+    assert target.read_text() == "keep me"
+
+
+def test_help_says_what_the_tool_does(monkeypatch, capsys):
+    code, out, _ = run_cli(monkeypatch, capsys, "--help")
+    assert code == 0
+    assert "finds the attention heads a language model uses to retrieve" in out
+    assert "thin wrappers" not in out

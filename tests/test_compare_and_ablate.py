@@ -65,6 +65,14 @@ def test_compare_writes_tables_and_csv_with_intervals(runs, tmp_path, monkeypatc
     assert {"spearman", "spearman_lo", "spearman_hi", "kendall", "rank_diff"} <= set(ranks.columns)
     translation = store.derived("translation")
     assert set(translation["condition"]) == {"en>zh", "en>de"}
+    # Split by needle kind (a translated fact answer cannot be copied), accuracy with its interval.
+    kinds = RunStore(runs["translation"]).table("samples")["needle_kind"]
+    assert set(translation["needle_kind"]) == set(kinds) and "needle_kind" in translation
+    accuracy = translation[translation["measure"].str.startswith("accuracy")]
+    assert accuracy[["lo", "hi"]].notna().all().all()
+    assert "fact needles: copy is 0 by construction" in stdout
+    # The settings compare used are written beside its tables (the report reads them from there).
+    assert store.derived("settings")["threshold"].item() == 0.1
     for name in ("heads", "overlap", "generality", "accuracy", "rank_agreement", "translation"):
         csv = pd.read_csv(out / "csv" / f"{name}.csv")
         assert len(csv) == len(store.derived(name))

@@ -56,3 +56,13 @@ def test_bad_device_and_dtype_are_named(tiny_model_dir):
         load_model(str(tiny_model_dir), device="cpu", dtype="fp8")
     with pytest.raises(ModelLoadError, match="Unknown device"):
         load_model(str(tiny_model_dir), device="gpu0")
+
+
+def test_a_model_sdpa_cannot_compute_is_refused_unless_its_term_is_computed_exactly():
+    from babelheads.models import check_exact
+
+    check_exact(tiny_model("gemma2"))  # soft-capping: computed exactly, accepted
+    model = tiny_model("llama")
+    model._supports_sdpa = False
+    with pytest.raises(UnsupportedModelError, match=r"says sdpa cannot compute its attention"):
+        check_exact(model)

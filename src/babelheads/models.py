@@ -141,6 +141,7 @@ def load_model(spec: str, device: str = "auto", dtype: str = "auto", chat: bool 
     if is_chat is None:
         is_chat = getattr(tokenizer, "chat_template", None) is not None
     loaded = LoadedModel(model, tokenizer, layout, identity, bool(is_chat))
+    check_exact(model)
     _check_routing(loaded)
     return loaded
 
@@ -217,6 +218,24 @@ def _check_gguf(path: Path) -> None:
             f"{path} is not a GGUF file (it does not start with 'GGUF'). Pass a .gguf file, "
             "a model directory or a hub id."
         )
+
+
+EXACT_WITHOUT_SDPA = {"gemma2": "logit soft-capping", "gpt_oss": "attention sinks"}
+"""Models sdpa cannot compute whose extra term the instrument computes exactly (probe/eager.py)."""
+
+
+def check_exact(model: torch.nn.Module) -> None:
+    """Refuse a model that declares sdpa unable to compute it, unless the instrument computes its extra
+    term itself: anything else would silently drop that term."""
+    model_type = getattr(model.config, "model_type", "")
+    if getattr(model, "_supports_sdpa", True) or model_type in EXACT_WITHOUT_SDPA:
+        return
+    handled = ", ".join(f"{name} ({term})" for name, term in EXACT_WITHOUT_SDPA.items())
+    raise UnsupportedModelError(
+        f"{type(model).__name__} ({model_type}) says sdpa cannot compute its attention, and babelheads "
+        f"computes the extra terms of {handled} only; its results would be wrong. Use another model, or "
+        "add its term to babelheads/probe/eager.py."
+    )
 
 
 def _check_routing(loaded: LoadedModel) -> None:
