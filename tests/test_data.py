@@ -486,3 +486,16 @@ def test_answer_that_ends_inside_a_token_is_lost_in_tokenization(builders, token
     assert tokenizer.decode(list(sample.input_ids[slice(*sample.spans["answer"])])).strip() == word
     skipped = builder.build(NiahCell("en", 1200, 0.5, part))
     assert isinstance(skipped, Skipped) and "merges with the neighbouring characters" in skipped.reason
+
+
+def test_a_language_whose_sentence_marks_miss_the_script_is_refused_not_cut_short(tokenizer):
+    """Chinese text with English sentence marks has no boundary to cut at: the prompt would be a few
+    tokens long. It must be refused with the cause, never built silently short."""
+    chinese = load_corpus("builtin", "zh", 0).replace("\n\n", "")
+    wrong_marks = dataclasses.replace(load_language("zh"), sentence_end=".!?")
+    builder = NiahBuilder(wrong_marks, chinese, tokenizer, chat=False, max_positions=None)
+    needle = load_needles("builtin", "zh")[0]
+    with pytest.raises(TaskError, match=r"would have only \d+ tokens: the haystack has no sentence end"):
+        builder.build(NiahCell("zh", 1200, 0.5, needle))
+    right = NiahBuilder(load_language("zh"), chinese, tokenizer, chat=False, max_positions=None)
+    assert len(right.build(NiahCell("zh", 1200, 0.5, needle)).input_ids) >= 0.9 * 1200
