@@ -141,8 +141,8 @@ def load_model(spec: str, device: str = "auto", dtype: str = "auto", chat: bool 
     if is_chat is None:
         is_chat = getattr(tokenizer, "chat_template", None) is not None
     loaded = LoadedModel(model, tokenizer, layout, identity, bool(is_chat))
-    check_exact(model)
     _check_routing(loaded)
+    check_exact(model)
     return loaded
 
 
