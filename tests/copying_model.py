@@ -44,20 +44,26 @@ class _Attention(torch.nn.Module):
         self.is_causal = True
         self._model = [model]  # not a submodule: no cycle in named_modules
 
-    def forward(self, ids: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor, cache, padding) -> torch.Tensor:
         model = self._model[0]
-        length = ids.shape[1]
-        keys = torch.nn.functional.one_hot(positions[0], DIM).float().view(1, 1, length, DIM)
-        values = torch.nn.functional.one_hot(ids[0], DIM).float().view(1, 1, length, DIM)
+        batch, length = ids.shape
+        keys = torch.nn.functional.one_hot(positions, DIM).float().view(batch, 1, length, DIM)
+        values = torch.nn.functional.one_hot(ids, DIM).float().view(batch, 1, length, DIM)
         keys, values = cache.update(keys, values, self.layer_idx)
-        queries = torch.zeros(1, 2, length, DIM)
-        if length == 1:  # decoding: the scripted queries
-            targets = model.targets(self.layer_idx, int(positions[0, -1]))
-            for head, target in enumerate(targets):
-                queries[0, head, 0, target] = SHARP
+        queries = torch.zeros(batch, 2, length, DIM)
+        mask = None
+        if length == 1:  # decoding: the scripted queries, each row's from its own history in the cache
+            mask = None if padding is None else padding[:, -keys.shape[2] :].bool().view(batch, 1, 1, -1)
+            for row in range(batch):
+                real = keys[row, 0].sum(-1) > 0  # left padding holds zero keys
+                order = keys[row, 0][real].argmax(-1).argsort()
+                history = values[row, 0][real].argmax(-1)[order].tolist()
+                targets = model.targets(self.layer_idx, history, int(positions[row, -1]))
+                for head, target in enumerate(targets):
+                    queries[row, head, 0, target] = SHARP
         attend = ALL_ATTENTION_FUNCTIONS[model.config._attn_implementation]
-        output, _ = attend(self, queries, keys, values, None, scaling=1.0, position_ids=positions)
-        return output  # (1, q_len, heads, DIM)
+        output, _ = attend(self, queries, keys, values, mask, scaling=1.0, position_ids=positions)
+        return output  # (batch, q_len, heads, DIM)
 
 
 class CopyingModel(torch.nn.Module):
@@ -77,37 +83,29 @@ class CopyingModel(torch.nn.Module):
         self.script = script
         self.anchor = torch.nn.Parameter(torch.zeros(1), requires_grad=False)
         self.layers = torch.nn.ModuleList([_decoder_layer(_Attention(self, layer)) for layer in range(2)])
-        self._seen: list[int] = []
-        self._prompt: tuple[int, ...] | None = None
 
     def set_attn_implementation(self, name: str) -> None:
         self.config._attn_implementation = name
 
-    def targets(self, layer: int, position: int) -> tuple[int, int]:
-        if layer == 0 or self._prompt is None:
+    def targets(self, layer: int, history: list[int], position: int) -> tuple[int, int]:
+        prompt = next((p for p in self.script if tuple(history[: len(p)]) == p), None)
+        if layer == 0 or prompt is None:
             return 0, 0
-        script = self.script[self._prompt]
-        step = position - (len(self._prompt) - 1)
+        script = self.script[prompt]
+        step = position - (len(prompt) - 1)
         start = (script.needle if script.misread else script.answer)[0]
         length = script.answer[1] - script.answer[0]
         retriever = start + step if step < length else 0
         return retriever, position
 
-    def forward(self, input_ids, past_key_values=None, position_ids=None, logits_to_keep=1, **_):
-        if past_key_values.get_seq_length() == 0:
-            self._seen, self._prompt = [], None
-        start = len(self._seen)
-        self._seen += input_ids[0].tolist()
-        if self._prompt is None and tuple(self._seen) in self.script:
-            self._prompt = tuple(self._seen)
-        positions = torch.arange(start, start + input_ids.shape[1]).view(1, -1)
+    def forward(self, input_ids, past_key_values=None, position_ids=None, attention_mask=None, **_):
         for layer in self.layers:
-            output = layer.self_attn(input_ids, positions, past_key_values)
-        last = output[0, -1]  # layer 1's heads at the last position
-        logits = 10.0 * last[0, : self.config.vocab_size] + 1.0 * last[1, : self.config.vocab_size]
-        logits[EOS] = logits[BOS]
-        logits[BOS] = -1e9
-        return SimpleNamespace(logits=logits.view(1, 1, -1))
+            output = layer.self_attn(input_ids, position_ids, past_key_values, attention_mask)
+        last = output[:, -1]  # layer 1's heads at the last position: (batch, heads, DIM)
+        logits = 10.0 * last[:, 0, : self.config.vocab_size] + 1.0 * last[:, 1, : self.config.vocab_size]
+        logits[:, EOS] = logits[:, BOS]
+        logits[:, BOS] = -1e9
+        return SimpleNamespace(logits=logits.unsqueeze(1))
 
 
 def _decoder_layer(attention: _Attention) -> torch.nn.Module:

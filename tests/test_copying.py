@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from copying_model import Script, copying_model
 
+import babelheads.execution as execution_module
 from babelheads.analysis.aggregate import AggregateSettings, aggregate
-from babelheads.experiments import ablate as ablate_module
-from babelheads.experiments import detect as detect_module
+from babelheads.execution import Execution
 from babelheads.experiments.ablate import AblateConfig, ablate
 from babelheads.experiments.detect import DetectConfig, detect
 from babelheads.tasks.niah import NiahSettings, NiahTask
@@ -41,12 +41,12 @@ def copier(tiny_tokenizer_session):
 @pytest.fixture(scope="module")
 def run(copier, tmp_path_factory):
     patch = pytest.MonkeyPatch()
-    patch.setattr(detect_module, "load_model", lambda *args, **kwargs: copier)
+    patch.setattr(execution_module, "load_model", lambda *args, **kwargs: copier)
     try:
         store = detect(
             DetectConfig(model="copying-stub", task=TASK, max_new_tokens=12),
             tmp_path_factory.mktemp("copier"),
-            progress=False,
+            Execution(progress=False),
         )
     finally:
         patch.undo()
@@ -101,7 +101,7 @@ def test_official_json_holds_each_used_samples_score(run):
 def test_masking_the_retriever_breaks_retrieval_and_a_random_head_does_not(
     copier, run, tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(ablate_module, "load_model", lambda *args, **kwargs: copier)
+    monkeypatch.setattr(execution_module, "load_model", lambda *args, **kwargs: copier)
     config = AblateConfig(
         run=str(run.root),
         k=(1,),
@@ -112,7 +112,7 @@ def test_masking_the_retriever_breaks_retrieval_and_a_random_head_does_not(
         needle_kind="key",
         max_new_tokens=12,
     )
-    table = ablate(config, tmp_path / "ablate", progress=False).derived("ablation")
+    table = ablate(config, tmp_path / "ablate", Execution(progress=False)).derived("ablation")
     for language in ("en", "de"):
         rows = table[table["language"] == language]
         assert rows.loc[rows["head_set"] == "none", "accuracy"].item() == 1.0

@@ -6,6 +6,7 @@ import pytest
 import torch
 from oracle import naive_peaks
 
+from babelheads.execution import Execution
 from babelheads.experiments.detect import DetectConfig, detect
 from babelheads.models import load_model
 from babelheads.probe import Instrument
@@ -27,7 +28,7 @@ def detection(tmp_path_factory):
         languages=LANGUAGES, lengths=(1000, 2000), depths=(0.25, 0.5, 0.75), needle_kind="key"
     )
     config = DetectConfig(task=task, max_new_tokens=16)
-    store = detect(config, tmp_path_factory.mktemp("gemma-run"), progress=False)
+    store = detect(config, tmp_path_factory.mktemp("gemma-run"), Execution(progress=False))
     return store
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from oracle import naive_peaks
 
+from babelheads.execution import Execution
 from babelheads.experiments.ablate import AblateConfig, ablate
 from babelheads.experiments.compare import CompareConfig, run_compare
 from babelheads.experiments.detect import DetectConfig, detect
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.real
 def gemma_run(tmp_path_factory):
     task = NiahSettings(languages=("en",), lengths=(1000, 2000), depths=(0.25, 0.5, 0.75), needle_kind="key")
     config = DetectConfig(task=task, max_new_tokens=16)
-    return detect(config, tmp_path_factory.mktemp("gemma-detect"), progress=False)
+    return detect(config, tmp_path_factory.mktemp("gemma-detect"), Execution(progress=False))
 
 
 def test_masking_the_top_heads_hurts_far_more_than_masking_random_ones(gemma_run, tmp_path):
@@ -37,7 +38,7 @@ def test_masking_the_top_heads_hurts_far_more_than_masking_random_ones(gemma_run
         needle_kind="key",
         max_new_tokens=12,
     )
-    table = ablate(config, tmp_path / "ablate", progress=False).derived("ablation")
+    table = ablate(config, tmp_path / "ablate", Execution(progress=False)).derived("ablation")
     baseline = table.loc[table["head_set"] == "none", "accuracy"].item()
     top = table.loc[table["head_set"] == "top", "accuracy"].item()
     random = table.loc[table["head_set"] == "random", "accuracy"].mean()
@@ -92,7 +93,7 @@ def test_the_two_builtin_models_compare_and_say_their_shapes_differ(gemma_run, t
             max_new_tokens=12,
         ),
         tmp_path / "smol",
-        progress=False,
+        Execution(progress=False),
     )
     tables, notes = run_compare([gemma_run.root, smol.root], tmp_path / "cmp", CompareConfig(models=True))
     assert any("Head shapes differ" in note and "18 layers x 4 heads" in note for note in notes)

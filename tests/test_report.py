@@ -17,6 +17,7 @@ import pytest
 
 from babelheads.analysis.aggregate import AggregateSettings
 from babelheads.errors import BabelheadsError
+from babelheads.execution import Execution
 from babelheads.experiments.compare import CompareConfig, run_compare
 from babelheads.experiments.detect import DetectConfig, detect, finalize
 from babelheads.report import figures
@@ -117,9 +118,9 @@ def runs(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("report-runs")
     model = str(tiny_model_dir)
     mono = NiahSettings(languages=("en", "de", "zh"), **FAST)
-    detect(DetectConfig(model=model, task=mono, max_new_tokens=4), root / "mono", progress=False)
+    detect(DetectConfig(model=model, task=mono, max_new_tokens=4), root / "mono", Execution(progress=False))
     pairs = NiahSettings(pairs=("en:zh",), **FAST)
-    detect(DetectConfig(model=model, task=pairs, max_new_tokens=4), root / "pairs", progress=False)
+    detect(DetectConfig(model=model, task=pairs, max_new_tokens=4), root / "pairs", Execution(progress=False))
     good = fabricate(root / "mono", root / "good", {"en": 3, "de": 3, "zh": 3})
     fabricate(root / "pairs", root / "good-pairs", {"en>zh": 3})
     fabricate(root / "mono", root / "thin", {"en": 1, "de": 3, "zh": 3})

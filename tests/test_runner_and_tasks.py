@@ -59,7 +59,7 @@ def test_decoding_stops_at_a_stop_token_of_the_list():
     free = greedy_decode(instrument, ids, 6, record=False).tokens
     stopped = greedy_decode(instrument, ids, 6, StopRule(stop_ids=frozenset({free[2]})), record=False).tokens
     assert stopped == free[: free.index(free[2]) + 1]
-    assert instrument.position is None, "the position is reset after every sample"
+    assert instrument.positions is None, "the positions are reset after every sample"
 
 
 # --- exact attention for what sdpa cannot take ------------------------------------------------------

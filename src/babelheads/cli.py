@@ -37,6 +37,80 @@ def _floats(text: str, name: str) -> tuple[float, ...]:
         ) from None
 
 
+def _settings_callback(source: str):
+    """An eager option that fills the command's defaults from a file or a run; flags still win."""
+
+    def callback(ctx: typer.Context, param: typer.CallbackParam, value: Path | None) -> Path | None:
+        if value is None or ctx.resilient_parsing:
+            return value
+        from babelheads.settings_files import read_settings_file, replay_run
+
+        fields = {p.name for p in ctx.command.params if p.expose_value}
+        read = read_settings_file if source == "config" else replay_run
+        ctx.meta[source] = read(value, ctx.command.name, fields)
+        ctx.default_map = {
+            **(ctx.default_map or {}),
+            **ctx.meta.get("from", {}),
+            **ctx.meta.get("config", {}),
+        }
+        return value
+
+    return callback
+
+
+ConfigFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="TOML or YAML file with the same fields as the flags (flags given here win).",
+        callback=_settings_callback("config"),
+        is_eager=True,
+        expose_value=False,
+    ),
+]
+FromRun = Annotated[
+    Path | None,
+    typer.Option(
+        "--from",
+        help="Replay an existing run's settings (its manifest); flags given here change them.",
+        callback=_settings_callback("from"),
+        is_eager=True,
+        expose_value=False,
+    ),
+]
+BatchSize = Annotated[int | None, typer.Option(help="Rows decoded together; default 8 on CPU, 16 on a GPU.")]
+SharePrefix = Annotated[
+    bool, typer.Option(help="Prefill prompts' shared token prefixes once (off: each prompt alone).")
+]
+DeviceMap = Annotated[
+    str | None, typer.Option(help="'auto': split a model too large for one GPU over all GPUs (accelerate).")
+]
+ShardOption = Annotated[
+    str, typer.Option(help="I/N: run the I-th of N blocks of samples (workers sharing one run directory).")
+]
+
+
+def _execution(
+    device: str,
+    quiet: bool,
+    batch_size: int | None = None,
+    share_prefix: bool = True,
+    device_map: str | None = None,
+    shard: str = "0/1",
+):
+    from babelheads.execution import Execution
+    from babelheads.runner import Shard
+
+    return Execution(
+        device=device,
+        device_map=device_map,
+        batch_size=batch_size,
+        share_prefix=share_prefix,
+        shard=Shard.parse(shard),
+        progress=not quiet,
+    )
+
+
 @app.command()
 def detect(
     model: Annotated[
@@ -76,7 +150,13 @@ def detect(
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16, float16.")] = "auto",
+    batch_size: BatchSize = None,
+    share_prefix: SharePrefix = True,
+    device_map: DeviceMap = None,
+    shard: ShardOption = "0/1",
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    config_file: ConfigFile = None,
+    from_run: FromRun = None,
 ) -> None:
     """Find retrieval heads with needle-in-a-haystack tests, per language."""
     from babelheads.analysis.aggregate import AggregateSettings
@@ -108,7 +188,10 @@ def detect(
         dtype=dtype,
         analysis=analysis,
     )
-    store = run_detect(config, out, device=device, progress=not quiet)
+    execution = _execution(device, quiet, batch_size, share_prefix, device_map, shard)
+    store = run_detect(config, out, execution)
+    if not _all_finished(store, execution):
+        return
     typer.echo(detection_summary(store))
     typer.echo(f"\nrun written to {store.root}")
 
@@ -128,6 +211,7 @@ def summary(
     write: Annotated[
         bool, typer.Option(help="Also rewrite the run's scores tables and official JSON with these settings.")
     ] = False,
+    config_file: ConfigFile = None,
 ) -> None:
     """Print the score distribution and top heads of a detection run; re-aggregate without re-running."""
     from dataclasses import replace
@@ -163,6 +247,7 @@ def compare(
     models: Annotated[
         bool, typer.Option(help="Compare two models (one run each) instead of languages.")
     ] = False,
+    config_file: ConfigFile = None,
 ) -> None:
     """Shared vs language-specific heads, strength vs generality, rank agreement, translation."""
     from babelheads.experiments.compare import CompareConfig, run_compare
@@ -203,7 +288,13 @@ def ablate(
     max_new_tokens: Annotated[int, typer.Option()] = 16,
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[str, typer.Option()] = "auto",
+    batch_size: BatchSize = None,
+    share_prefix: SharePrefix = True,
+    device_map: DeviceMap = None,
+    shard: ShardOption = "0/1",
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    config_file: ConfigFile = None,
+    from_run: FromRun = None,
 ) -> None:
     """Mask sets of heads (top, random, agnostic, specific) and measure NIAH accuracy and ROUGE."""
     from babelheads.experiments.ablate import AblateConfig
@@ -229,7 +320,10 @@ def ablate(
         max_new_tokens=max_new_tokens,
         seed=seed,
     )
-    store = run_ablate(config, out, device=device, progress=not quiet)
+    execution = _execution(device, quiet, batch_size, share_prefix, device_map, shard)
+    store = run_ablate(config, out, execution)
+    if not _all_finished(store, execution):
+        return
     typer.echo(ablation_summary(store))
     typer.echo(f"\nablation written to {store.root}")
 
@@ -245,7 +339,11 @@ def study(
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[str, typer.Option()] = "auto",
     dtype: Annotated[str, typer.Option()] = "auto",
+    batch_size: BatchSize = None,
+    share_prefix: SharePrefix = True,
+    device_map: DeviceMap = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    config_file: ConfigFile = None,
 ) -> None:
     """The whole study in one command: detect, translate, compare, ablate, report."""
     from babelheads.study import StudyConfig, run_study
@@ -257,9 +355,8 @@ def study(
         seed=seed,
         dtype=dtype,
     )
-    report = run_study(
-        config, out, device=device, progress=not quiet, say=lambda line: typer.echo(line, err=True)
-    )
+    execution = _execution(device, quiet, batch_size, share_prefix, device_map)
+    report = run_study(config, out, execution, say=lambda line: typer.echo(line, err=True))
     typer.echo(f"report written to {report}")
 
 
@@ -270,6 +367,7 @@ def report(
         "report.html"
     ),
     min_samples: Annotated[int, typer.Option(help="Successful samples a language needs to be charted.")] = 3,
+    config_file: ConfigFile = None,
 ) -> None:
     """Write a static HTML report (figures, captions, CSV) that works offline."""
     from babelheads.report.html import build_report
@@ -295,6 +393,20 @@ def languages(data: Annotated[Path | None, typer.Option()] = None) -> None:
     for code in available_languages(data):
         language = load_language(code, data)
         typer.echo(f"{code}  {language.name}")
+
+
+def _all_finished(store, execution) -> bool:
+    """A shard's worker reports its share; the summary waits for the run's last sample."""
+    if execution.shard.count == 1:
+        return True
+    if (store.root / "scores.parquet").exists() or (store.root / "ablation.parquet").exists():
+        return True
+    typer.echo(
+        f"shard {execution.shard} done: {len(store.finished())} samples of the run finished in "
+        f"{store.root}. The worker that finishes the last sample writes the run's tables "
+        "(or run again without --shard)."
+    )
+    return False
 
 
 def main() -> None:

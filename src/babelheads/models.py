@@ -71,7 +71,12 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go: the input embeddings' device (the first of a model split over devices)."""
+        embeddings = (
+            self.model.get_input_embeddings() if hasattr(self.model, "get_input_embeddings") else None
+        )
+        weight = getattr(embeddings, "weight", None)
+        return weight.device if weight is not None else next(self.model.parameters()).device
 
 
 def cache_root() -> Path:
@@ -106,36 +111,46 @@ def resolved_precision(dtype: str, device: str) -> str:
     return str(resolve_dtype(dtype, resolve_device(device))).removeprefix("torch.")
 
 
-def load_model(spec: str, device: str = "auto", dtype: str = "auto", chat: bool | None = None) -> LoadedModel:
+def load_model(
+    spec: str,
+    device: str = "auto",
+    dtype: str = "auto",
+    chat: bool | None = None,
+    device_map: str | dict | None = None,
+) -> LoadedModel:
     """Load ``spec``: a built-in name, a GGUF file, a model directory, or a hub id (in that order).
 
     ``chat`` forces the prompt format; by default built-ins declare it and other models use their
-    tokenizer's chat template when they have one.
+    tokenizer's chat template when they have one. ``device_map`` ('auto' or an explicit map) lets
+    accelerate place the layers over several devices instead of moving the model to ``device``.
     """
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
+    placement = {"device_map": device_map} if device_map is not None else {}
     path = Path(spec).expanduser()
     if spec in BUILTINS:
         builtin = BUILTINS[spec]
         source, identity = _builtin_directory(builtin), {"model": spec, "package": _package_id(builtin)}
         default_chat: bool | None = builtin.is_chat
-        model, tokenizer = _from_pretrained(str(source), torch_dtype, gguf_file=None)
+        model, tokenizer = _from_pretrained(str(source), torch_dtype, None, placement)
     elif path.is_file():
         _check_gguf(path)
         identity = {"model": str(path.resolve()), "sha256": _sha256(path)}
         default_chat = None
-        model, tokenizer = _from_pretrained(str(path.parent), torch_dtype, gguf_file=path.name)
+        model, tokenizer = _from_pretrained(str(path.parent), torch_dtype, path.name, placement)
     elif path.is_dir():
         identity = {"model": str(path.resolve()), "fingerprint": _directory_fingerprint(path)}
         default_chat = None
-        model, tokenizer = _from_pretrained(str(path), torch_dtype, gguf_file=None)
+        model, tokenizer = _from_pretrained(str(path), torch_dtype, None, placement)
     elif spec.endswith(".gguf") or spec.startswith((".", "/", "~")):
         raise ModelLoadError(f"Model file or directory not found: {spec}. Check the path.")
     else:
-        model, tokenizer = _from_hub(spec, torch_dtype)
+        model, tokenizer = _from_hub(spec, torch_dtype, placement)
         identity = {"model": spec, "revision": str(getattr(model.config, "_commit_hash", None) or "unknown")}
         default_chat = None
-    model.to(torch_device).eval()
+    if device_map is None:
+        model.to(torch_device)
+    model.eval()
     layout = describe_heads(model)
     is_chat = chat if chat is not None else default_chat
     if is_chat is None:
@@ -176,7 +191,7 @@ def describe_heads(model: torch.nn.Module) -> HeadLayout:
 
 
 def _from_pretrained(
-    source: str, dtype: torch.dtype, gguf_file: str | None
+    source: str, dtype: torch.dtype, gguf_file: str | None, placement: dict | None = None
 ) -> tuple[torch.nn.Module, object]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -186,7 +201,7 @@ def _from_pretrained(
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **extra)
         model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=dtype, attn_implementation=ATTENTION_NAME, **extra
+            source, dtype=dtype, attn_implementation=ATTENTION_NAME, **extra, **(placement or {})
         )
     except ValueError as error:
         message = str(error).splitlines()[0]
@@ -198,9 +213,9 @@ def _from_pretrained(
     return model, tokenizer
 
 
-def _from_hub(spec: str, dtype: torch.dtype) -> tuple[torch.nn.Module, object]:
+def _from_hub(spec: str, dtype: torch.dtype, placement: dict) -> tuple[torch.nn.Module, object]:
     try:
-        return _from_pretrained(spec, dtype, gguf_file=None)
+        return _from_pretrained(spec, dtype, None, placement)
     except ModelLoadError as error:
         close = difflib.get_close_matches(spec, list(BUILTINS), n=1)
         hint = f" Did you mean: {close[0]}?" if close else ""

@@ -6,15 +6,18 @@ It sits above the experiments and the report: nothing below imports it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from babelheads.execution import DEFAULT_EXECUTION, Execution
 from babelheads.experiments.ablate import AblateConfig, ablate
 from babelheads.experiments.compare import CompareConfig, run_compare
 from babelheads.experiments.detect import DetectConfig, detect
 from babelheads.report.html import build_report
 from babelheads.runs import RunStore
 from babelheads.tasks.niah import NiahSettings
+
+STUDY_NEEDLES_PER_CELL = 3
 
 
 @dataclass(frozen=True)
@@ -28,27 +31,36 @@ class StudyConfig:
     dtype: str = "auto"
 
 
+def detection_grid(config: StudyConfig) -> NiahSettings:
+    """The study's NIAH grid: 2 lengths x 5 depths x 3 needles (both kinds) = 30 samples per language
+    or translation pair, enough for intervals that can tell effects apart on a small model."""
+    return NiahSettings(
+        languages=config.languages,
+        lengths=(1000, 2000),
+        depths=(0.0, 0.25, 0.5, 0.75, 1.0),
+        needles_per_cell=STUDY_NEEDLES_PER_CELL,
+        seed=config.seed,
+    )
+
+
 def run_study(
     config: StudyConfig,
     out: Path,
-    device: str = "auto",
-    progress: bool = True,
+    execution: Execution = DEFAULT_EXECUTION,
     say: Callable[[str], None] = print,
 ) -> Path:
     """Run every step (each resumes if its run exists) and return the report's path."""
     common = {"model": config.model, "dtype": config.dtype}
     say("1/5 detection")
-    task = NiahSettings(languages=config.languages, seed=config.seed)
-    detection = detect(DetectConfig(task=task, **common), out / "detect", device, progress)
+    task = detection_grid(config)
+    detection = detect(DetectConfig(task=task, **common), out / "detect", execution)
     targets = [code for code in config.languages if code != config.translate_from]
     runs = [detection.root]
     if targets:
         say("2/5 retrieval + translation")
         pairs = tuple(f"{config.translate_from}:{target}" for target in targets)
-        translation = NiahSettings(pairs=pairs, seed=config.seed)
-        runs.append(
-            detect(DetectConfig(task=translation, **common), out / "translation", device, progress).root
-        )
+        translation = replace(detection_grid(config), languages=(), pairs=pairs)
+        runs.append(detect(DetectConfig(task=translation, **common), out / "translation", execution).root)
     say("3/5 cross-language comparison")
     run_compare(runs, out / "compare", CompareConfig(seed=config.seed))
     say("4/5 ablation")
@@ -64,8 +76,7 @@ def run_study(
             seed=config.seed,
         ),
         out / "ablate",
-        device,
-        progress,
+        execution,
     )
     say("5/5 report")
     return build_report([*runs, out / "compare", ablation.root], out / "report.html")

@@ -10,9 +10,10 @@ import pandas as pd
 from babelheads.analysis.ablation import HEAD_SETS, HeadSet, effects, select_head_sets
 from babelheads.analysis.aggregate import completed
 from babelheads.errors import BabelheadsError
-from babelheads.models import load_model, resolved_precision
+from babelheads.execution import DEFAULT_EXECUTION, Execution
+from babelheads.models import resolved_precision
 from babelheads.probe import HeadGates
-from babelheads.runner import Job, RunSettings, run_jobs
+from babelheads.runner import Job, run_jobs
 from babelheads.runs import RunStore
 from babelheads.tasks.cot import CotSettings, CotTask
 from babelheads.tasks.niah import NiahSettings, NiahTask
@@ -130,7 +131,9 @@ def _unused_needles(settings: NiahSettings, used: list[str]) -> list[str]:
     return unused
 
 
-def ablate(config: AblateConfig, out: Path, device: str = "auto", progress: bool = True) -> RunStore:
+def ablate(config: AblateConfig, out: Path, execution: Execution = DEFAULT_EXECUTION) -> RunStore:
+    """Run (or resume) the ablation into ``out``. Decode-only masks share each prompt's prefill: every
+    head set of a prompt decodes from one prefill, in one batch."""
     detection = RunStore(Path(config.run))
     spec_detect = detection.manifest()["spec"]
     if spec_detect.get("kind") != "detect":
@@ -152,7 +155,9 @@ def ablate(config: AblateConfig, out: Path, device: str = "auto", progress: bool
         "kind": "ablate",
         "config": asdict(config),
         "data": task.identity(),
-        "precision": spec_detect.get("precision", resolved_precision(spec_detect["config"]["dtype"], device)),
+        "precision": spec_detect.get(
+            "precision", resolved_precision(spec_detect["config"]["dtype"], execution.device)
+        ),
         "model": spec_detect["model"],
         "detection": detection.manifest()["spec_digest"],
     }
@@ -163,7 +168,7 @@ def ablate(config: AblateConfig, out: Path, device: str = "auto", progress: bool
     part_ids = {f"{mask}--{sample_id}" for mask in unique for sample_id in task.sample_ids()}
     if not part_ids <= store.finished():
         detected_config = spec_detect["config"]
-        loaded = load_model(detected_config["model"], device=device, dtype=detected_config["dtype"])
+        loaded = execution.load(detected_config["model"], detected_config["dtype"])
         if loaded.identity != spec["model"]:
             raise BabelheadsError(
                 f"The model loaded now differs from the detection run's ({loaded.identity})."
@@ -180,8 +185,10 @@ def ablate(config: AblateConfig, out: Path, device: str = "auto", progress: bool
             for mask_id, head_set in unique.items()
             for sample in samples
         ]
-        run_jobs(store, loaded, jobs, task.score, RunSettings(config.max_new_tokens), progress, "ablate")
-    finalize(store, config, sets)
+        settings = execution.run_settings(config.max_new_tokens)
+        run_jobs(store, loaded, jobs, task.score, settings, execution.progress, "ablate")
+    if part_ids <= store.finished():
+        finalize(store, config, sets)
     return store
 
 

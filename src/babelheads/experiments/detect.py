@@ -8,10 +8,11 @@ from pathlib import Path
 
 from babelheads.analysis.aggregate import AggregateSettings, aggregate
 from babelheads.errors import TaskError
-from babelheads.models import DEFAULT_MODEL, load_model, resolved_precision
+from babelheads.execution import DEFAULT_EXECUTION, Execution
+from babelheads.models import DEFAULT_MODEL, resolved_precision
 from babelheads.official import export_official
 from babelheads.probe import ProbeSettings
-from babelheads.runner import Job, RunSettings, run_jobs
+from babelheads.runner import Job, run_jobs
 from babelheads.runs import RunStore
 from babelheads.tasks.niah import NiahSettings, NiahTask
 
@@ -54,25 +55,23 @@ class DetectConfig:
         return config
 
 
-def detect(config: DetectConfig, out: Path, device: str = "auto", progress: bool = True) -> RunStore:
-    """Run (or resume) detection into ``out``; returns the store with its derived tables written."""
+def detect(config: DetectConfig, out: Path, execution: Execution = DEFAULT_EXECUTION) -> RunStore:
+    """Run (or resume) detection into ``out``; returns the store, with its derived tables written once
+    every sample has finished (a shard that is not the last leaves them to the last)."""
     store = RunStore(out)
     task = NiahTask(config.task, config.analysis.success_threshold)
     spec = {
         "kind": "detect",
         "config": config.identity(),
         "data": task.identity(),
-        "precision": resolved_precision(config.dtype, device),
+        "precision": resolved_precision(config.dtype, execution.device),
     }
     store.check_compatible(spec, ignore=("model",))
     if store.exists():
         store.validate()
     if not (store.exists() and set(task.sample_ids()) <= store.finished()):
-        loaded = load_model(
-            config.model,
-            device=device,
-            dtype=config.dtype,
-            chat={"auto": None, "chat": True, "plain": False}[config.task.prompt],
+        loaded = execution.load(
+            config.model, config.dtype, chat={"auto": None, "chat": True, "plain": False}[config.task.prompt]
         )
         spec = {**spec, "model": loaded.identity}
         store.check_compatible(spec)
@@ -80,10 +79,13 @@ def detect(config: DetectConfig, out: Path, device: str = "auto", progress: bool
         store.create(
             spec, config.seed, {"layout": asdict(loaded.layout), "analysis": asdict(config.analysis)}
         )
-        settings = RunSettings(config.max_new_tokens, ProbeSettings(config.top_k, config.sink_tokens))
+        settings = execution.run_settings(
+            config.max_new_tokens, ProbeSettings(config.top_k, config.sink_tokens)
+        )
         jobs = [Job(sample.sample_id, sample) for sample in samples]
-        run_jobs(store, loaded, jobs, task.score, settings, progress, "detect")
-    finalize(store, config.analysis)
+        run_jobs(store, loaded, jobs, task.score, settings, execution.progress, "detect")
+    if set(task.sample_ids()) <= store.finished():
+        finalize(store, config.analysis)
     return store
 
 

@@ -63,9 +63,9 @@ def _last_query_position(
     """Absolute position of each batch row's last query, shape (batch,)."""
     if position_ids is not None:
         return position_ids[:, -1].to(query.device)
-    if instrument.position is None:
-        raise RuntimeError("This model passes no position_ids to attention; set Instrument.position.")
-    return torch.full((query.shape[0],), instrument.position, device=query.device)
+    if instrument.positions is None:
+        raise RuntimeError("This model passes no position_ids to attention; set Instrument.positions.")
+    return instrument.positions.to(query.device)
 
 
 AttentionInterface.register(ATTENTION_NAME, probed_attention)

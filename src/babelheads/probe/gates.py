@@ -43,8 +43,11 @@ class HeadGates:
             raise ValueError(
                 f"Gate phases must be a non-empty subset of {PHASES}. Got {sorted(self.phases)}."
             )
-        if self.values.ndim != 2:
-            raise ValueError(f"Gate values must have shape (layers, heads). Got {tuple(self.values.shape)}.")
+        if self.values.ndim not in (2, 3):
+            raise ValueError(
+                f"Gate values must have shape (layers, heads) or (batch, layers, heads). "
+                f"Got {tuple(self.values.shape)}."
+            )
         if self.mode not in MODES:
             raise ValueError(f"Gate mode must be one of {MODES}. Got {self.mode!r}.")
         if self.mode == "uniform" and "prefill" in self.phases:
@@ -72,6 +75,29 @@ class HeadGates:
             values[address.layer, address.head] = 0.0
         return cls(values, frozenset(phases), mode)
 
+    @classmethod
+    def per_row(cls, rows: list[HeadGates | None], layout: HeadLayout, phase: str) -> HeadGates | None:
+        """One gate set per batch row for ``phase``: a row without gates there gets ones (exactly the
+        ungated output in both modes). None when no row is gated. Rows gated in ``phase`` must share
+        a mode."""
+        active = [gates for gates in rows if gates is not None and gates.applies_to(phase)]
+        if not active:
+            return None
+        modes = {gates.mode for gates in active}
+        if len(modes) > 1:
+            raise ValueError(f"One batch cannot mix gate modes {sorted(modes)}.")
+        ones = torch.ones(layout.num_layers, layout.num_heads)
+        values = torch.stack(
+            [ones if gates is None or not gates.applies_to(phase) else gates.values.float() for gates in rows]
+        )
+        return cls(values, frozenset({phase}), modes.pop())
+
+    def select(self, rows: torch.Tensor) -> HeadGates:
+        """The gates of some batch rows (rows that stopped decoding leave the batch)."""
+        if self.values.ndim == 2:
+            return self
+        return HeadGates(self.values[rows.to(self.values.device)], self.phases, self.mode)
+
     def _on(self, like: torch.Tensor) -> torch.Tensor:
         return _placed_values(self, like)
 
@@ -83,7 +109,13 @@ class HeadGates:
     ) -> torch.Tensor:
         """Gate one layer. attn_output : (batch, q_len, heads, head_dim);
         value : (batch, kv_heads, kv_len, head_dim)."""
-        gate = self._on(attn_output)[layer].view(1, 1, -1, 1)
+        values = self._on(attn_output)
+        if values.ndim == 2:
+            gate = values[layer].view(1, 1, -1, 1)
+        else:
+            if values.shape[0] != attn_output.shape[0]:
+                raise ValueError(f"{values.shape[0]} gate rows for a batch of {attn_output.shape[0]}.")
+            gate = values[:, layer].view(values.shape[0], 1, -1, 1)
         if self.mode == "scale":
             return attn_output * gate
         return gate * attn_output + (1 - gate) * _uniform_output(attn_output, value, attention_mask)

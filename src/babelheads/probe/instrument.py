@@ -60,10 +60,14 @@ class Instrument:
         self.settings = settings or ProbeSettings()
         self.gates: HeadGates | None = None
         self.phase: str = "prefill"
-        self.position: int | None = None
+        self.positions: torch.Tensor | None = None
         self.is_recording = False
         self.layer_calls = [0] * layout.num_layers
-        self._rows: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(layout.num_layers)]
+        self._step, self._steps_taken = 0, 0
+        self._shape: tuple[int, ...] = ()
+        self._live = torch.zeros(0, dtype=torch.long)
+        self._rows: dict[torch.device, torch.Tensor] = {}
+        self._buffers: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * layout.num_layers
         self._modules = _attention_modules(model, layout)
         if model.config._attn_implementation != ATTENTION_NAME:
             model.set_attn_implementation(ATTENTION_NAME)
@@ -89,27 +93,54 @@ class Instrument:
             self.gates = previous
 
     @contextmanager
-    def recording(self) -> Iterator[None]:
-        """Record the last query row of every forward pass inside the block."""
-        self._rows = [[] for _ in range(self.layout.num_layers)]
+    def recording(self, batch: int, max_steps: int) -> Iterator[None]:
+        """Record the last query row of every forward pass inside the block, for ``batch`` rows and at
+        most ``max_steps`` steps. Each layer writes into buffers allocated once on its own device (a
+        model split over devices never stacks across them); nothing reaches the host until
+        :meth:`take_records`. The decoding loop advances the step and names the live rows."""
+        self._shape = (max_steps, batch, self.layout.num_heads, self.settings.top_k)
+        self._buffers = [None] * self.layout.num_layers
+        self._step, self._steps_taken = 0, 0
+        self._rows = {}
+        self._live = torch.arange(batch)
         self.is_recording = True
         try:
             yield
         finally:
             self.is_recording = False
 
+    def advance(self, step: int, rows: torch.Tensor) -> None:
+        """The next forward pass is decode ``step`` for batch rows ``rows`` (indices into the batch
+        given to :meth:`recording`; rows that stopped have left the model's batch)."""
+        if rows is not self._live:
+            self._live, self._rows = rows, {}
+        self._step = step
+        self._steps_taken = max(self._steps_taken, step + 1)
+
     def take_records(self) -> StepRecords:
-        """Stack what was recorded since ``recording()`` began; one device-to-host copy."""
-        counts = {len(rows) for rows in self._rows}
-        if counts != {len(self._rows[0])}:
-            raise RuntimeError(f"Layers recorded different numbers of steps: {sorted(counts)}.")
-        if not self._rows[0]:
-            empty = np.zeros((0, 1, self.layout.num_layers, self.layout.num_heads, self.settings.top_k))
-            return StepRecords(empty.astype(np.int64), empty.astype(np.float32))
-        positions = torch.stack([torch.stack([p for p, _ in rows]) for rows in self._rows], dim=2)
-        weights = torch.stack([torch.stack([w for _, w in rows]) for rows in self._rows], dim=2)
-        self._rows = [[] for _ in range(self.layout.num_layers)]
-        return StepRecords(positions.cpu().numpy(), weights.float().cpu().numpy())
+        """What was recorded, one host copy per layer: shape (steps, batch, layers, heads, top_k).
+        Rows that stopped early keep -1 and weight 0 in later steps."""
+        steps = self._steps_taken
+        positions = np.full((steps, self._shape[1], self.layout.num_layers, *self._shape[2:]), -1, np.int64)
+        weights = np.zeros(positions.shape, np.float32)
+        for layer, buffers in enumerate(self._buffers):
+            if buffers is not None:
+                positions[:, :, layer] = buffers[0][:steps].cpu().numpy()
+                weights[:, :, layer] = buffers[1][:steps].cpu().numpy()
+        self._buffers = [None] * self.layout.num_layers
+        return StepRecords(positions, weights)
+
+    def _layer_buffers(
+        self, layer: int, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self._buffers[layer] is None:
+            self._buffers[layer] = (
+                torch.full(self._shape, -1, dtype=torch.int64, device=device),
+                torch.zeros(self._shape, dtype=torch.float32, device=device),
+            )
+        if device not in self._rows:
+            self._rows[device] = self._live.to(device)
+        return *self._buffers[layer], self._rows[device]
 
     def record_last_row(
         self,
@@ -137,13 +168,16 @@ class Instrument:
         logits = torch.matmul(q, key.transpose(-1, -2)).reshape(batch, heads, kv_len).float() * scale
         if softcap is not None:
             logits = torch.tanh(logits / softcap) * softcap
+        visible = None
         if attention_mask is not None:
             row = attention_mask[:, :, -1, :]
             if row.shape[-1] != kv_len:
                 raise RuntimeError(f"Mask covers {row.shape[-1]} keys but the layer has {kv_len}.")
             if row.dtype == torch.bool:
+                visible = row
                 logits = logits.masked_fill(~row, float("-inf"))
             else:
+                visible = row > torch.finfo(row.dtype).min / 2
                 logits = logits + row.float()
         if sinks is not None:
             sink = sinks.float().view(1, heads, 1).expand(batch, heads, 1)
@@ -151,10 +185,11 @@ class Instrument:
         else:
             weights = torch.softmax(logits, dim=-1)
         first_position = last_position.view(batch, 1, 1) - (kv_len - 1)
-        ranked = weights
+        # Keys the mask hides (left padding, outside a sliding window) are never a peak: -1, weight 0.
+        ranked = weights if visible is None else weights.masked_fill(~visible, -1.0)
         if self.settings.sink_tokens:
             slots = torch.arange(kv_len, device=weights.device).view(1, 1, kv_len)
-            ranked = weights.masked_fill(first_position + slots < self.settings.sink_tokens, -1.0)
+            ranked = ranked.masked_fill(first_position + slots < self.settings.sink_tokens, -1.0)
         k = min(self.settings.top_k, kv_len)
         top_weights, top_slots = ranked.topk(k, dim=-1)
         positions = torch.where(top_weights >= 0, top_slots + first_position, -1)
@@ -163,7 +198,9 @@ class Instrument:
             pad = self.settings.top_k - k
             positions = torch.nn.functional.pad(positions, (0, pad), value=-1)
             top_weights = torch.nn.functional.pad(top_weights, (0, pad), value=0.0)
-        self._rows[layer].append((positions, top_weights))
+        buffer_positions, buffer_weights, rows = self._layer_buffers(layer, positions.device)
+        buffer_positions[self._step, rows] = positions
+        buffer_weights[self._step, rows] = top_weights
 
     def check_routing(self, input_ids: torch.Tensor) -> None:
         """Run one short forward pass and fail clearly unless every layer went through the instrument."""

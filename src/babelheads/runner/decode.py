@@ -1,0 +1,166 @@
+"""The one greedy loop: prompts prefilled (shared prefixes computed once), then decoded together.
+
+Each prompt's prefill covers all but its last token, which is fed as decode step 0, as the official
+retrieval-head code does: decode-only gates then cover the query that emits the first answer token, and
+step 0's attention is recorded like every later step's. Rows are left-padded to a common length with
+their own positions; a row leaves the batch when it stops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from babelheads.probe import HeadGates, Instrument, StepRecords
+from babelheads.runner.cache import cache_argument, stack_caches
+from babelheads.runner.prefix import SharedPrefill
+from babelheads.runner.stops import StopRule
+
+DEFAULT_PREFILL_CHUNK = 4096
+
+
+@dataclass
+class Decoded:
+    """tokens : the generated ids, the stop token included; records : one step per generated token,
+    the attention of the query that produced it (the last prompt position for the first token), with
+    a batch dimension of 1."""
+
+    tokens: list[int]
+    records: StepRecords | None
+
+
+@dataclass(frozen=True)
+class Row:
+    """One prompt to decode: its token ids, its step limit, and its gates (or None)."""
+
+    input_ids: Sequence[int]
+    max_new_tokens: int
+    gates: HeadGates | None = None
+
+
+@torch.no_grad()
+def decode_rows(
+    instrument: Instrument,
+    prefill: SharedPrefill,
+    rows: Sequence[Row],
+    stops: StopRule,
+    record: bool,
+    keep: Sequence[set[int]] | None = None,
+) -> list[Decoded]:
+    """Prefill every row (through ``prefill``, which reuses shared prefixes; ``keep`` are each row's
+    branch points for later prompts) and decode them as one batch."""
+    if not rows:
+        return []
+    for row in rows:
+        if len(row.input_ids) < 1 or row.max_new_tokens < 1:
+            raise ValueError("Every row needs at least one input token and max_new_tokens >= 1.")
+    model = instrument.model
+    caches, lengths = [], []
+    instrument.set_phase("prefill")
+    for index, row in enumerate(rows):
+        prompt = list(row.input_ids[:-1])
+        with instrument.gated(row.gates):
+            cache = prefill.prefill(prompt, keep[index] if keep else ())
+        batch_cache, _ = stack_caches(model, [cache], [len(prompt)])  # our own reference to its state
+        caches.append(batch_cache)
+        lengths.append(len(prompt))
+    cache, mask = stack_caches(model, caches, lengths)
+    del caches
+    return _decode(instrument, cache, mask, rows, lengths, stops, record)
+
+
+def _decode(
+    instrument: Instrument,
+    cache,
+    mask: torch.Tensor,
+    rows: Sequence[Row],
+    lengths: list[int],
+    stops: StopRule,
+    record: bool,
+) -> list[Decoded]:
+    model = instrument.model
+    device = mask.device
+    argument = cache_argument(type(model))
+    live = torch.arange(len(rows), device=device)
+    live_rows = list(range(len(rows)))
+    step_input = torch.tensor([[row.input_ids[-1]] for row in rows], device=device)
+    positions = torch.tensor(lengths, device=device)
+    mask = torch.cat([mask, torch.ones(len(rows), 1, dtype=mask.dtype, device=device)], dim=1)
+    tokens: list[list[int]] = [[] for _ in rows]
+    started = [False] * len(rows)
+    gates = HeadGates.per_row([row.gates for row in rows], instrument.layout, "decode")
+    longest = max(row.max_new_tokens for row in rows)
+    recording = instrument.recording(len(rows), longest) if record else nullcontext()
+    instrument.set_phase("decode")
+    try:
+        with recording, instrument.gated(gates):
+            for step in range(longest):
+                instrument.positions = positions
+                if record:
+                    instrument.advance(step, live)
+                logits = model(
+                    input_ids=step_input,
+                    attention_mask=mask,
+                    position_ids=positions.unsqueeze(1),
+                    **{argument: cache},
+                    use_cache=True,
+                    logits_to_keep=1,
+                ).logits
+                emitted = logits[:, -1].argmax(-1).tolist()  # the one host sync per step
+                keep = []
+                for slot, (row_index, token) in enumerate(zip(live_rows, emitted, strict=True)):
+                    tokens[row_index].append(token)
+                    stop, started[row_index] = stops.ends(token, started[row_index])
+                    if not stop and len(tokens[row_index]) < rows[row_index].max_new_tokens:
+                        keep.append(slot)
+                if not keep:
+                    break
+                if len(keep) < len(live_rows):
+                    chosen = torch.tensor(keep, device=device)
+                    cache.batch_select_indices(chosen)
+                    live, mask, positions = live[chosen], mask[chosen], positions[chosen]
+                    live_rows = [live_rows[slot] for slot in keep]
+                    emitted = [emitted[slot] for slot in keep]
+                    if instrument.gates is not None:
+                        instrument.gates = instrument.gates.select(chosen)
+                step_input = torch.tensor(emitted, device=device).unsqueeze(1)
+                positions = positions + 1
+                mask = torch.cat(
+                    [mask, torch.ones(len(live_rows), 1, dtype=mask.dtype, device=device)], dim=1
+                )
+    finally:
+        instrument.set_phase("prefill")
+        instrument.positions = None
+    records = instrument.take_records() if record else None
+    return [
+        Decoded(
+            row_tokens,
+            None
+            if records is None
+            else StepRecords(
+                records.positions[: len(row_tokens), index : index + 1],
+                records.weights[: len(row_tokens), index : index + 1],
+            ),
+        )
+        for index, row_tokens in enumerate(tokens)
+    ]
+
+
+def greedy_decode(
+    instrument: Instrument,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    stops: StopRule | None = None,
+    record: bool = True,
+    prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+) -> Decoded:
+    """Decode one prompt of shape (1, n): the batch loop with one row and a fresh cache."""
+    if input_ids.ndim != 2 or input_ids.shape[0] != 1 or input_ids.shape[1] < 1:
+        raise ValueError(f"input_ids must have shape (1, n), n >= 1. Got {tuple(input_ids.shape)} instead.")
+    prefill = SharedPrefill(instrument.model, prefill_chunk, share=False)
+    row = Row(input_ids[0].tolist(), max_new_tokens, instrument.gates)
+    with instrument.gated(None):
+        return decode_rows(instrument, prefill, [row], stops or StopRule(), record)[0]

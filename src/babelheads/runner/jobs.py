@@ -1,0 +1,200 @@
+"""Runs of jobs: which samples decode together, in which order, and the tables each one writes.
+
+Jobs are grouped by what their prefill computes (no prefill gates, or the same ones), sorted by prompt
+tokens so that neighbours share the longest prefixes, and decoded in batches of ``batch_size`` rows.
+Every job still writes its own parts, so a run resumes job by job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from babelheads.errors import BabelheadsError
+from babelheads.models import LoadedModel
+from babelheads.probe import HeadGates, Instrument, ProbeSettings
+from babelheads.runner.decode import DEFAULT_PREFILL_CHUNK, Decoded, Row, decode_rows
+from babelheads.runner.prefix import DEFAULT_MAX_SNAPSHOTS, SharedPrefill, branch_points
+from babelheads.runner.stops import StopRule
+from babelheads.runs import RunStore
+from babelheads.scoring import retrieval_tables
+from babelheads.tasks.base import Sample, Skipped
+
+DEFAULT_BATCH_SIZE = {"cpu": 8, "cuda": 16}
+"""Rows decoded together when the user sets none: on CPU a batch of 8 already amortises the weights'
+memory traffic; a GPU takes more rows for the same step time."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One decoding to run: a sample under a gate setting. ``part_id`` names its parts in the store;
+    ``columns`` are added to its samples row (e.g. the mask it ran under)."""
+
+    part_id: str
+    sample: Sample | Skipped
+    gates: HeadGates | None = None
+    columns: tuple[tuple[str, object], ...] = ()
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Worker ``index`` of ``count``: it takes one contiguous block of the run's job list (neighbours
+    share prompt prefixes), so no two workers ever compute the same sample."""
+
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.count:
+            raise BabelheadsError(f"A shard I/N needs 0 <= I < N. Got {self.index}/{self.count}.")
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        index, _, count = text.partition("/")
+        try:
+            return cls(int(index), int(count))
+        except ValueError:
+            raise BabelheadsError(
+                f"--shard reads I/N, e.g. 0/4 for the first of four workers. Got {text!r}."
+            ) from None
+
+    def takes(self, position: int, total: int) -> bool:
+        return position * self.count // max(total, 1) == self.index
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """max_new_tokens : greedy steps at most. probe : record attention peaks with these settings (and
+    write events and per-sample head scores), or None to decode only. batch_size : rows decoded
+    together (None: the device's default). share_prefix : prefill shared token prefixes once (False
+    prefills every prompt alone: the reference path). max_snapshots : sliding-window states kept alive
+    for later prompts. shard : this worker's block of the jobs (the whole list by default)."""
+
+    max_new_tokens: int = 32
+    probe: ProbeSettings | None = None
+    prefill_chunk: int = DEFAULT_PREFILL_CHUNK
+    batch_size: int | None = None
+    share_prefix: bool = True
+    max_snapshots: int = DEFAULT_MAX_SNAPSHOTS
+    shard: Shard = field(default_factory=Shard)
+
+    def __post_init__(self) -> None:
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1. Got {self.batch_size} instead.")
+
+    def rows_per_batch(self, device: torch.device) -> int:
+        return self.batch_size or DEFAULT_BATCH_SIZE.get(device.type, 8)
+
+
+def run_jobs(
+    store: RunStore,
+    loaded: LoadedModel,
+    jobs: Iterable[Job],
+    score: Callable[[Sample, str], dict[str, object]],
+    settings: RunSettings,
+    progress: bool = True,
+    description: str = "run",
+) -> None:
+    """Decode every job not yet finished in ``store`` and append its tables, one part per job.
+
+    A skipped sample is written as a samples row with status 'skipped' and its reason, so it shows in
+    every summary and is not retried on resume.
+    """
+    finished = store.finished()
+    jobs = list(jobs)
+    mine = [job for position, job in enumerate(jobs) if settings.shard.takes(position, len(jobs))]
+    todo = [job for job in mine if job.part_id not in finished]
+    if not todo:
+        return
+    instrument = Instrument(loaded.model, loaded.layout, settings.probe or ProbeSettings())
+    stops = StopRule.for_model(loaded)
+    size = settings.rows_per_batch(loaded.device)
+    bar = tqdm(total=len(todo), desc=description, unit="sample", disable=not progress, dynamic_ncols=True)
+    try:
+        for job in todo:
+            if isinstance(job.sample, Skipped):
+                store.append(job.part_id, _tables(job, loaded, score, settings, None))
+                bar.update()
+        for group in _groups([job for job in todo if not isinstance(job.sample, Skipped)]):
+            prefill = SharedPrefill(
+                loaded.model, settings.prefill_chunk, settings.share_prefix, settings.max_snapshots
+            )
+            keep = branch_points([job.sample.input_ids[:-1] for job in group])
+            for start in range(0, len(group), size):
+                batch = group[start : start + size]
+                bar.set_postfix_str(batch[0].part_id, refresh=False)
+                rows = [
+                    Row(job.sample.input_ids, job.sample.max_new_tokens or settings.max_new_tokens, job.gates)
+                    for job in batch
+                ]
+                record = settings.probe is not None
+                results = decode_rows(instrument, prefill, rows, stops, record, keep[start : start + size])
+                for job, decoded in zip(batch, results, strict=True):
+                    store.append(job.part_id, _tables(job, loaded, score, settings, decoded))
+                    bar.update()
+    finally:
+        bar.close()
+        instrument.detach()
+
+
+def _groups(jobs: list[Job]) -> list[list[Job]]:
+    """Jobs whose prefill computes the same thing and whose decode gates share a mode, each group
+    sorted by prompt tokens (stable: equal prompts keep their order)."""
+    groups: dict[tuple[str, str], list[Job]] = {}
+    for job in jobs:
+        groups.setdefault((_prefill_key(job.gates), _decode_mode(job.gates)), []).append(job)
+    return [sorted(group, key=lambda job: tuple(job.sample.input_ids)) for group in groups.values()]
+
+
+def _prefill_key(gates: HeadGates | None) -> str:
+    if gates is None or not gates.applies_to("prefill"):
+        return ""
+    values = gates.values.detach().float().cpu().numpy().tobytes()
+    return f"{gates.mode}:{hashlib.sha1(values).hexdigest()}"
+
+
+def _decode_mode(gates: HeadGates | None) -> str:
+    return gates.mode if gates is not None and gates.applies_to("decode") else ""
+
+
+def _tables(
+    job: Job,
+    loaded: LoadedModel,
+    score: Callable[[Sample, str], dict[str, object]],
+    settings: RunSettings,
+    decoded: Decoded | None,
+) -> dict[str, pd.DataFrame]:
+    sample = job.sample
+    base = {"sample_id": sample.sample_id, "language": sample.condition, **dict(job.columns)}
+    if isinstance(sample, Skipped) or decoded is None:
+        row = {**base, **sample.meta, "status": "skipped", "reason": sample.reason, "success": False}
+        return {"samples": pd.DataFrame([row])}
+    output = loaded.tokenizer.decode(decoded.tokens, skip_special_tokens=True).strip()
+    row = {
+        **base,
+        **sample.meta,
+        "tokens": len(sample.input_ids),
+        "status": "ok",
+        "reason": "",
+        "expected": sample.expected,
+        "output": output,
+        "steps": len(decoded.tokens),
+        **{
+            f"{name}_{edge}": span[i]
+            for name, span in sample.spans.items()
+            for i, edge in enumerate(("start", "end"))
+        },
+        **score(sample, output),
+    }
+    tables = {"samples": pd.DataFrame([row])}
+    if settings.probe is not None:
+        tables.update(retrieval_tables(base, sample, decoded.tokens, decoded.records, loaded.layout))
+    return tables

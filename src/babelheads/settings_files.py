@@ -1,0 +1,78 @@
+"""Command settings from elsewhere than flags: a TOML or YAML file, or an existing run's manifest.
+
+Both give values for a command's flags, by the flags' own names (``needles-per-cell`` or
+``needles_per_cell``); flags given on the command line win over both, and a file wins over a replayed run.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+from babelheads.errors import BabelheadsError
+
+REPLAYED_KINDS = {"detect": "detect", "ablate": "ablate"}
+
+
+def read_settings_file(path: Path, command: str, fields: set[str]) -> dict[str, object]:
+    """The file's values for ``command``: top-level keys, or a table named after the command."""
+    if not path.is_file():
+        raise BabelheadsError(f"Config file {path} not found. Check the path.")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            raise BabelheadsError(f"Config file {path} must end in .toml, .yaml or .yml.")
+    except (tomllib.TOMLDecodeError, ValueError) as error:
+        raise BabelheadsError(f"Config file {path} does not parse: {str(error).splitlines()[0]}") from None
+    except Exception as error:  # yaml.YAMLError, without importing yaml when TOML is used
+        raise BabelheadsError(f"Config file {path} does not parse: {str(error).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise BabelheadsError(f"Config file {path} must hold a table of settings, not {type(data).__name__}.")
+    if isinstance(data.get(command), dict):
+        data = {**{k: v for k, v in data.items() if not isinstance(v, dict)}, **data[command]}
+    return _as_flags(data, fields, f"config file {path}")
+
+
+def replay_run(run: Path, command: str, fields: set[str]) -> dict[str, object]:
+    """The flags that made ``run`` (from its manifest), for re-running it or a variant of it."""
+    manifest_path = Path(run) / "manifest.json"
+    if not manifest_path.is_file():
+        raise BabelheadsError(f"--from {run}: not a babelheads run (no manifest.json). Check the path.")
+    manifest = json.loads(manifest_path.read_text())
+    kind = manifest["spec"].get("kind")
+    if REPLAYED_KINDS.get(command) != kind:
+        raise BabelheadsError(
+            f"--from {run}: that is a {kind} run; `babelheads {command}` replays {command} runs."
+        )
+    config = dict(manifest["spec"]["config"])
+    values = {**config.pop("task", {}), **config, **manifest.get("analysis", {})}
+    values.pop("needle_ids", None)
+    if "data_dir" in values:
+        values["data"] = values.pop("data_dir")
+    return _as_flags({k: v for k, v in values.items() if k in fields and v is not None}, fields, f"run {run}")
+
+
+def _as_flags(data: dict, fields: set[str], origin: str) -> dict[str, object]:
+    flags: dict[str, object] = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in fields:
+            raise BabelheadsError(
+                f"{origin}: unknown setting {key!r}. Known settings: {', '.join(sorted(fields))}."
+            )
+        flags[name] = _flag_text(value)
+    return flags
+
+
+def _flag_text(value: object) -> object:
+    """Lists become the comma-separated text the flags take; scalars stay as they are."""
+    if isinstance(value, list | tuple):
+        return ",".join(str(item) for item in value)
+    return value
