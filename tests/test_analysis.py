@@ -702,3 +702,55 @@ def test_top_heads_break_ties_by_address_and_share_counts_retrieval_heads():
     share = retrieval_head_share(_distribution_scores())
     assert share["en"] == 0.5
     assert share["de"] == 0.5
+
+
+# --- findings -----------------------------------------------------------------------------------------
+
+
+def test_a_finding_holds_fails_or_is_inconclusive_by_where_its_interval_lies():
+    from babelheads.analysis.findings import FAILS, HOLDS, INCONCLUSIVE, Finding, Part
+
+    assert Part("x", 0.3, 0.1, 0.5).verdict == HOLDS
+    assert Part("x", -0.3, -0.5, -0.1).verdict == FAILS
+    assert Part("x", 0.3, -0.1, 0.5).verdict == INCONCLUSIVE
+    assert Part("x", np.nan, np.nan, np.nan).verdict == INCONCLUSIVE
+    both = Finding(1, "claim", "contrast", "figure", [Part("a", 1, 0.5, 1.5), Part("b", 1, 0.2, 2)])
+    assert both.verdict == HOLDS
+    both.parts.append(Part("c", 0.1, -0.1, 0.3))
+    assert both.verdict == INCONCLUSIVE, "one part undecided leaves the finding undecided"
+    both.parts.append(Part("d", -1, -2, -0.5))
+    assert both.verdict == FAILS, "one part against the claim is enough"
+    assert Finding(2, "claim", "contrast", "figure").verdict == INCONCLUSIVE
+
+
+def test_finding_5_pairs_prompts_and_reads_the_largest_common_k():
+    from babelheads.analysis.findings import FAILS, HOLDS, study_findings
+
+    sets = pd.DataFrame(
+        {
+            "name": ["none", "agnostic", "specific", "agnostic", "specific"],
+            "k": [0, 2, 2, 4, 4],
+            "count": [0, 2, 2, 4, 3],
+            "mask_id": ["baseline", "a2", "s2", "a4", "s4"],
+        }
+    )
+    rows = []
+    for language, specific_rouge in (("en", 1.0), ("de", 0.0)):
+        for sample in range(6):
+            for mask, rouge in (("baseline", 1.0), ("a4", 0.1 * (sample % 2)), ("s4", specific_rouge)):
+                rows.append(
+                    {"language": language, "sample_id": f"s{sample}", "mask_id": mask, "rouge1_recall": rouge}
+                )
+            rows.append(
+                {"language": language, "sample_id": f"s{sample}", "mask_id": "a2", "rouge1_recall": 1.0}
+            )
+            rows.append(
+                {"language": language, "sample_id": f"s{sample}", "mask_id": "s2", "rouge1_recall": 0.0}
+            )
+    finding = study_findings({}, {"head_sets": sets, "samples": pd.DataFrame(rows)})[4]
+    parts = {part.label.split()[0]: part for part in finding.parts}
+    assert parts["en"].verdict == HOLDS and parts["en"].value == pytest.approx(0.95)
+    assert parts["de"].verdict == FAILS and parts["de"].value == pytest.approx(-0.05)
+    assert finding.verdict == FAILS
+    assert "K=4: 4 agnostic and 3 specific" in finding.evidence()
+    assert [f.verdict for f in study_findings({}, None)[:4]] == ["inconclusive"] * 4

@@ -361,6 +361,37 @@ def study(
 
 
 @app.command()
+def sweep(
+    file: Annotated[
+        Path, typer.Argument(help="TOML or YAML file with [[job]] entries (command, out, flags).")
+    ],
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (e.g. ray://head:10001); default: a local Ray.")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="CPUs of the local Ray (default: all).")] = None,
+    cpus_per_job: Annotated[float, typer.Option(help="CPUs Ray reserves per job.")] = 1.0,
+    gpus_per_job: Annotated[float, typer.Option(help="GPUs Ray reserves per job.")] = 0.0,
+) -> None:
+    """Run many detect/ablate jobs on Ray, each an ordinary resumable run; failures are reported per job."""
+    from babelheads.sweep import read_sweep, run_sweep
+
+    jobs = read_sweep(file)
+    typer.echo(f"{len(jobs)} jobs from {file}", err=True)
+    results = run_sweep(
+        jobs, address, workers, cpus_per_job, gpus_per_job, say=lambda line: typer.echo(line, err=True)
+    )
+    failed = [result for result in results if not result.ok]
+    typer.echo(
+        f"{len(results) - len(failed)} of {len(results)} jobs done"
+        + (f", {len(failed)} failed:" if failed else "")
+    )
+    for result in failed:
+        typer.echo(f"  {result.name} ({result.out}): {result.message}")
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
 def report(
     runs: Annotated[list[Path], typer.Argument(help="Detect, compare and ablate runs.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="The HTML file to write.")] = Path(

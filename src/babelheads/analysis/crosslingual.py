@@ -88,6 +88,15 @@ def overlap_statistics(
             "strong_shared_share": float((strong_heads & shared).sum() / strong_heads.sum())
             if strong_heads.any()
             else np.nan,
+            # The findings' contrasts, computed inside each replicate so that they get their own interval.
+            "layer_gap_specific_minus_shared": float(layers[specific].mean() - layers[shared].mean())
+            if specific.any() and shared.any()
+            else np.nan,
+            "strong_minus_all_shared": float(
+                (strong_heads & shared).sum() / strong_heads.sum() - shared.sum() / any_.sum()
+            )
+            if strong_heads.any()
+            else np.nan,
         }
 
 
@@ -141,7 +150,21 @@ def rank_agreement(
                 continue
             out[f"spearman|{key}"] = float(stats.spearmanr(a[mask], b[mask]).statistic)
             out[f"kendall|{key}"] = float(stats.kendalltau(a[mask], b[mask]).statistic)
+        pair = f"{first}-{second}"
+        out[f"rank_diff_gap|{pair}|weak-strong"] = (
+            out[f"rank_diff|{pair}|weak"] - out[f"rank_diff|{pair}|strong"]
+        )
+    for anchor in scores:
+        others = [language for language in scores if language != anchor]
+        for near, far in combinations(others, 2):
+            gap = _spearman(out, anchor, near) - _spearman(out, anchor, far)
+            out[f"spearman_gap|{anchor}:{near}>{far}|all"] = gap
     return out
+
+
+def _spearman(statistics: dict[str, float], a: str, b: str) -> float:
+    key = f"spearman|{a}-{b}|all"
+    return statistics.get(key, statistics.get(f"spearman|{b}-{a}|all", np.nan))
 
 
 def split_keys(frame: pd.DataFrame) -> pd.DataFrame:

@@ -125,3 +125,20 @@ def mean_interval(
     tail = (1 - level) / 2 * 100
     lo, hi = np.percentile(draws, [tail, 100 - tail])
     return float(values.mean()), float(lo), float(hi)
+
+
+def difference_interval(
+    first: np.ndarray, second: np.ndarray, replicates: int, seed: int, level: float = 0.95
+) -> tuple[float, float, float]:
+    """mean(first) - mean(second) for two independent samples, each resampled on its own, with a
+    percentile bootstrap interval; NaN when either is empty."""
+    first, second = np.asarray(first, dtype=float), np.asarray(second, dtype=float)
+    if len(first) == 0 or len(second) == 0:
+        return np.nan, np.nan, np.nan
+    rng = np.random.default_rng(seed)
+    draws = first[rng.integers(0, len(first), (replicates, len(first)))].mean(axis=1) - second[
+        rng.integers(0, len(second), (replicates, len(second)))
+    ].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(draws, [tail, 100 - tail])
+    return float(first.mean() - second.mean()), float(lo), float(hi)

@@ -12,7 +12,13 @@ import pandas as pd
 from babelheads.analysis import crosslingual
 from babelheads.analysis.aggregate import AggregateSettings, ThinDataWarning, with_success
 from babelheads.analysis.distribution import distribution
-from babelheads.analysis.scores import ScoreMatrix, bootstrap, mean_interval, score_matrix
+from babelheads.analysis.scores import (
+    ScoreMatrix,
+    bootstrap,
+    difference_interval,
+    mean_interval,
+    score_matrix,
+)
 from babelheads.errors import BabelheadsError
 from babelheads.experiments.detect import recorded_analysis
 from babelheads.heads import HeadAddress
@@ -160,7 +166,11 @@ def crosslingual_tables(runs: list[DetectionTables], config: CompareConfig) -> d
         )
         ranks = statistics["statistic"].str.contains("|", regex=False)
         tables["overlap_statistics"] = statistics[~ranks].reset_index(drop=True)
-        tables["rank_agreement"] = _rank_table(crosslingual.split_keys(statistics[ranks]))
+        split = crosslingual.split_keys(statistics[ranks])
+        contrast = split["measure"].str.endswith("_gap")
+        tables["rank_agreement"] = _rank_table(split[~contrast])
+        tables["rank_contrasts"] = split.loc[contrast, ["measure", "pair", "subset", "value", "lo", "hi"]]
+        tables["rank_contrasts"] = tables["rank_contrasts"].reset_index(drop=True)
     translation = translation_table(runs, config)
     if not translation.empty:
         tables["translation"] = translation
@@ -278,9 +288,7 @@ def _translation_rows(
     )
     statistics = bootstrap(
         joined,
-        lambda scores, picked=ranking: {
-            name: float(values[picked].mean()) if picked else np.nan for name, values in scores.items()
-        },
+        lambda scores, picked=ranking: _translation_statistics(scores, picked),
         config.replicates,
         config.seed,
     )
@@ -290,11 +298,25 @@ def _translation_rows(
         for row in statistics.itertuples()
     ]
     chosen = samples[samples["needle_kind"] == kind]
+    outcomes = {
+        label: chosen.loc[chosen["language"] == label, "success"].to_numpy(dtype=float)
+        for label in (source, condition)
+    }
     for measure, label in (("accuracy_mono", source), ("accuracy_translation", condition)):
-        outcome = chosen.loc[chosen["language"] == label, "success"]
-        value, lo, hi = mean_interval(outcome.to_numpy(dtype=float), config.replicates, config.seed)
+        value, lo, hi = mean_interval(outcomes[label], config.replicates, config.seed)
         rows.append({**base, "measure": measure, "value": value, "lo": lo, "hi": hi})
+    value, lo, hi = difference_interval(outcomes[source], outcomes[condition], config.replicates, config.seed)
+    rows.append({**base, "measure": "accuracy_drop", "value": value, "lo": lo, "hi": hi})
     return rows
+
+
+def _translation_statistics(scores: dict[str, np.ndarray], picked: list[int]) -> dict[str, float]:
+    """The top heads' mean copy and needle-attention scores, monolingual and translated, and the drops
+    (monolingual minus translated) that Finding 4 is about."""
+    means = {name: float(values[picked].mean()) if picked else np.nan for name, values in scores.items()}
+    means["copy_drop"] = means["copy_mono"] - means["copy_translation"]
+    means["attention_drop"] = means["attention_mono"] - means["attention_translation"]
+    return means
 
 
 def _of_needle_kind(run: DetectionTables, kind: str) -> DetectionTables:

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from babelheads.analysis.aggregate import with_success
+from babelheads.analysis.aggregate import completed, with_success
+from babelheads.analysis.findings import Finding, study_findings
 from babelheads.errors import BabelheadsError
 from babelheads.experiments.detect import recorded_analysis
 from babelheads.report import figures
@@ -56,6 +57,7 @@ class Section:
     level: int = 3
     summary: str = ""
     figures: list[Figure] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
 
 
 def _model_identity(store: RunStore) -> dict:
@@ -131,6 +133,9 @@ def report_sections(runs: list[Run], min_samples: int = figures.MIN_SAMPLES) -> 
 
 def model_sections(runs: list[Run], min_samples: int) -> list[Section]:
     sections = [Section(f"Model {_short(runs[0].model)}", level=2)]
+    compares = [run for run in runs if run.kind == "compare"]
+    if compares:
+        sections.append(findings_section(compares[0], [run for run in runs if run.kind == "ablate"]))
     for run in runs:
         if run.kind == "detect":
             sections.append(detection_section(run, min_samples))
@@ -170,12 +175,32 @@ def detection_section(run: Run, min_samples: int) -> Section:
     )
 
 
+def findings_section(compare: Run, ablations: list[Run]) -> Section:
+    """The study's findings first, each with its verdict and a link to its figure below."""
+    ablation = None
+    for run in ablations:
+        if not (run.store.root / "head_sets.parquet").exists():
+            continue
+        sets = run.store.derived("head_sets")
+        if {"agnostic", "specific"} <= set(sets["name"]):
+            ablation = {"head_sets": sets, "samples": completed(run.store.table("samples"))}
+            break
+    findings = study_findings(compare_tables(compare.store), ablation)
+    summary = (
+        "Each finding's contrast with its 95% bootstrap interval: it holds when the interval lies wholly "
+        "on the side the paper claims, does not hold when it lies wholly on the other side, and is "
+        "inconclusive otherwise."
+    )
+    return Section("Findings of the multilingual study", summary=summary, findings=findings)
+
+
+def compare_tables(store: RunStore) -> dict[str, pd.DataFrame]:
+    return {name: store.derived(name) for name in COMPARE_TABLES if (store.root / f"{name}.parquet").exists()}
+
+
 def crosslingual_section(run: Run, min_samples: int) -> Section:
     """The tables a compare run wrote, drawn as they are: its threshold, its languages, its notes."""
-    store = run.store
-    tables = {
-        name: store.derived(name) for name in COMPARE_TABLES if (store.root / f"{name}.parquet").exists()
-    }
+    tables = compare_tables(run.store)
     settings = tables["settings"].iloc[0]
     threshold = float(settings["threshold"])
     kept = str(settings["languages"]).split()
@@ -222,6 +247,7 @@ COMPARE_TABLES = (
     "generality",
     "overlap_statistics",
     "rank_agreement",
+    "rank_contrasts",
     "translation",
 )
 
@@ -288,15 +314,25 @@ def render(runs: list[Run], sections: list[Section]) -> str:
         f"<li><a href='#{anchor}'>{escape(section.heading)}</a></li>"
         for anchor, section in zip(anchors, sections, strict=True)
     )
+    numbers: list[list[int]] = []
+    count = 0
+    for section in sections:
+        numbers.append(list(range(count + 1, count + len(section.figures) + 1)))
+        count += len(section.figures)
     body = []
-    number = 0
-    for anchor, section in zip(anchors, sections, strict=True):
+    for index, (anchor, section) in enumerate(zip(anchors, sections, strict=True)):
         tag = f"h{section.level}"
         body.append(f"<{tag} id='{anchor}'>{escape(section.heading)}</{tag}>")
         if section.summary:
             body.append(summary_html(section.summary))
-        for figure in section.figures:
-            number += 1
+        if section.findings:
+            later = [
+                (number, figure)
+                for section_after, section_numbers in zip(sections[index:], numbers[index:], strict=True)
+                for number, figure in zip(section_numbers, section_after.figures, strict=True)
+            ]
+            body.append(findings_html(section.findings, later))
+        for number, figure in zip(numbers[index], section.figures, strict=True):
             body.append(figure_html(figure, number))
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
@@ -307,6 +343,29 @@ def render(runs: list[Run], sections: list[Section]) -> str:
         "<table class='runs'><tr><th>run</th><th>kind</th><th>model</th><th>seed</th><th>languages</th>"
         f"<th>samples</th></tr>{rows}</table><nav><ul>{contents}</ul></nav></header>"
         f"<main>{''.join(body)}</main><script>{SCRIPT}</script></body></html>\n"
+    )
+
+
+VERDICT_COLOURS = {"holds": "#1a7f37", "does not hold": "#b42318", "inconclusive": "#8a6d00"}
+
+
+def findings_html(findings: list[Finding], figures_after: list[tuple[int, Figure]]) -> str:
+    """A table: finding, verdict, the contrast's numbers and intervals, a link to its figure."""
+    escape = html.escape
+    rows = []
+    for finding in findings:
+        number = next((n for n, figure in figures_after if figure.title.startswith(finding.figure)), None)
+        link = f"<a href='#figure-{number}'>Figure {number}</a>" if number else "no figure"
+        colour = VERDICT_COLOURS.get(finding.verdict, "#444")
+        rows.append(
+            f"<tr class='finding' data-verdict='{escape(finding.verdict)}'><td>{finding.number}</td>"
+            f"<td>{escape(finding.claim)}</td>"
+            f"<td><strong style='color:{colour}'>{escape(finding.verdict)}</strong></td>"
+            f"<td><em>{escape(finding.contrast)}</em><br>{escape(finding.evidence())}</td><td>{link}</td></tr>"
+        )
+    return (
+        "<table class='runs findings'><tr><th>#</th><th>finding (paper)</th><th>verdict</th>"
+        f"<th>contrast: value [95% interval]</th><th>figure</th></tr>{''.join(rows)}</table>"
     )
 
 
