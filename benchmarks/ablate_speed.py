@@ -46,7 +46,7 @@ def ablation_jobs(loaded, head_sets: int):
         heads = [HeadAddress(int(i) // layout.num_heads, int(i) % layout.num_heads) for i in chosen]
         sets.append(HeadGates.mask(layout, heads, phases=("decode",)))
     jobs = [
-        Job(f"{index}--{sample.sample_id}", sample, gates)
+        Job(f"{index}--{sample.sample_id}", sample, gates, (("job", f"{index}--{sample.sample_id}"),))
         for index, gates in enumerate(sets)
         for sample in samples
     ]
@@ -73,7 +73,7 @@ def worker(args) -> None:
                 run_jobs(store, loaded, jobs, task.score, settings, progress=False)
                 seconds = time.perf_counter() - start
             samples = store.table("samples")
-        steps = dict(zip(samples["sample_id"], samples["steps"].astype(int), strict=True))
+        steps = dict(zip(samples["job"], samples["steps"].astype(int).tolist(), strict=True))
     else:
         wanted = json.loads(Path(args.steps).read_text())["steps"]
         model = loaded.model

@@ -229,9 +229,15 @@ def test_rank_agreement_without_variation_is_nan():
 def test_rank_agreement_covers_every_pair_in_order_and_split_keys_reads_the_keys():
     scores = {"en": RANK_EN, "de": RANK_DE, "zh": RANK_EN[::-1].copy()}
     result = rank_agreement(scores)
-    pairs = {key.split("|")[1] for key in result}
-    assert pairs == {"en-de", "en-zh", "de-zh"}
-    assert len(result) == 3 * 3 * 4  # pairs x subsets x measures
+    per_pair = {key: value for key, value in result.items() if not key.split("|")[0].endswith("_gap")}
+    assert {key.split("|")[1] for key in per_pair} == {"en-de", "en-zh", "de-zh"}
+    assert len(per_pair) == 3 * 3 * 4  # pairs x subsets x measures
+    gaps = {key: value for key, value in result.items() if key not in per_pair}
+    assert len(gaps) == 3 + 3  # a weak-strong gap per pair; each anchor's two partners compared
+    expected = result["spearman|en-de|all"] - result["spearman|en-zh|all"]
+    assert gaps["spearman_gap|en:de>zh|all"] == pytest.approx(expected)
+    weak_strong = result["rank_diff|en-de|weak"] - result["rank_diff|en-de|strong"]
+    assert gaps["rank_diff_gap|en-de|weak-strong"] == pytest.approx(weak_strong, nan_ok=True)
     frame = split_keys(pd.DataFrame({"statistic": ["spearman|en-de|all", "rank_diff|de-zh|weak"]}))
     assert frame["measure"].tolist() == ["spearman", "rank_diff"]
     assert frame["pair"].tolist() == ["en-de", "de-zh"]

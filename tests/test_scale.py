@@ -56,7 +56,7 @@ def test_flags_win_over_the_config_and_unknown_settings_get_one_line(
 
 def test_from_run_replays_a_detection_and_a_flag_changes_it(tiny_model_dir, tmp_path, monkeypatch, capsys):
     first = tmp_path / "first"
-    extra = ("--languages", "de", "--needle-kind", "key", "--top-k", "3")
+    extra = ("--languages", "en", "--needle-kind", "key", "--top-k", "3")
     assert run_cli(monkeypatch, capsys, *detect_args(tiny_model_dir, first, *extra))[0] == 0
     replay = tmp_path / "replay"
     assert (

@@ -448,7 +448,7 @@ def main() -> None:
     # Summaries print these notes themselves, as one line each; Python's form would add source lines.
     warnings.simplefilter("ignore", ThinDataWarning)
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # click returns, not raises, a command's Exit here
     except BabelheadsError as error:
         typer.echo(f"error: {error}", err=True)
         sys.exit(2)
@@ -464,6 +464,8 @@ def main() -> None:
             error.show()
             sys.exit(error.exit_code)
         raise
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

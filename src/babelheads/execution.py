@@ -12,6 +12,7 @@ from babelheads.errors import BabelheadsError
 from babelheads.models import LoadedModel, load_model
 from babelheads.probe import ProbeSettings
 from babelheads.runner import RunSettings, Shard
+from babelheads.runner.prefix import DEFAULT_MAX_SNAPSHOTS
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,8 @@ class Execution:
     """device : auto, cpu, cuda, cuda:N. device_map : None (the whole model on ``device``) or 'auto'
     (accelerate splits it over every GPU, then CPU). batch_size : rows decoded together (None: the
     device's default). share_prefix : prefill shared prompt prefixes once. shard : this worker's share
-    of the jobs. progress : show progress bars."""
+    of the jobs. progress : show progress bars. max_snapshots : sliding-window states kept for later
+    prompts (memory: one window per sliding layer each)."""
 
     device: str = "auto"
     device_map: str | None = None
@@ -27,6 +29,7 @@ class Execution:
     share_prefix: bool = True
     shard: Shard = field(default_factory=Shard)
     progress: bool = True
+    max_snapshots: int = DEFAULT_MAX_SNAPSHOTS
 
     def __post_init__(self) -> None:
         if self.batch_size is not None and self.batch_size < 1:

@@ -13,6 +13,8 @@ import inspect
 import torch
 from transformers import DynamicCache
 
+from babelheads.heads import HeadLayout
+
 
 @functools.cache
 def cache_argument(model_class: type) -> str:
@@ -26,40 +28,58 @@ def new_cache(model: torch.nn.Module) -> DynamicCache:
     return DynamicCache(config=model.config)
 
 
-def stack_caches(
-    model: torch.nn.Module, caches: list[DynamicCache], lengths: list[int]
-) -> tuple[DynamicCache, torch.Tensor]:
-    """One batch cache from single-row caches holding ``lengths`` tokens each, and its 2D padding mask
-    of shape (batch, max(lengths)), 1 on real tokens. Rows are copied (one row alone is shared: decoding
-    never writes into a tensor the cache already holds)."""
-    padded = max(lengths, default=0)
-    device = next(model.parameters()).device
-    mask = torch.zeros(len(caches), padded, dtype=torch.long, device=device)
-    for row, length in enumerate(lengths):
-        mask[row, padded - length :] = 1
-    batch = new_cache(model)
-    for index, layer in enumerate(batch.layers):
-        sources = [cache.layers[index] for cache in caches]
-        reference = next((source for source in sources if source.is_initialized), None)
-        if reference is None or reference.keys.numel() == 0:
-            continue
-        sliding = getattr(layer, "is_sliding", False)
-        width = min(layer.sliding_window - 1, padded) if sliding else padded
-        keys = _stack([s.keys if s.is_initialized else None for s in sources], reference.keys, width)
-        values = _stack([s.values if s.is_initialized else None for s in sources], reference.values, width)
-        layer.lazy_initialization(keys, values)
-        layer.keys, layer.values = keys, values
-        if sliding:
-            layer.cumulative_length = padded
-    return batch, mask
+def input_device(model: torch.nn.Module) -> torch.device:
+    """Where inputs go: the input embeddings' device (the first of a model split over devices)."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    weight = getattr(embeddings, "weight", None)
+    return weight.device if weight is not None else next(model.parameters()).device
 
 
-def _stack(rows: list[torch.Tensor | None], like: torch.Tensor, width: int) -> torch.Tensor:
-    if len(rows) == 1 and rows[0] is not None and rows[0].shape[-2] == width:
-        return rows[0]
-    _, heads, _, dim = like.shape
-    out = like.new_zeros(len(rows), heads, width, dim)
-    for index, row in enumerate(rows):
-        if row is not None and row.shape[-2]:
-            out[index, :, width - row.shape[-2] :] = row[0]
-    return out
+def kv_bytes_per_row(layout: HeadLayout, tokens: int, element_size: int) -> int:
+    """Bytes of one row's KV cache at ``tokens`` tokens (a sliding layer holds its window at most)."""
+    per_token = 2 * layout.num_kv_heads * layout.head_dim * element_size
+    return sum(
+        per_token * (tokens if window is None else min(window, tokens)) for window in layout.layer_windows
+    )
+
+
+class BatchCache:
+    """One batch cache filled row by row: each row's layers are copied once into tensors allocated
+    for the whole batch (left-padded), so a batch never holds two copies of a row. A batch of one row
+    keeps that row's own tensors: decoding never writes into a tensor the cache already holds."""
+
+    def __init__(self, model: torch.nn.Module, lengths: list[int]):
+        self.model = model
+        self.lengths = lengths
+        self.padded = max(lengths, default=0)
+        self.cache = new_cache(model)
+        self._single = len(lengths) == 1
+
+    def add(self, row: int, source: DynamicCache) -> None:
+        """Copy ``source`` (a single-row cache holding ``lengths[row]`` tokens) into row ``row``."""
+        for layer, part in zip(self.cache.layers, source.layers, strict=True):
+            if not part.is_initialized or part.keys.numel() == 0:
+                continue
+            sliding = getattr(layer, "is_sliding", False)
+            width = min(layer.sliding_window - 1, self.padded) if sliding else self.padded
+            if not layer.is_initialized:
+                layer.lazy_initialization(part.keys, part.values)  # dtype and device only
+                if self._single:
+                    layer.keys, layer.values = part.keys, part.values
+                else:
+                    _, heads, _, dim = part.keys.shape
+                    shape = (len(self.lengths), heads, width, dim)
+                    layer.keys, layer.values = part.keys.new_zeros(shape), part.values.new_zeros(shape)
+            if not self._single:
+                size = part.keys.shape[-2]
+                layer.keys[row, :, width - size :] = part.keys[0]
+                layer.values[row, :, width - size :] = part.values[0]
+            if sliding:
+                layer.cumulative_length = self.padded
+
+    def mask(self) -> torch.Tensor:
+        """The 2D padding mask, shape (batch, max(lengths)): 1 on real tokens, 0 on left padding."""
+        mask = torch.zeros(len(self.lengths), self.padded, dtype=torch.long, device=input_device(self.model))
+        for row, length in enumerate(self.lengths):
+            mask[row, self.padded - length :] = 1
+        return mask

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from babelheads.probe import HeadGates, Instrument, StepRecords
-from babelheads.runner.cache import cache_argument, stack_caches
+from babelheads.runner.cache import BatchCache, cache_argument
 from babelheads.runner.prefix import SharedPrefill
 from babelheads.runner.stops import StopRule
 
@@ -57,19 +57,14 @@ def decode_rows(
     for row in rows:
         if len(row.input_ids) < 1 or row.max_new_tokens < 1:
             raise ValueError("Every row needs at least one input token and max_new_tokens >= 1.")
-    model = instrument.model
-    caches, lengths = [], []
+    lengths = [len(row.input_ids) - 1 for row in rows]
+    batch = BatchCache(instrument.model, lengths)
     instrument.set_phase("prefill")
     for index, row in enumerate(rows):
-        prompt = list(row.input_ids[:-1])
         with instrument.gated(row.gates):
-            cache = prefill.prefill(prompt, keep[index] if keep else ())
-        batch_cache, _ = stack_caches(model, [cache], [len(prompt)])  # our own reference to its state
-        caches.append(batch_cache)
-        lengths.append(len(prompt))
-    cache, mask = stack_caches(model, caches, lengths)
-    del caches
-    return _decode(instrument, cache, mask, rows, lengths, stops, record)
+            cache = prefill.prefill(list(row.input_ids[:-1]), keep[index] if keep else ())
+        batch.add(index, cache)
+    return _decode(instrument, batch.cache, batch.mask(), rows, lengths, stops, record)
 
 
 def _decode(

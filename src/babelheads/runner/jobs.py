@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from babelheads.errors import BabelheadsError
 from babelheads.models import LoadedModel
 from babelheads.probe import HeadGates, Instrument, ProbeSettings
+from babelheads.runner.cache import kv_bytes_per_row
 from babelheads.runner.decode import DEFAULT_PREFILL_CHUNK, Decoded, Row, decode_rows
 from babelheads.runner.prefix import DEFAULT_MAX_SNAPSHOTS, SharedPrefill, branch_points
 from babelheads.runner.stops import StopRule
@@ -27,7 +28,8 @@ from babelheads.tasks.base import Sample, Skipped
 
 DEFAULT_BATCH_SIZE = {"cpu": 8, "cuda": 16}
 """Rows decoded together when the user sets none: on CPU a batch of 8 already amortises the weights'
-memory traffic; a GPU takes more rows for the same step time."""
+memory traffic; a GPU takes more rows for the same step time, as many as fit (see rows_per_batch)."""
+CACHE_SHARE_OF_FREE_MEMORY = 0.5
 
 
 @dataclass(frozen=True)
@@ -90,8 +92,16 @@ class RunSettings:
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1. Got {self.batch_size} instead.")
 
-    def rows_per_batch(self, device: torch.device) -> int:
-        return self.batch_size or DEFAULT_BATCH_SIZE.get(device.type, 8)
+    def rows_per_batch(self, device: torch.device, bytes_per_row: int) -> int:
+        """The batch size: the user's, else the device's default, on a GPU cut so that the batch's
+        KV cache takes at most half of the free memory (a 7B model at 32K tokens holds 4 GiB a row)."""
+        if self.batch_size:
+            return self.batch_size
+        rows = DEFAULT_BATCH_SIZE.get(device.type, 8)
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            rows = min(rows, int(CACHE_SHARE_OF_FREE_MEMORY * free // max(bytes_per_row, 1)))
+        return max(rows, 1)
 
 
 def run_jobs(
@@ -116,7 +126,6 @@ def run_jobs(
         return
     instrument = Instrument(loaded.model, loaded.layout, settings.probe or ProbeSettings())
     stops = StopRule.for_model(loaded)
-    size = settings.rows_per_batch(loaded.device)
     bar = tqdm(total=len(todo), desc=description, unit="sample", disable=not progress, dynamic_ncols=True)
     try:
         for job in todo:
@@ -128,6 +137,9 @@ def run_jobs(
                 loaded.model, settings.prefill_chunk, settings.share_prefix, settings.max_snapshots
             )
             keep = branch_points([job.sample.input_ids[:-1] for job in group])
+            longest = max(len(job.sample.input_ids) for job in group) + settings.max_new_tokens
+            element = next(loaded.model.parameters()).element_size()
+            size = settings.rows_per_batch(loaded.device, kv_bytes_per_row(loaded.layout, longest, element))
             for start in range(0, len(group), size):
                 batch = group[start : start + size]
                 bar.set_postfix_str(batch[0].part_id, refresh=False)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
-from babelheads.runner.cache import cache_argument, new_cache
+from babelheads.runner.cache import cache_argument, input_device, new_cache
 
 DEFAULT_MAX_SNAPSHOTS = 8
 
@@ -89,13 +89,14 @@ class SharedPrefill:
     def prefill(self, prefix: Sequence[int], keep: Iterable[int] = ()) -> DynamicCache:
         """Make the cache hold exactly ``prefix``, snapshotting sliding layers at the ``keep`` positions
         (where later prompts branch off). The returned cache is the prefiller's own: read it, or hand
-        it to decoding after :func:`babelheads.runner.cache.stack_caches` has copied it."""
+        it to decoding after :class:`babelheads.runner.cache.BatchCache` has taken it."""
         prefix = list(prefix)
         if not self.share:
             self._reset()
         start = self._rewind(common_prefix(self.path, prefix))
         self.reused_tokens += start
-        wanted = {point for point in keep if start < point <= len(prefix)} if self._sliding else set()
+        sliding = self._sliding and self.share
+        wanted = {point for point in keep if start < point <= len(prefix)} if sliding else set()
         for point in sorted(wanted | {len(prefix)}):
             self._extend(prefix, start, point)
             start = point
@@ -131,7 +132,7 @@ class SharedPrefill:
         return base.position
 
     def _extend(self, prefix: list[int], start: int, end: int) -> None:
-        device = next(self.model.parameters()).device
+        device = input_device(self.model)
         argument = cache_argument(type(self.model))
         for left in range(start, end, self.prefill_chunk):
             right = min(left + self.prefill_chunk, end)
