@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _measure import PeakMemory
+from _measure import PeakMemory, add_common_arguments, run_worker
 
 
 def ablation_jobs(loaded, head_sets: int):
@@ -101,24 +100,16 @@ def measure(args, mode: str, scratch: Path) -> dict:
     ]  # fmt: skip
     if args.batch_size:
         command += ["--batch-size", str(args.batch_size)]
-    finished = subprocess.run(command, capture_output=True, text=True, check=False)
-    if finished.returncode != 0:
-        sys.exit(f"worker {mode} failed:\n{finished.stderr[-3000:]}")
-    return json.loads(result.read_text())
+    return run_worker(command, result, mode)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", default="gemma-3-270m")
+    add_common_arguments(parser, new_tokens=16)  # ablate's default max_new_tokens
     parser.add_argument("--head-sets", type=int, default=9)
-    parser.add_argument("--new-tokens", type=int, default=16, help="ablate's default max_new_tokens")
-    parser.add_argument("--batch-size", type=int, default=None, help="rows per batch; default: the device's")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto")
     parser.add_argument("--worker", choices=("ablate", "plain"), help=argparse.SUPPRESS)
-    parser.add_argument("--result", help=argparse.SUPPRESS)
     parser.add_argument("--steps", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _measure import PeakMemory
+from _measure import PeakMemory, add_common_arguments, run_worker
 
 
 def grid_samples(loaded):
@@ -112,23 +111,15 @@ def measure(args, mode: str, scratch: Path) -> dict:
     ]
     if args.batch_size:
         command += ["--batch-size", str(args.batch_size)]
-    finished = subprocess.run(command, capture_output=True, text=True, check=False)
-    if finished.returncode != 0:
-        sys.exit(f"worker {mode} failed:\n{finished.stderr[-3000:]}")
-    return json.loads(result.read_text())
+    return run_worker(command, result, mode)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", default="gemma-3-270m")
-    parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=None, help="rows per batch; default: the device's")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto")
+    add_common_arguments(parser, new_tokens=32)
     parser.add_argument("--worker", choices=("grid", "plain"), help=argparse.SUPPRESS)
-    parser.add_argument("--result", help=argparse.SUPPRESS)
     parser.add_argument("--tokens", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:

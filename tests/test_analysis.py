@@ -729,14 +729,14 @@ def test_a_finding_holds_fails_or_is_inconclusive_by_where_its_interval_lies():
     assert Finding(2, "claim", "contrast", "figure").verdict == INCONCLUSIVE
 
 
-def test_finding_5_pairs_prompts_and_reads_the_largest_common_k():
+def test_finding_5_pairs_prompts_at_the_largest_k_with_as_many_heads_on_both_sides():
     from babelheads.analysis.findings import FAILS, HOLDS, study_findings
 
     sets = pd.DataFrame(
         {
             "name": ["none", "agnostic", "specific", "agnostic", "specific"],
             "k": [0, 2, 2, 4, 4],
-            "count": [0, 2, 2, 4, 3],
+            "count": [0, 2, 1, 4, 4],
             "mask_id": ["baseline", "a2", "s2", "a4", "s4"],
         }
     )
@@ -758,5 +758,8 @@ def test_finding_5_pairs_prompts_and_reads_the_largest_common_k():
     assert parts["en"].verdict == HOLDS and parts["en"].value == pytest.approx(0.95)
     assert parts["de"].verdict == FAILS and parts["de"].value == pytest.approx(-0.05)
     assert finding.verdict == FAILS
-    assert "K=4: 4 agnostic and 3 specific" in finding.evidence()
+    assert "K=4: 4 agnostic and 4 specific heads masked;" in finding.evidence() + ";"
+    sets.loc[sets["mask_id"] == "s4", "count"] = 3  # no K with equal counts: the largest, said so
+    unequal = study_findings({}, {"head_sets": sets, "samples": pd.DataFrame(rows)})[4]
+    assert "K=4: 4 agnostic and 3 specific heads masked (unequal counts" in unequal.evidence()
     assert [f.verdict for f in study_findings({}, None)[:4]] == ["inconclusive"] * 4

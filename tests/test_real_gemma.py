@@ -90,3 +90,31 @@ def test_top_heads_lie_in_full_attention_layers(detection, gemma):
         top = scores[scores["language"] == language].nlargest(3, "score")
         assert set(top["layer"]) <= full, top
         assert (top["score"] >= 0.5).all(), top
+
+
+def test_shared_prefixes_and_batches_give_the_plain_tokens_on_gemma(gemma, detection, tmp_path):
+    """The detection run above ran shared and batched; the same samples one at a time from scratch
+    (past the 512-token window: sliding layers restored from snapshots) give the same tokens and the
+    same step-0 peaks, near-ties aside (at most one sample of twelve may part)."""
+    from babelheads.probe import ProbeSettings
+    from babelheads.runner import Job, RunSettings, run_jobs
+    from babelheads.runs import RunStore
+
+    task = NiahTask(
+        NiahSettings(languages=LANGUAGES, lengths=(1000, 2000), depths=(0.25, 0.5, 0.75), needle_kind="key")
+    )
+    samples = [sample for sample in task.build(gemma) if hasattr(sample, "input_ids")]
+    store = RunStore(tmp_path / "plain")
+    store.create({"kind": "test"}, 0)
+    settings = RunSettings(16, ProbeSettings(), batch_size=1, share_prefix=False)
+    run_jobs(store, gemma, [Job(s.sample_id, s) for s in samples], task.score, settings, progress=False)
+    shared, plain = (s.table("samples").set_index("sample_id")["output"] for s in (detection, store))
+    assert len(plain) == len(samples) == len(shared)
+    same = (shared.loc[plain.index] == plain).sum()
+    assert same >= len(samples) - 1, f"{len(samples) - same} of {len(samples)} samples parted"
+    first = {
+        name: s.table("events").query("step == 0").set_index(["sample_id", "layer", "head"])["peak"]
+        for name, s in (("shared", detection), ("plain", store))
+    }
+    agree = (first["shared"].loc[first["plain"].index] == first["plain"]).mean()
+    assert agree >= 0.99, f"step-0 peaks agree on {agree:.3f} of heads"

@@ -17,27 +17,32 @@ REPLAYED_KINDS = {"detect": "detect", "ablate": "ablate"}
 
 def read_settings_file(path: Path, command: str, fields: set[str]) -> dict[str, object]:
     """The file's values for ``command``: top-level keys, or a table named after the command."""
-    if not path.is_file():
-        raise BabelheadsError(f"Config file {path} not found. Check the path.")
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix.lower() == ".toml":
-            data = tomllib.loads(text)
-        elif path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text) or {}
-        else:
-            raise BabelheadsError(f"Config file {path} must end in .toml, .yaml or .yml.")
-    except (tomllib.TOMLDecodeError, ValueError) as error:
-        raise BabelheadsError(f"Config file {path} does not parse: {str(error).splitlines()[0]}") from None
-    except Exception as error:  # yaml.YAMLError, without importing yaml when TOML is used
-        raise BabelheadsError(f"Config file {path} does not parse: {str(error).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise BabelheadsError(f"Config file {path} must hold a table of settings, not {type(data).__name__}.")
+    data = read_table_file(path, "Config file")
     if isinstance(data.get(command), dict):
         data = {**{k: v for k, v in data.items() if not isinstance(v, dict)}, **data[command]}
     return _as_flags(data, fields, f"config file {path}")
+
+
+def read_table_file(path: Path, what: str) -> dict:
+    """A TOML or YAML file holding a table, or one clear error naming ``what`` and the fix."""
+    if not path.is_file():
+        raise BabelheadsError(f"{what} {path} not found. Check the path.")
+    suffix = path.suffix.lower()
+    if suffix not in (".toml", ".yaml", ".yml"):
+        raise BabelheadsError(f"{what} {path} must end in .toml, .yaml or .yml.")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if suffix == ".toml":
+            data = tomllib.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+    except Exception as error:  # tomllib.TOMLDecodeError, yaml.YAMLError
+        raise BabelheadsError(f"{what} {path} does not parse: {str(error).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise BabelheadsError(f"{what} {path} must hold a table of settings, not {type(data).__name__}.")
+    return data
 
 
 def replay_run(run: Path, command: str, fields: set[str]) -> dict[str, object]:

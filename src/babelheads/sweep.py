@@ -20,12 +20,12 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from babelheads.errors import BabelheadsError
+from babelheads.settings_files import read_table_file
 
 COMMANDS = ("detect", "ablate")
 
@@ -66,23 +66,8 @@ class JobResult:
 
 def read_sweep(path: Path) -> list[SweepJob]:
     """The jobs of a sweep file, one per shard."""
-    if not path.is_file():
-        raise BabelheadsError(f"Sweep file {path} not found. Check the path.")
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix.lower() == ".toml":
-            data = tomllib.loads(text)
-        elif path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text) or {}
-        else:
-            raise BabelheadsError(f"Sweep file {path} must end in .toml, .yaml or .yml.")
-    except BabelheadsError:
-        raise
-    except Exception as error:
-        raise BabelheadsError(f"Sweep file {path} does not parse: {str(error).splitlines()[0]}") from None
-    entries = data.get("job") or data.get("jobs") if isinstance(data, dict) else None
+    data = read_table_file(path, "Sweep file")
+    entries = data.get("job") or data.get("jobs")
     if not isinstance(entries, list) or not entries:
         raise BabelheadsError(
             f"Sweep file {path} lists no jobs. Add [[job]] tables with a command and an out."

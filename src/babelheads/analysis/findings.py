@@ -187,19 +187,24 @@ def _masking(ablation: dict[str, pd.DataFrame] | None, replicates: int = 1000, s
     sets, samples = ablation["head_sets"], ablation["samples"]
     if "rouge1_recall" not in samples:
         return finding
-    both = sorted(
+    candidates = []
+    for k in sorted(
         set(sets.loc[sets["name"] == "agnostic", "k"]) & set(sets.loc[sets["name"] == "specific", "k"])
-    )
-    if not both:
+    ):
+        chosen = {
+            name: sets[(sets["name"] == name) & (sets["k"] == k)].iloc[0] for name in ("agnostic", "specific")
+        }
+        counts = {name: int(row["count"]) for name, row in chosen.items()}
+        if min(counts.values()) > 0:
+            candidates.append((counts["agnostic"] == counts["specific"], k, chosen, counts))
+    if not candidates:
         return finding
-    k = both[-1]
-    masks = {
-        name: sets.loc[(sets["name"] == name) & (sets["k"] == k), "mask_id"].iloc[0]
-        for name in ("agnostic", "specific")
-    }
-    counts = {name: int(sets.loc[sets["mask_id"] == mask, "count"].iloc[0]) for name, mask in masks.items()}
+    # As many heads on both sides where the sets allow it: the largest such K, else the largest K.
+    equal, k, chosen, counts = max(candidates, key=lambda item: (item[0], item[1]))
+    masks = {name: row["mask_id"] for name, row in chosen.items()}
     finding.context.append(
         f"K={k}: {counts['agnostic']} agnostic and {counts['specific']} specific heads masked"
+        + ("" if equal else " (unequal counts: too few heads of one kind)")
     )
     for language, frame in samples.groupby("language", sort=True):
         by_mask = {

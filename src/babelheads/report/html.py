@@ -186,12 +186,7 @@ def findings_section(compare: Run, ablations: list[Run]) -> Section:
             ablation = {"head_sets": sets, "samples": completed(run.store.table("samples"))}
             break
     findings = study_findings(compare_tables(compare.store), ablation)
-    summary = (
-        "Each finding's contrast with its 95% bootstrap interval: it holds when the interval lies wholly "
-        "on the side the paper claims, does not hold when it lies wholly on the other side, and is "
-        "inconclusive otherwise."
-    )
-    return Section("Findings of the multilingual study", summary=summary, findings=findings)
+    return Section("Findings of the multilingual study", findings=findings)
 
 
 def compare_tables(store: RunStore) -> dict[str, pd.DataFrame]:
@@ -363,8 +358,13 @@ def findings_html(findings: list[Finding], figures_after: list[tuple[int, Figure
             f"<td><strong style='color:{colour}'>{escape(finding.verdict)}</strong></td>"
             f"<td><em>{escape(finding.contrast)}</em><br>{escape(finding.evidence())}</td><td>{link}</td></tr>"
         )
+    lead = (
+        "<p>Each finding's contrast with its 95% bootstrap interval: it holds when the interval lies wholly "
+        "on the side the paper claims, does not hold when it lies wholly on the other side, and is "
+        "inconclusive otherwise. A finding with several parts holds when every part does.</p>"
+    )
     return (
-        "<table class='runs findings'><tr><th>#</th><th>finding (paper)</th><th>verdict</th>"
+        lead + "<table class='runs findings'><tr><th>#</th><th>finding (paper)</th><th>verdict</th>"
         f"<th>contrast: value [95% interval]</th><th>figure</th></tr>{''.join(rows)}</table>"
     )
 
