@@ -115,7 +115,7 @@ def _decode(
                     break
                 if len(keep) < len(live_rows):
                     chosen = torch.tensor(keep, device=device)
-                    cache.batch_select_indices(chosen)
+                    cache.batch_select_indices(torch.tensor(keep))  # host indices: layers may sit anywhere
                     live, mask, positions = live[chosen], mask[chosen], positions[chosen]
                     live_rows = [live_rows[slot] for slot in keep]
                     emitted = [emitted[slot] for slot in keep]
