@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -158,3 +159,30 @@ def test_a_sweep_on_a_local_ray_of_two_workers_reports_each_job(tiny_model_dir, 
     for name in ("en", "de"):
         assert (tmp_path / name / "scores.parquet").exists(), f"{name}: every shard finished and scored"
     assert len(RunStore(tmp_path / "en").finished()) == 2, "1 length x 2 depths, each computed once"
+
+
+def test_an_ablation_manifest_replays_to_the_ablate_flags(tmp_path):
+    """No model needed: the manifest of an ablation (its task is a name, not NIAH settings) maps back
+    to every ablate flag it came from, and each value parses as that flag."""
+    from dataclasses import asdict
+
+    import typer
+
+    from babelheads import cli
+    from babelheads.experiments.ablate import AblateConfig
+    from babelheads.settings_files import replay_run
+
+    config = AblateConfig(
+        run="runs/detect", task="cot", k=(2, 4), lengths=(800,), phases="decode", problems=12
+    )
+    (tmp_path / "manifest.json").write_text(
+        json.dumps({"spec": {"kind": "ablate", "config": asdict(config)}})
+    )
+    command = typer.main.get_command(cli.app).commands["ablate"]
+    fields = {param.name for param in command.params if param.expose_value}
+    flags = replay_run(tmp_path, "ablate", fields)
+    assert flags["task"] == "cot" and flags["k"] == "2,4" and flags["lengths"] == "800"
+    assert flags["phases"] == "decode" and flags["problems"] == 12 and flags["run"] == "runs/detect"
+    assert "replicates" not in flags, "settings without a flag are not invented"
+    context = command.make_context("ablate", ["runs/detect"], default_map=flags)
+    assert context.params["k"] == "2,4" and context.params["problems"] == 12

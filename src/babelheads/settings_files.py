@@ -12,7 +12,7 @@ from pathlib import Path
 
 from babelheads.errors import BabelheadsError
 
-REPLAYED_KINDS = {"detect": "detect", "ablate": "ablate"}
+REPLAYED_KINDS = ("detect", "ablate")
 
 
 def read_settings_file(path: Path, command: str, fields: set[str]) -> dict[str, object]:
@@ -52,12 +52,13 @@ def replay_run(run: Path, command: str, fields: set[str]) -> dict[str, object]:
         raise BabelheadsError(f"--from {run}: not a babelheads run (no manifest.json). Check the path.")
     manifest = json.loads(manifest_path.read_text())
     kind = manifest["spec"].get("kind")
-    if REPLAYED_KINDS.get(command) != kind:
+    if command not in REPLAYED_KINDS or command != kind:
         raise BabelheadsError(
             f"--from {run}: that is a {kind} run; `babelheads {command}` replays {command} runs."
         )
     config = dict(manifest["spec"]["config"])
-    values = {**config.pop("task", {}), **config, **manifest.get("analysis", {})}
+    task = config.pop("task") if isinstance(config.get("task"), dict) else {}  # detect's NIAH settings
+    values = {**task, **config, **manifest.get("analysis", {})}
     values.pop("needle_ids", None)
     if "data_dir" in values:
         values["data"] = values.pop("data_dir")
