@@ -76,6 +76,11 @@ def test_compare_writes_tables_and_csv_with_intervals(runs, tmp_path, monkeypatc
     for name in ("heads", "overlap", "generality", "accuracy", "rank_agreement", "translation"):
         csv = pd.read_csv(out / "csv" / f"{name}.csv")
         assert len(csv) == len(store.derived(name))
+    # --from replays it: the same runs and settings give the same tables.
+    again = tmp_path / "again"
+    assert run_cli(monkeypatch, capsys, "compare", "--from", str(out), "--out", str(again))[0] == 0
+    for name in ("rank_agreement", "rank_contrasts", "translation", "overlap_statistics"):
+        pd.testing.assert_frame_equal(store.derived(name), RunStore(again).derived(name))
 
 
 def test_comparing_runs_of_different_models_needs_models(runs, tmp_path, monkeypatch, capsys):

@@ -235,8 +235,9 @@ def summary(
 @app.command()
 def compare(
     runs: Annotated[
-        list[Path], typer.Argument(help="Detection runs of one model (or two models with --models).")
-    ],
+        list[Path] | None,
+        typer.Argument(help="Detection runs of one model (or two models with --models)."),
+    ] = None,
     out: Annotated[Path, typer.Option(help="Where the comparison tables (Parquet and CSV) go.")] = Path(
         "runs/compare"
     ),
@@ -248,6 +249,7 @@ def compare(
         bool, typer.Option(help="Compare two models (one run each) instead of languages.")
     ] = False,
     config_file: ConfigFile = None,
+    from_run: FromRun = None,
 ) -> None:
     """Shared vs language-specific heads, strength vs generality, rank agreement, translation."""
     from babelheads.experiments.compare import CompareConfig, run_compare
@@ -256,6 +258,8 @@ def compare(
     config = CompareConfig(
         threshold=threshold, strong=strong, replicates=replicates, seed=seed, models=models
     )
+    if not runs:
+        raise BabelheadsError("Give the detection runs to compare, or --from an earlier compare run.")
     tables, notes = run_compare(list(runs), out, config)
     typer.echo(comparison_summary(tables, notes))
     typer.echo(f"\ntables written to {out} (CSV under {out / 'csv'})")
@@ -371,6 +375,7 @@ def sweep(
     workers: Annotated[int | None, typer.Option(help="CPUs of the local Ray (default: all).")] = None,
     cpus_per_job: Annotated[float, typer.Option(help="CPUs Ray reserves per job.")] = 1.0,
     gpus_per_job: Annotated[float, typer.Option(help="GPUs Ray reserves per job.")] = 0.0,
+    config_file: ConfigFile = None,
 ) -> None:
     """Run many detect/ablate jobs on Ray, each an ordinary resumable run; failures are reported per job."""
     from babelheads.sweep import read_sweep, run_sweep
@@ -407,7 +412,7 @@ def report(
 
 
 @app.command()
-def models() -> None:
+def models(config_file: ConfigFile = None) -> None:
     """List the built-in models."""
     from babelheads.models import BUILTINS
 
@@ -417,7 +422,7 @@ def models() -> None:
 
 
 @app.command()
-def languages(data: Annotated[Path | None, typer.Option()] = None) -> None:
+def languages(data: Annotated[Path | None, typer.Option()] = None, config_file: ConfigFile = None) -> None:
     """List the languages with data."""
     from babelheads.data.languages import available_languages, load_language
 

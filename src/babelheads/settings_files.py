@@ -12,7 +12,9 @@ from pathlib import Path
 
 from babelheads.errors import BabelheadsError
 
-REPLAYED_KINDS = ("detect", "ablate")
+REPLAYED_KINDS = ("detect", "ablate", "compare")
+LIST_FIELDS = ("runs",)
+"""Flags that take several values as a list (an argument given many times), not comma-separated text."""
 
 
 def read_settings_file(path: Path, command: str, fields: set[str]) -> dict[str, object]:
@@ -59,6 +61,8 @@ def replay_run(run: Path, command: str, fields: set[str]) -> dict[str, object]:
     config = dict(manifest["spec"]["config"])
     task = config.pop("task") if isinstance(config.get("task"), dict) else {}  # detect's NIAH settings
     values = {**task, **config, **manifest.get("analysis", {})}
+    if "runs" in manifest["spec"]:  # a compare run: the detection runs it read
+        values["runs"] = list(manifest["spec"]["runs"])
     values.pop("needle_ids", None)
     if "data_dir" in values:
         values["data"] = values.pop("data_dir")
@@ -73,7 +77,7 @@ def _as_flags(data: dict, fields: set[str], origin: str) -> dict[str, object]:
             raise BabelheadsError(
                 f"{origin}: unknown setting {key!r}. Known settings: {', '.join(sorted(fields))}."
             )
-        flags[name] = _flag_text(value)
+        flags[name] = list(value) if name in LIST_FIELDS and isinstance(value, list) else _flag_text(value)
     return flags
 
 
