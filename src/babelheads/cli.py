@@ -78,7 +78,10 @@ FromRun = Annotated[
         expose_value=False,
     ),
 ]
-BatchSize = Annotated[int | None, typer.Option(help="Rows decoded together; default 8 on CPU, 16 on a GPU.")]
+BatchSize = Annotated[
+    int | None,
+    typer.Option(help="Rows decoded together; default 8 on CPU, on a GPU up to 16 as memory allows."),
+]
 SharePrefix = Annotated[
     bool, typer.Option(help="Prefill prompts' shared token prefixes once (off: each prompt alone).")
 ]
