@@ -186,3 +186,16 @@ def test_an_ablation_manifest_replays_to_the_ablate_flags(tmp_path):
     assert "replicates" not in flags, "settings without a flag are not invented"
     context = command.make_context("ablate", ["runs/detect"], default_map=flags)
     assert context.params["k"] == "2,4" and context.params["problems"] == 12
+
+
+def test_an_unreachable_ray_address_gets_one_line_at_once(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("ray")
+    sweep = tmp_path / "s.toml"
+    sweep.write_text(f'[[job]]\ncommand = "detect"\nout = "{tmp_path / "x"}"\n')
+    code, _, err = run_cli(monkeypatch, capsys, "sweep", str(sweep), "--address", "127.0.0.1:1")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and "Traceback" not in err
+    assert lines[0] == f"1 job from {sweep}" and len(lines) == 2
+    assert lines[1].startswith("error: No Ray cluster answers at 127.0.0.1:1. Check --address")
+    code, _, err = run_cli(monkeypatch, capsys, "sweep", str(tmp_path / "missing.toml"))
+    assert_one_line_error(code, err, r"Sweep file .*missing.toml not found")

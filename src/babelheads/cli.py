@@ -384,7 +384,7 @@ def sweep(
     from babelheads.sweep import read_sweep, run_sweep
 
     jobs = read_sweep(file)
-    typer.echo(f"{len(jobs)} jobs from {file}", err=True)
+    typer.echo(f"{len(jobs)} job{'' if len(jobs) == 1 else 's'} from {file}", err=True)
     results = run_sweep(
         jobs, address, workers, cpus_per_job, gpus_per_job, say=lambda line: typer.echo(line, err=True)
     )

@@ -17,6 +17,7 @@ A sweep file (TOML or YAML) holds a list of jobs, each a command and its flags b
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -120,10 +121,14 @@ def run_sweep(
         import ray
     except ImportError:
         raise BabelheadsError("Sweeps run on Ray. Install it: pip install 'babelheads[sweep]'.") from None
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    try:
+        if address:
+            _check_reachable(address)
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        raise BabelheadsError(f"Ray did not start: {str(error).splitlines()[0]}") from None
     try:
         remote = ray.remote(num_cpus=cpus_per_job, num_gpus=gpus_per_job, max_retries=0)(_timed_command)
         pending = {remote.remote(job.arguments()): job for job in jobs}
@@ -141,6 +146,20 @@ def run_sweep(
         return sorted(results, key=lambda result: result.name)
     finally:
         ray.shutdown()
+
+
+def _check_reachable(address: str, seconds: float = 5.0) -> None:
+    """Fail in seconds, with one line, where Ray would retry an unreachable head for minutes."""
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=seconds).close()
+    except (OSError, ValueError):
+        raise BabelheadsError(
+            f"No Ray cluster answers at {address}. Check --address (host:port or ray://host:10001), or "
+            "leave it out to run on a local Ray."
+        ) from None
 
 
 def _timed_command(arguments: list[str]) -> tuple[int, str, float]:
