@@ -58,26 +58,21 @@ def _settings_callback(source: str):
     return callback
 
 
-ConfigFile = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        help="TOML or YAML file with the same fields as the flags (flags given here win).",
-        callback=_settings_callback("config"),
-        is_eager=True,
-        expose_value=False,
-    ),
-]
-FromRun = Annotated[
-    Path | None,
-    typer.Option(
-        "--from",
-        help="Replay an existing run's settings (its manifest); flags given here change them.",
-        callback=_settings_callback("from"),
-        is_eager=True,
-        expose_value=False,
-    ),
-]
+def _settings_option(source: str, help: str):
+    """An eager ``--config``/``--from`` option that only fills defaults (the command never sees it)."""
+    flag = "--" + source
+    return Annotated[
+        Path | None,
+        typer.Option(flag, help=help, callback=_settings_callback(source), is_eager=True, expose_value=False),
+    ]
+
+
+ConfigFile = _settings_option(
+    "config", "TOML or YAML file with the same fields as the flags (flags given here win)."
+)
+FromRun = _settings_option(
+    "from", "Replay an existing run's settings (its manifest); flags given here change them."
+)
 BatchSize = Annotated[
     int | None,
     typer.Option(help="Rows decoded together; default 8 on CPU, on a GPU up to 16 as memory allows."),
