@@ -18,17 +18,30 @@ def load_corpus(source: str, language: str, seed: int, extra_root: Path | None =
     source : 'builtin' | a .txt file | a directory (its ``<language>/`` subdirectory if there is one)
         | 'hf:NAME[:CONFIG[:SPLIT[:COLUMN]]]' where '{lang}' in NAME or CONFIG becomes the language code.
     """
+    documents = [text for _, text in load_documents(source, language, extra_root)]
+    random.Random(seed).shuffle(documents)
+    return "\n\n".join(documents)
+
+
+def load_documents(source: str, language: str, extra_root: Path | None = None) -> list[tuple[str, str]]:
+    """The corpus's non-empty documents as (name, text), in a fixed order: file names for files, row
+    numbers for a dataset. The names of a parallel corpus are the same in every language."""
     if source.startswith(HF_PREFIX):
-        documents = _hf_documents(source[len(HF_PREFIX) :], language)
+        named = [
+            (f"row{index:06d}", text)
+            for index, text in enumerate(_hf_documents(source[len(HF_PREFIX) :], language))
+        ]
     else:
-        documents = [path.read_text(encoding="utf-8") for path in _corpus_files(source, language, extra_root)]
-    documents = [document.strip() for document in documents if document.strip()]
+        named = [
+            (path.stem, path.read_text(encoding="utf-8"))
+            for path in _corpus_files(source, language, extra_root)
+        ]
+    documents = [(name, text.strip()) for name, text in named if text.strip()]
     if not documents:
         raise TaskError(
             f"The corpus {source!r} has no text for language {language!r}. Give a non-empty corpus."
         )
-    random.Random(seed).shuffle(documents)
-    return "\n\n".join(documents)
+    return documents
 
 
 def _corpus_files(source: str, language: str, extra_root: Path | None) -> list[Path]:

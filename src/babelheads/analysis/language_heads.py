@@ -1,0 +1,131 @@
+"""LAHIS head importance from per-text gate gradients, and the language heads it selects.
+
+Importance (Liu et al., arXiv 2511.07498) scores each query head h for a language from the gradient
+g = dL/dm_h of the causal-LM loss with respect to a gate m_h on the head's output:
+
+- ``paper``: E_x[ |m_h g| 1(g < 0) ], the expected gradient magnitude where removing the head hurts;
+- ``code``: the released code's mean(1000 |g| m_h) x mean(1(g m_h < 0)), two averages multiplied.
+
+With gates fixed at 1 (the default) m_h = 1; the released code's drifting gates are recorded per text.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from babelheads.errors import BabelheadsError
+
+FORMULAS = ("paper", "code")
+ROLES = ("general", "specific")
+
+
+def importance_scores(gradients: pd.DataFrame) -> pd.DataFrame:
+    """gradients : one row per (text, head) with sample_id, language, layer, head, gradient, gate.
+    Returns one row per (language, head): both formulas, and the share of texts with g < 0."""
+    frame = gradients.copy()
+    signed = frame["gradient"] * frame["gate"]
+    frame["paper"] = (signed.abs() * (frame["gradient"] < 0)).astype(float)
+    frame["magnitude"] = 1000.0 * frame["gradient"].abs() * frame["gate"]
+    frame["negative"] = (signed < 0).astype(float)
+    grouped = frame.groupby(["language", "layer", "head"], sort=True)
+    table = grouped.agg(
+        paper=("paper", "mean"),
+        magnitude=("magnitude", "mean"),
+        negative_share=("negative", "mean"),
+        texts=("sample_id", "nunique"),
+    ).reset_index()
+    table["code"] = table["magnitude"] * table["negative_share"]
+    return table[["language", "layer", "head", "paper", "code", "negative_share", "texts"]]
+
+
+def heads_per_language(total_heads: int, share: float) -> int:
+    """n = int(L x H x p), at least 1 (LAHIS: p = 0.02, 20 heads of a 32 x 32 model)."""
+    return max(1, int(total_heads * share))
+
+
+def default_min_languages(languages: int) -> int:
+    """LAHIS counts a head as general when it is a candidate in 4 of its 5 languages: 80 %, at least 2."""
+    return max(2, round(0.8 * languages))
+
+
+def select_language_heads(
+    importance: pd.DataFrame,
+    formula: str = "paper",
+    percentile: float = 96.0,
+    min_languages: int | None = None,
+    share: float = 0.02,
+) -> pd.DataFrame:
+    """Candidates: heads strictly above the ``percentile`` of their language's scores. General: the
+    candidates of at least ``min_languages`` languages. Specific: each language's other candidates, its
+    top n = int(L x H x share) by score. One row per (language, head) in either role, with its rank."""
+    if formula not in FORMULAS:
+        raise BabelheadsError(f"Unknown formula {formula!r}. Use one of: {', '.join(FORMULAS)}.")
+    if not 0 < percentile < 100:
+        raise BabelheadsError(f"--percentile must lie in (0, 100). Got {percentile}.")
+    languages = sorted(importance["language"].unique())
+    needed = default_min_languages(len(languages)) if min_languages is None else min_languages
+    if not 1 <= needed <= len(languages):
+        raise BabelheadsError(
+            f"--min-languages {needed} is impossible with {len(languages)} languages; "
+            f"use 1 to {len(languages)}."
+        )
+    total = int(importance.groupby("language").size().iloc[0])
+    limit = heads_per_language(total, share)
+    candidates: dict[str, pd.DataFrame] = {}
+    for code in languages:
+        scores = importance[importance["language"] == code]
+        threshold = np.percentile(scores[formula].to_numpy(), percentile)
+        candidates[code] = scores[scores[formula] > threshold].sort_values(formula, ascending=False)
+    counts: dict[tuple[int, int], int] = {}
+    for frame in candidates.values():
+        for key in zip(frame["layer"], frame["head"], strict=True):
+            counts[key] = counts.get(key, 0) + 1
+    general = {key for key, count in counts.items() if count >= needed}
+    rows = []
+    for code, frame in candidates.items():
+        specific_rank = 0
+        for layer, head, score in zip(frame["layer"], frame["head"], frame[formula], strict=True):
+            key = (int(layer), int(head))
+            if key in general:
+                role, rank = "general", 0
+            else:
+                specific_rank += 1
+                if specific_rank > limit:
+                    continue
+                role, rank = "specific", specific_rank
+            rows.append(
+                {
+                    "language": code,
+                    "layer": key[0],
+                    "head": key[1],
+                    "role": role,
+                    "rank": rank,
+                    "score": score,
+                }
+            )
+        found = specific_rank
+        if found < limit:
+            warnings.warn(
+                f"{code}: {found} language-specific candidates, fewer than n = {limit}; using {found}.",
+                stacklevel=2,
+            )
+    table = pd.DataFrame(rows, columns=["language", "layer", "head", "role", "rank", "score"])
+    table.attrs.update(formula=formula, percentile=percentile, min_languages=needed, n=limit)
+    return table
+
+
+def heads_of(language_heads: pd.DataFrame, language: str | None, role: str) -> list[tuple[int, int]]:
+    """(layer, head) pairs of one role: a language's specific heads best first, or the general heads."""
+    if role not in ROLES:
+        raise BabelheadsError(f"Unknown head role {role!r}. Use one of: {', '.join(ROLES)}.")
+    frame = language_heads[language_heads["role"] == role]
+    if role == "specific":
+        if language not in set(language_heads["language"]):
+            known = ", ".join(sorted(language_heads["language"].unique()))
+            raise BabelheadsError(f"No language heads for {language!r}. This run has: {known}.")
+        frame = frame[frame["language"] == language].sort_values("rank")
+    pairs = list(dict.fromkeys(zip(frame["layer"].astype(int), frame["head"].astype(int), strict=True)))
+    return pairs

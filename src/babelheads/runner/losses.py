@@ -1,0 +1,74 @@
+"""Teacher-forced losses per batch row, under per-row head gates: perplexity, head importance and
+soft-mask training all read them. The decode loop is elsewhere; this is one forward pass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from babelheads.models import LoadedModel
+from babelheads.probe import HeadGates, Instrument
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A sequence and the first position whose token is scored (1 scores every token after the first;
+    a QA prompt's length scores only the answer)."""
+
+    input_ids: tuple[int, ...]
+    scored_from: int = 1
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.scored_from < len(self.input_ids):
+            raise ValueError(
+                f"scored_from must lie in [1, {len(self.input_ids)}) for a sequence of "
+                f"{len(self.input_ids)} tokens. Got {self.scored_from}."
+            )
+
+
+def row_losses(
+    loaded: LoadedModel, instrument: Instrument, rows: list[Scored], gates: HeadGates | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed negative log-likelihood of each row's scored tokens, and their count: two tensors of
+    shape (batch,). Rows are right-padded; padding is never attended to nor scored. Gradients flow to
+    trainable gates when grad mode is on (the model's own parameters stay frozen by the caller)."""
+    device = loaded.device
+    length = max(len(row.input_ids) for row in rows)
+    pad = getattr(loaded.tokenizer, "pad_token_id", None) or 0
+    ids = torch.full((len(rows), length), pad, dtype=torch.long)
+    attention = torch.zeros((len(rows), length), dtype=torch.long)
+    scored = torch.zeros((len(rows), length), dtype=torch.bool)
+    for index, row in enumerate(rows):
+        ids[index, : len(row.input_ids)] = torch.tensor(row.input_ids)
+        attention[index, : len(row.input_ids)] = 1
+        scored[index, row.scored_from : len(row.input_ids)] = True
+    ids, attention, scored = ids.to(device), attention.to(device), scored.to(device)
+    instrument.set_phase("prefill")
+    with instrument.gated(gates):
+        logits = loaded.model(input_ids=ids, attention_mask=attention, use_cache=False).logits
+    # Position t predicts token t + 1; half-precision logits are upcast, float64 ones kept.
+    logits = logits[:, :-1].to(torch.promote_types(logits.dtype, torch.float32))
+    log_probs = torch.log_softmax(logits, dim=-1)
+    targets = ids[:, 1:]
+    nll = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    mask = scored[:, 1:].to(nll.device)
+    return (nll * mask).sum(dim=1), mask.sum(dim=1)
+
+
+class frozen_weights:
+    """Within the block, no model parameter requires a gradient: backward passes fill only the gates'
+    gradients, so memory holds activations and gates, never a gradient per weight."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.saved: list[tuple[torch.nn.Parameter, bool]] = []
+
+    def __enter__(self) -> None:
+        self.saved = [(parameter, parameter.requires_grad) for parameter in self.model.parameters()]
+        for parameter, _ in self.saved:
+            parameter.requires_grad_(False)
+
+    def __exit__(self, *exc) -> None:
+        for parameter, flag in self.saved:
+            parameter.requires_grad_(flag)

@@ -1,0 +1,181 @@
+"""LAHIS importance: gate gradients against finite differences, both formulas against hand-computed
+references, language-head selection against numpy, and the text windows' halves."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from tiny_models import ARCHITECTURES, tiny_model
+
+from babelheads.analysis.language_heads import importance_scores, select_language_heads
+from babelheads.errors import BabelheadsError, TaskError
+from babelheads.experiments.importance import gate_gradients
+from babelheads.models import LoadedModel, describe_heads
+from babelheads.probe import HeadGates, Instrument
+from babelheads.runner.losses import Scored, row_losses
+from babelheads.tasks.lm_texts import TextSettings, TextWindow, TextWindows, split_documents
+
+
+def _loaded(kind: str, tokenizer=None) -> LoadedModel:
+    model = tiny_model(kind).double()
+    return LoadedModel(model, tokenizer, describe_heads(model), {"model": kind}, False)
+
+
+def _windows(count: int, length: int = 24, seed: int = 0) -> list[TextWindow]:
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        TextWindow(
+            f"w{i}", "xx", "doc", tuple(torch.randint(3, 500, (length,), generator=generator).tolist())
+        )
+        for i in range(count)
+    ]
+
+
+def _loss(loaded, instrument, window, values) -> float:
+    nll, count = row_losses(
+        loaded, instrument, [Scored(window.input_ids)], HeadGates(values, frozenset({"prefill"}))
+    )
+    return float((nll[0] / count[0]).detach())
+
+
+@pytest.mark.parametrize("kind", ARCHITECTURES)
+def test_gate_gradients_match_finite_differences(kind):
+    loaded = _loaded(kind)
+    instrument = Instrument(loaded.model, loaded.layout)
+    windows = _windows(2)
+    gradient, losses = gate_gradients(loaded, instrument, windows)
+    layout = loaded.layout
+    assert gradient.shape == (2, layout.num_layers, layout.num_heads)
+    eps = 1e-2  # central differences: error O(eps^2); a smaller eps meets rounding noise near 1e-9
+    for row, window in enumerate(windows):
+        for layer, head in [(0, 0), (layout.num_layers - 1, layout.num_heads - 1), (1, 2)]:
+            up = torch.ones(layout.num_layers, layout.num_heads, dtype=torch.float64)
+            down = up.clone()
+            up[layer, head] += eps
+            down[layer, head] -= eps
+            numeric = (_loss(loaded, instrument, window, up) - _loss(loaded, instrument, window, down)) / (
+                2 * eps
+            )
+            assert gradient[row, layer, head].item() == pytest.approx(numeric, rel=2e-3, abs=1e-7)
+        assert losses[row].item() == pytest.approx(
+            _loss(
+                loaded,
+                instrument,
+                window,
+                torch.ones(layout.num_layers, layout.num_heads, dtype=torch.float64),
+            )
+        )
+    assert all(
+        not parameter.requires_grad or parameter.grad is None for parameter in loaded.model.parameters()
+    )
+
+
+def test_a_batch_gives_each_rows_own_gradient():
+    loaded = _loaded("llama")
+    instrument = Instrument(loaded.model, loaded.layout)
+    windows = _windows(3)
+    together, _ = gate_gradients(loaded, instrument, windows)
+    for row, window in enumerate(windows):
+        alone, _ = gate_gradients(loaded, instrument, [window])
+        torch.testing.assert_close(together[row], alone[0])
+
+
+def test_a_zero_gate_equals_removing_the_heads_columns_of_o_proj():
+    loaded = _loaded("qwen2")
+    instrument = Instrument(loaded.model, loaded.layout)
+    window = _windows(1)[0]
+    values = torch.ones(loaded.layout.num_layers, loaded.layout.num_heads, dtype=torch.float64)
+    values[1, 2] = 0.0
+    gated = _loss(loaded, instrument, window, values)
+    head_dim = loaded.layout.head_dim
+    projection = loaded.model.model.layers[1].self_attn.o_proj.weight
+    with torch.no_grad():
+        saved = projection[:, 2 * head_dim : 3 * head_dim].clone()
+        projection[:, 2 * head_dim : 3 * head_dim] = 0.0
+        removed = _loss(loaded, instrument, window, torch.ones_like(values))
+        projection[:, 2 * head_dim : 3 * head_dim] = saved
+    assert gated == pytest.approx(removed, rel=1e-12)
+    assert gated != pytest.approx(_loss(loaded, instrument, window, torch.ones_like(values)), rel=1e-6)
+
+
+def _gradients(values: dict[str, np.ndarray], gates: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
+    rows = []
+    for language, grads in values.items():
+        for text, row in enumerate(grads):
+            for index, value in enumerate(row):
+                gate = 1.0 if gates is None else gates[language][text, index]
+                rows.append(
+                    {
+                        "sample_id": f"{language}{text}",
+                        "language": language,
+                        "layer": index // 2,
+                        "head": index % 2,
+                        "gradient": value,
+                        "gate": gate,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def test_both_formulas_equal_their_definitions():
+    rng = np.random.default_rng(0)
+    grads = rng.normal(size=(5, 4))
+    gates = rng.uniform(0.5, 1.5, size=(5, 4))
+    table = importance_scores(_gradients({"en": grads}, {"en": gates})).sort_values(["layer", "head"])
+    paper = np.mean(np.abs(grads * gates) * (grads < 0), axis=0)
+    code = np.mean(1000 * np.abs(grads) * gates, axis=0) * np.mean(grads * gates < 0, axis=0)
+    np.testing.assert_allclose(table["paper"], paper)
+    np.testing.assert_allclose(table["code"], code)
+    assert (table["texts"] == 5).all()
+
+
+def _importance(scores: dict[str, list[float]]) -> pd.DataFrame:
+    rows = [
+        {"language": language, "layer": index // 5, "head": index % 5, "paper": value, "code": value}
+        for language, values in scores.items()
+        for index, value in enumerate(values)
+    ]
+    return pd.DataFrame(rows)
+
+
+def test_selection_follows_percentile_generality_and_share():
+    rng = np.random.default_rng(1)
+    scores = {code: rng.uniform(0, 1, 50).tolist() for code in ("en", "de", "zh")}
+    for code in scores:  # head 0 is strong everywhere: general
+        scores[code][0] = 5.0
+    table = select_language_heads(_importance(scores), percentile=80, min_languages=3, share=0.04)
+    general = table[table["role"] == "general"]
+    assert set(zip(general["layer"], general["head"], strict=True)) == {(0, 0)}
+    for code, values in scores.items():
+        threshold = np.percentile(values, 80)
+        above = {i for i, v in enumerate(values) if v > threshold} - {0}
+        specific = table[(table["language"] == code) & (table["role"] == "specific")].sort_values("rank")
+        expected = sorted(above, key=lambda i: -values[i])[:2]  # n = int(50 * 0.04) = 2
+        assert [
+            layer * 5 + head for layer, head in zip(specific["layer"], specific["head"], strict=True)
+        ] == expected
+    with pytest.raises(BabelheadsError, match="impossible"):
+        select_language_heads(_importance(scores), min_languages=4)
+
+
+def test_windows_come_from_disjoint_halves_of_the_documents(tiny_tokenizer_session):
+    assert split_documents(["a", "b", "c"], 0)["scoring"] != split_documents(["a", "b", "c"], 0)["evaluation"]
+    scoring = TextWindows(TextSettings(("en", "de"), texts=6, window=64)).build(
+        LoadedModel(None, tiny_tokenizer_session, None, {}, False)
+    )
+    evaluation = TextWindows(TextSettings(("en", "de"), texts=6, window=64, half="evaluation")).build(
+        LoadedModel(None, tiny_tokenizer_session, None, {}, False)
+    )
+    assert len(scoring) == len(evaluation) == 12
+    assert all(len(window.input_ids) == 64 and window.input_ids[0] == 0 for window in scoring)
+    assert not {w.document for w in scoring} & {w.document for w in evaluation}
+    # A parallel corpus splits the same topics in every language.
+    assert {w.document for w in scoring if w.language == "en"} == {
+        w.document for w in scoring if w.language == "de"
+    } or len({w.document for w in scoring}) > 1
+    with pytest.raises(TaskError, match="--texts"):
+        TextWindows(TextSettings(("en",), texts=500, window=64)).build(
+            LoadedModel(None, tiny_tokenizer_session, None, {}, False)
+        )
