@@ -179,3 +179,27 @@ def test_windows_come_from_disjoint_halves_of_the_documents(tiny_tokenizer_sessi
         TextWindows(TextSettings(("en",), texts=500, window=64)).build(
             LoadedModel(None, tiny_tokenizer_session, None, {}, False)
         )
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma3"])
+def test_padded_rows_score_only_their_own_tokens_with_their_own_gradients(kind):
+    loaded = _loaded(kind)
+    instrument = Instrument(loaded.model, loaded.layout)
+    rows = [
+        Scored(window.input_ids, start) for window, start in zip(_windows(3, 20), (1, 15, 8), strict=True)
+    ]
+    rows[1] = Scored(rows[1].input_ids[:17], 15)
+    layout = loaded.layout
+    values = torch.ones(3, layout.num_layers, layout.num_heads, dtype=torch.float64, requires_grad=True)
+    with torch.enable_grad():
+        nll, count = row_losses(loaded, instrument, rows, HeadGates(values, frozenset({"prefill"})))
+        (nll / count).sum().backward()
+    for index, row in enumerate(rows):
+        alone = torch.ones(layout.num_layers, layout.num_heads, dtype=torch.float64, requires_grad=True)
+        with torch.enable_grad():
+            single, tokens = row_losses(loaded, instrument, [row], HeadGates(alone, frozenset({"prefill"})))
+            (single / tokens).sum().backward()
+        assert int(count[index]) == int(tokens[0]) == len(row.input_ids) - row.scored_from
+        assert float(nll[index].detach()) == pytest.approx(float(single[0].detach()), rel=1e-9)
+        torch.testing.assert_close(values.grad[index], alone.grad)
+    assert torch.isfinite(values.grad).all()

@@ -171,6 +171,17 @@ class RunStore:
         _atomic_write_bytes(path, json.dumps(data, indent=1, ensure_ascii=False).encode())
         return path
 
+    def read_json(self, name: str) -> object:
+        path = self.root / name
+        if not path.exists():
+            raise RunStoreError(f"{self.root} has no {name} yet. Finish the run (run its command again).")
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise RunStoreError(
+                f"{path} is corrupted ({error}). Run the command again to rewrite it."
+            ) from error
+
     def derived(self, name: str) -> pd.DataFrame:
         path = self.root / f"{name}.parquet"
         if not path.exists():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from babelheads.errors import BabelheadsError
 
-REPLAYED_KINDS = ("detect", "ablate", "compare")
+REPLAYED_KINDS = ("detect", "ablate", "compare", "importance", "language-test", "adapt")
 LIST_FIELDS = ("runs",)
 """Flags that take several values as a list (an argument given many times), not comma-separated text."""
 
@@ -59,8 +59,17 @@ def replay_run(run: Path, command: str, fields: set[str]) -> dict[str, object]:
             f"--from {run}: that is a {kind} run; `babelheads {command}` replays {command} runs."
         )
     config = dict(manifest["spec"]["config"])
-    task = config.pop("task") if isinstance(config.get("task"), dict) else {}  # detect's NIAH settings
-    values = {**task, **config, **manifest.get("analysis", {})}
+    nested = {}  # detect's NIAH settings, importance's texts
+    for key in ("task", "texts"):
+        if isinstance(config.get(key), dict):
+            nested.update(config.pop(key))
+    if isinstance(config.get("head_mask"), dict):
+        config["head_mask"] = config["head_mask"]["file"]
+    values = {**nested, **config, **manifest.get("analysis", {})}
+    selection = Path(run) / "selection.json"  # importance: how its heads were last selected
+    if kind == "importance" and selection.is_file():
+        recorded = json.loads(selection.read_text())
+        values.update({key: recorded[key] for key in ("formula", "percentile", "min_languages", "share")})
     if "runs" in manifest["spec"]:  # a compare run: the detection runs it read
         values["runs"] = list(manifest["spec"]["runs"])
     values.pop("needle_ids", None)

@@ -11,6 +11,7 @@ from babelheads.analysis.ablation import HEAD_SETS, HeadSet, effects, select_hea
 from babelheads.analysis.aggregate import completed
 from babelheads.errors import BabelheadsError
 from babelheads.execution import DEFAULT_EXECUTION, Execution
+from babelheads.head_masks import head_mask_gates, mask_digest
 from babelheads.models import resolved_precision
 from babelheads.probe import HeadGates
 from babelheads.runner import Job, run_jobs
@@ -53,6 +54,7 @@ class AblateConfig:
     success_threshold: float = 0.5
     replicates: int = 200
     seed: int = 0
+    head_mask: str | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -65,6 +67,11 @@ class AblateConfig:
             raise BabelheadsError("Uniform masking applies while decoding only. Add --phases decode.")
         if self.random_seeds < 1:
             raise BabelheadsError(f"random_seeds must be at least 1. Got {self.random_seeds}.")
+        if self.head_mask is not None and (self.method, self.phases) != ("gate", "all"):
+            raise BabelheadsError(
+                "A --head-mask scales heads in every phase, so it combines only with --method gate "
+                "--phases all."
+            )
         if self.holdout not in HOLDOUTS:
             raise BabelheadsError(f"Unknown holdout {self.holdout!r}. Use one of: {', '.join(HOLDOUTS)}.")
 
@@ -112,6 +119,15 @@ def evaluation_task(
     }
 
 
+def _identity(config: AblateConfig) -> dict:
+    identity = asdict(config)
+    if config.head_mask is None:  # runs made before masks existed keep their identity
+        identity.pop("head_mask")
+    else:
+        identity["head_mask"] = {"file": config.head_mask, "digest": mask_digest(Path(config.head_mask))}
+    return identity
+
+
 def _unused_needles(settings: NiahSettings, used: list[str]) -> list[str]:
     from babelheads.data.needles import load_needles
 
@@ -153,7 +169,7 @@ def ablate(config: AblateConfig, out: Path, execution: Execution = DEFAULT_EXECU
     store = RunStore(out)
     spec = {
         "kind": "ablate",
-        "config": asdict(config),
+        "config": _identity(config),
         "data": task.identity(),
         "precision": spec_detect.get(
             "precision", resolved_precision(spec_detect["config"]["dtype"], execution.device)
@@ -193,9 +209,13 @@ def ablate(config: AblateConfig, out: Path, execution: Execution = DEFAULT_EXECU
 
 
 def _gates(layout, head_set: HeadSet, config: AblateConfig) -> HeadGates | None:
+    base = head_mask_gates(config.head_mask, layout)
     if not head_set.heads:
-        return None
-    return HeadGates.mask(layout, head_set.heads, PHASE_CHOICES[config.phases], METHODS[config.method])
+        return base
+    gates = HeadGates.mask(layout, head_set.heads, PHASE_CHOICES[config.phases], METHODS[config.method])
+    if base is None:
+        return gates
+    return HeadGates(base.values * gates.values, gates.phases, gates.mode)
 
 
 def finalize(store: RunStore, config: AblateConfig, sets: list[HeadSet]) -> None:

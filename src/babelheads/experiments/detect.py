@@ -9,6 +9,7 @@ from pathlib import Path
 from babelheads.analysis.aggregate import AggregateSettings, aggregate
 from babelheads.errors import TaskError
 from babelheads.execution import DEFAULT_EXECUTION, Execution
+from babelheads.head_masks import head_mask_gates, mask_digest
 from babelheads.models import DEFAULT_MODEL, resolved_precision
 from babelheads.official import export_official
 from babelheads.probe import ProbeSettings
@@ -35,6 +36,8 @@ class DetectConfig:
     sink_tokens: int = 0
     dtype: str = "auto"
     analysis: AggregateSettings = field(default_factory=AggregateSettings)
+    head_mask: str | None = None
+    """A head-mask file (e.g. from ``babelheads adapt``) applied in every forward pass."""
 
     def __post_init__(self) -> None:
         if self.top_k < 1 or self.sink_tokens < 0:
@@ -52,6 +55,10 @@ class DetectConfig:
         """The config as the run's identity: everything but the analysis settings."""
         config = asdict(self)
         config.pop("analysis")
+        if self.head_mask is None:  # runs made before masks existed keep their identity
+            config.pop("head_mask")
+        else:
+            config["head_mask"] = {"file": self.head_mask, "digest": mask_digest(Path(self.head_mask))}
         return config
 
 
@@ -82,7 +89,8 @@ def detect(config: DetectConfig, out: Path, execution: Execution = DEFAULT_EXECU
         settings = execution.run_settings(
             config.max_new_tokens, ProbeSettings(config.top_k, config.sink_tokens)
         )
-        jobs = [Job(sample.sample_id, sample) for sample in samples]
+        gates = head_mask_gates(config.head_mask, loaded.layout)
+        jobs = [Job(sample.sample_id, sample, gates) for sample in samples]
         run_jobs(store, loaded, jobs, task.score, settings, execution.progress, "detect")
     if set(task.sample_ids()) <= store.finished():
         finalize(store, config.analysis)

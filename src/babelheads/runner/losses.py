@@ -31,29 +31,40 @@ def row_losses(
     loaded: LoadedModel, instrument: Instrument, rows: list[Scored], gates: HeadGates | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed negative log-likelihood of each row's scored tokens, and their count: two tensors of
-    shape (batch,). Rows are right-padded; padding is never attended to nor scored. Gradients flow to
-    trainable gates when grad mode is on (the model's own parameters stay frozen by the caller)."""
+    shape (batch,). Rows are left-padded with explicit positions, so every row ends at the same place
+    and only the logits of scored tokens are computed (a 256K vocabulary makes the others the largest
+    cost). Padding is never attended to nor scored. Gradients flow to trainable gates when grad mode is
+    on (the caller keeps the model's own parameters frozen)."""
     device = loaded.device
     length = max(len(row.input_ids) for row in rows)
+    keep = max(len(row.input_ids) - row.scored_from + 1 for row in rows)
     pad = getattr(loaded.tokenizer, "pad_token_id", None) or 0
     ids = torch.full((len(rows), length), pad, dtype=torch.long)
     attention = torch.zeros((len(rows), length), dtype=torch.long)
     scored = torch.zeros((len(rows), length), dtype=torch.bool)
     for index, row in enumerate(rows):
-        ids[index, : len(row.input_ids)] = torch.tensor(row.input_ids)
-        attention[index, : len(row.input_ids)] = 1
-        scored[index, row.scored_from : len(row.input_ids)] = True
-    ids, attention, scored = ids.to(device), attention.to(device), scored.to(device)
+        offset = length - len(row.input_ids)
+        ids[index, offset:] = torch.tensor(row.input_ids)
+        attention[index, offset:] = 1
+        scored[index, offset + row.scored_from :] = True
+    positions = (attention.cumsum(dim=1) - 1).clamp_min(0)
+    ids, attention, positions = ids.to(device), attention.to(device), positions.to(device)
     instrument.set_phase("prefill")
     with instrument.gated(gates):
-        logits = loaded.model(input_ids=ids, attention_mask=attention, use_cache=False).logits
-    # Position t predicts token t + 1; half-precision logits are upcast, float64 ones kept.
+        logits = loaded.model(
+            input_ids=ids,
+            attention_mask=attention,
+            position_ids=positions,
+            use_cache=False,
+            logits_to_keep=keep,
+        ).logits
+    # Logit t predicts token t + 1; half-precision logits are upcast, float64 ones kept.
     logits = logits[:, :-1].to(torch.promote_types(logits.dtype, torch.float32))
-    log_probs = torch.log_softmax(logits, dim=-1)
-    targets = ids[:, 1:]
-    nll = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    mask = scored[:, 1:].to(nll.device)
-    return (nll * mask).sum(dim=1), mask.sum(dim=1)
+    targets = ids[:, length - keep + 1 :]
+    mask = scored[:, length - keep + 1 :].to(logits.device)
+    nll = -torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1).to(logits.device)).squeeze(-1)
+    nll = torch.where(mask, nll, torch.zeros((), dtype=nll.dtype, device=nll.device))
+    return nll.sum(dim=1), mask.sum(dim=1)
 
 
 class frozen_weights:

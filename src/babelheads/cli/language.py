@@ -1,0 +1,173 @@
+"""Language heads (LAHIS): importance, the five experiments, and the soft head-mask adaptation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from babelheads.cli.app import app
+from babelheads.cli.options import BatchSize, ConfigFile, FromRun, HeadMask, _execution
+
+Quiet = Annotated[bool, typer.Option(help="No progress bar.")]
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")]
+
+
+def _codes(text: str) -> tuple[str, ...]:
+    return tuple(code.strip() for code in text.split(",") if code.strip())
+
+
+@app.command()
+def importance(
+    model: Annotated[
+        str, typer.Option(help="Built-in name, hub id, model directory or .gguf file.")
+    ] = "gemma-3-270m",
+    languages: Annotated[str, typer.Option(help="Comma-separated language codes.")] = "en,de,zh,fr,es",
+    corpus: Annotated[
+        str, typer.Option(help="'builtin', a text file, a directory, or hf:NAME[:CONFIG[:SPLIT[:COLUMN]]].")
+    ] = "builtin",
+    data: Annotated[Path | None, typer.Option(help="Extra data root with languages/, corpus/.")] = None,
+    texts: Annotated[int, typer.Option(help="Texts (token windows) per language.")] = 16,
+    window: Annotated[int, typer.Option(help="Tokens per text.")] = 192,
+    formula: Annotated[
+        str, typer.Option(help="Score that picks the heads: paper or code (both are written).")
+    ] = "paper",
+    drift: Annotated[
+        bool, typer.Option(help="Reproduce the released code's AdamW drift of the gates (a bug).")
+    ] = False,
+    percentile: Annotated[float, typer.Option(help="Candidates lie above this percentile.")] = 96.0,
+    min_languages: Annotated[
+        int | None, typer.Option(help="Candidate in this many languages = general (default 80%).")
+    ] = None,
+    share: Annotated[float, typer.Option(help="n = int(layers x heads x share) specific heads.")] = 0.02,
+    out: Annotated[Path, typer.Option(help="Run directory (resumes if it holds the same run).")] = Path(
+        "runs/importance"
+    ),
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Device = "auto",
+    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16, float16.")] = "auto",
+    batch_size: BatchSize = None,
+    quiet: Quiet = False,
+    config_file: ConfigFile = None,
+    from_run: FromRun = None,
+) -> None:
+    """Score every head's importance per language (LAHIS) and select language-specific and general heads."""
+    from babelheads.experiments.importance import ImportanceConfig, Selection
+    from babelheads.experiments.importance import importance as run_importance
+    from babelheads.report.language_text import importance_summary
+    from babelheads.tasks.lm_texts import TextSettings
+
+    config = ImportanceConfig(
+        model=model,
+        texts=TextSettings(_codes(languages), corpus, str(data) if data else None, texts, window, seed=seed),
+        dtype=dtype,
+        drift=drift,
+        selection=Selection(formula, percentile, min_languages, share),
+    )
+    store = run_importance(config, out, _execution(device, quiet, batch_size))
+    typer.echo(importance_summary(store))
+    typer.echo(f"\nrun written to {store.root}")
+
+
+@app.command("language-test")
+def language_test(
+    heads: Annotated[Path, typer.Argument(help="An importance run (babelheads importance).")],
+    experiment: Annotated[
+        str, typer.Option("--exp", help="ppl, ppl-cross, general, off-target or attn-transfer.")
+    ] = "ppl",
+    languages: Annotated[str, typer.Option(help="Languages to test; default: the importance run's.")] = "",
+    texts: Annotated[int, typer.Option(help="Held-out texts per language (perplexity).")] = 12,
+    window: Annotated[int, typer.Option(help="Tokens per held-out text.")] = 128,
+    random_seeds: Annotated[int, typer.Option(help="Random head sets of the same count.")] = 3,
+    questions: Annotated[int, typer.Option(help="general: held-out QA per language (0: all).")] = 0,
+    prompts: Annotated[int, typer.Option(help="off-target: summary prompts per language.")] = 12,
+    summary_tokens: Annotated[int, typer.Option(help="off-target: new tokens per summary.")] = 40,
+    per_pair: Annotated[int, typer.Option(help="attn-transfer: prompts per language pair.")] = 4,
+    amplify: Annotated[float, typer.Option(help="attn-transfer: factor on language-1 heads.")] = 3.0,
+    head_mask: HeadMask = None,
+    replicates: Annotated[int, typer.Option(help="Bootstrap replicates.")] = 1000,
+    out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<exp>).")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Device = "auto",
+    batch_size: BatchSize = None,
+    quiet: Quiet = False,
+    config_file: ConfigFile = None,
+    from_run: FromRun = None,
+) -> None:
+    """One LAHIS experiment on an importance run's language heads, against random heads."""
+    from babelheads.experiments.language_tests import LanguageTestConfig
+    from babelheads.experiments.language_tests import language_test as run_test
+    from babelheads.report.language_text import language_test_summary
+
+    config = LanguageTestConfig(
+        heads=str(heads),
+        experiment=experiment,
+        languages=_codes(languages),
+        texts=texts,
+        window=window,
+        random_seeds=random_seeds,
+        questions=questions,
+        prompts=prompts,
+        summary_tokens=summary_tokens,
+        per_pair=per_pair,
+        amplify=amplify,
+        head_mask=str(head_mask) if head_mask else None,
+        replicates=replicates,
+        seed=seed,
+    )
+    store = run_test(config, out or Path("runs") / experiment, _execution(device, quiet, batch_size))
+    typer.echo(language_test_summary(store))
+    typer.echo(f"\nrun written to {store.root}")
+
+
+@app.command()
+def adapt(
+    heads: Annotated[Path, typer.Argument(help="An importance run (babelheads importance).")],
+    language: Annotated[str, typer.Option(help="The language to adapt to.")] = "en",
+    head_choice: Annotated[
+        str, typer.Option(help="top (top n by importance, as the released code) or specific.")
+    ] = "top",
+    epochs: Annotated[int, typer.Option()] = 2,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-2,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay (0: see adapt --help).")] = 0.0,
+    qa: Annotated[
+        str, typer.Option(help="'builtin', a JSON file or directory, or hf:NAME[:CONFIG[:SPLIT]] (XQuAD).")
+    ] = "builtin",
+    train_questions: Annotated[int, typer.Option(help="Training questions (0: the whole half).")] = 0,
+    eval_questions: Annotated[int, typer.Option(help="Held-out questions (0: the whole half).")] = 0,
+    random_seeds: Annotated[int, typer.Option(help="Random head sets trained the same way.")] = 2,
+    replicates: Annotated[int, typer.Option(help="Bootstrap replicates.")] = 1000,
+    out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/adapt"),
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Device = "auto",
+    batch_size: BatchSize = None,
+    quiet: Quiet = False,
+    config_file: ConfigFile = None,
+    from_run: FromRun = None,
+) -> None:
+    """Learn a soft mask on a language's top heads from QA (LAHIS); the mask works with --head-mask.
+
+    Weight decay defaults to 0: the released code's AdamW default (0.01) does nothing to its bf16
+    gates but would shrink float32 ones toward 0."""
+    from babelheads.experiments.adapt import AdaptConfig
+    from babelheads.experiments.adapt import adapt as run_adapt
+    from babelheads.report.language_text import adaptation_summary
+
+    config = AdaptConfig(
+        heads=str(heads),
+        language=language,
+        head_choice=head_choice,
+        epochs=epochs,
+        lr=lr,
+        weight_decay=weight_decay,
+        qa=qa,
+        train_questions=train_questions,
+        eval_questions=eval_questions,
+        random_seeds=random_seeds,
+        replicates=replicates,
+        seed=seed,
+    )
+    store = run_adapt(config, out, _execution(device, quiet, batch_size))
+    typer.echo(adaptation_summary(store))
+    typer.echo(f"\nrun written to {store.root}; the learned mask: {store.root / 'head_mask.json'}")

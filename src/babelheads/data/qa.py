@@ -1,0 +1,90 @@
+"""Extractive QA sets: the project's own (parallel, over the built-in corpus) or XQuAD-style datasets."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from babelheads.data.corpora import HF_PREFIX
+from babelheads.data.roots import data_roots
+from babelheads.errors import TaskError
+
+
+@dataclass(frozen=True)
+class Question:
+    """document : where the context comes from (QA is split into halves by document, never by question,
+    so no held-out question shares its paragraph with a training one)."""
+
+    id: str
+    document: str
+    context: str
+    question: str
+    answer: str
+
+
+def load_questions(source: str, language: str, extra_root: Path | None = None) -> list[Question]:
+    """source : 'builtin' | a JSON file or a directory of <language>.json (lists of objects with id,
+    document, context, question, answer) | 'hf:NAME[:CONFIG[:SPLIT]]' with SQuAD-style columns
+    (context, question, answers.text), '{lang}' replaced, e.g. hf:google/xquad:xquad.{lang}:validation."""
+    if source.startswith(HF_PREFIX):
+        return _hf_questions(source[len(HF_PREFIX) :], language)
+    path = _question_file(source, language, extra_root)
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+        questions = [Question(**row) for row in rows]
+    except (json.JSONDecodeError, TypeError) as error:
+        raise TaskError(
+            f"{path} is not a QA file (a JSON list of id, document, context, question, answer): {error}."
+        ) from error
+    if not questions:
+        raise TaskError(f"{path} holds no questions.")
+    return questions
+
+
+def _question_file(source: str, language: str, extra_root: Path | None) -> Path:
+    if source == "builtin":
+        for root in data_roots(extra_root):
+            path = root / "qa" / f"{language}.json"
+            if path.exists():
+                return path
+        raise TaskError(f"No built-in QA set for language {language!r}. Pass --qa FILE_OR_DIR or hf:DATASET.")
+    path = Path(source)
+    if path.is_dir():
+        path = path / f"{language}.json"
+    if not path.is_file():
+        raise TaskError(f"QA set not found: {path}. Use 'builtin', a JSON file, a directory or hf:DATASET.")
+    return path
+
+
+def _hf_questions(spec: str, language: str) -> list[Question]:
+    parts = [part.replace("{lang}", language) for part in spec.split(":")]
+    name, config, split = (parts + [None, "validation"][len(parts) - 1 :])[:3]
+    try:
+        import datasets
+    except ImportError as error:
+        raise TaskError(
+            "QA sets from Hugging Face need the datasets package: pip install datasets"
+        ) from error
+    try:
+        dataset = datasets.load_dataset(name, config or None, split=split)
+    except Exception as error:  # datasets raises many unrelated types for a missing dataset
+        raise TaskError(
+            f"Could not load dataset {name!r} ({config}, {split}): {str(error).splitlines()[0]}"
+        ) from error
+    questions = []
+    for index, row in enumerate(dataset):
+        if not {"context", "question", "answers"} <= set(row):
+            raise TaskError(
+                f"Dataset {name!r} lacks SQuAD columns context, question, answers; has {', '.join(row)}."
+            )
+        answers = row["answers"]["text"] if isinstance(row["answers"], dict) else row["answers"]
+        if not answers:
+            continue
+        # A stable name per paragraph (Python's hash() changes between processes).
+        document = "context-" + hashlib.sha256(row["context"].encode()).hexdigest()[:12]
+        questions.append(
+            Question(str(row.get("id", index)), document, row["context"], row["question"], answers[0])
+        )
+    return questions

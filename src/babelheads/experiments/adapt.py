@@ -1,0 +1,244 @@
+"""LAHIS soft head-mask adaptation: a trainable gate on each of a language's top n heads (every other
+gate fixed at 1), trained on QA in that language with cross-entropy on the answer tokens only, then
+evaluated on held-out QA against the original model and against the same training on random heads.
+
+Questions are split by paragraph (document), so no held-out question shares its context with a
+training one. Weight decay is 0: the released code's AdamW default (0.01) is a no-op on its bf16 gates
+but would pull every trained gate toward 0 in float32.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from babelheads.analysis import language_effects as effects
+from babelheads.analysis.language_heads import heads_of
+from babelheads.errors import BabelheadsError
+from babelheads.execution import DEFAULT_EXECUTION, Execution
+from babelheads.experiments.importance import check_differentiable
+from babelheads.experiments.language_tests import QA_TOKENS, random_heads
+from babelheads.head_masks import write_head_mask
+from babelheads.heads import HeadLayout
+from babelheads.models import LoadedModel
+from babelheads.probe import HeadGates, Instrument
+from babelheads.runner import Job, run_jobs
+from babelheads.runner.losses import frozen_weights, row_losses
+from babelheads.runs import RunStore
+from babelheads.tasks.qa import QaSettings, QaTask
+
+HEAD_CHOICES = ("top", "specific")
+MASK_FILE = "head_mask.json"
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    """heads : an importance run. head_choice : 'top' (the language's top n by importance, general heads
+    included, as the released code) or 'specific' (its n language-specific heads). train_questions,
+    eval_questions : at most this many per half (0: all). random_seeds : random head sets of the same
+    count trained the same way."""
+
+    heads: str
+    language: str = "en"
+    head_choice: str = "top"
+    epochs: int = 2
+    lr: float = 1e-2
+    weight_decay: float = 0.0
+    qa: str = "builtin"
+    train_questions: int = 0
+    eval_questions: int = 0
+    random_seeds: int = 2
+    replicates: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.head_choice not in HEAD_CHOICES:
+            raise BabelheadsError(f"Unknown --head-choice {self.head_choice!r}. Use top or specific.")
+        if self.epochs < 1 or self.lr <= 0:
+            raise BabelheadsError(f"--epochs must be >= 1 and --lr > 0. Got {self.epochs} and {self.lr}.")
+
+
+def chosen_heads(config: AdaptConfig, source: RunStore) -> list[tuple[int, int]]:
+    selection = source.read_json("selection.json")
+    table = source.derived("language_heads")
+    if config.language not in set(table["language"]):
+        known = ", ".join(sorted(table["language"].unique()))
+        raise BabelheadsError(f"The importance run has no language {config.language!r}; it has {known}.")
+    if config.head_choice == "specific":
+        return heads_of(table, config.language, "specific")
+    scores = source.derived("importance")
+    scores = scores[scores["language"] == config.language].sort_values(selection["formula"], ascending=False)
+    top = scores.head(selection["n"])
+    return [(int(layer), int(head)) for layer, head in zip(top["layer"], top["head"], strict=True)]
+
+
+def train_gates(
+    loaded: LoadedModel,
+    task: QaTask,
+    language: str,
+    heads: list[tuple[int, int]],
+    config: AdaptConfig,
+    label: str,
+    progress: bool,
+) -> tuple[torch.Tensor, list[float]]:
+    """The learned (layers, heads) values and the mean loss of each epoch. Only the values of ``heads``
+    exist as parameters; every other gate is the constant 1."""
+    layout = loaded.layout
+    rows = task.training_rows(loaded, language)
+    trained = torch.nn.Parameter(torch.ones(len(heads)))
+    optimiser = torch.optim.AdamW([trained], lr=config.lr, weight_decay=config.weight_decay)
+    index = (torch.tensor([h[0] for h in heads]), torch.tensor([h[1] for h in heads]))
+    instrument = Instrument(loaded.model, layout)
+    order = random.Random(f"{config.seed}-{label}")
+    losses = []
+    bar = tqdm(total=config.epochs * len(rows), desc=f"train {label}", unit="q", disable=not progress)
+    try:
+        with torch.enable_grad(), frozen_weights(loaded.model):
+            for _ in range(config.epochs):
+                shuffled = rows[:]
+                order.shuffle(shuffled)
+                total = 0.0
+                for row in shuffled:
+                    values = torch.ones(layout.num_layers, layout.num_heads).index_put(index, trained)
+                    nll, count = row_losses(loaded, instrument, [row], HeadGates(values))
+                    loss = (nll / count).sum()
+                    optimiser.zero_grad()
+                    loss.backward()
+                    optimiser.step()
+                    total += float(loss.detach())
+                    bar.update()
+                losses.append(total / len(rows))
+    finally:
+        bar.close()
+        instrument.detach()
+    values = torch.ones(layout.num_layers, layout.num_heads).index_put(index, trained.detach())
+    return values.double(), losses
+
+
+def adapt(config: AdaptConfig, out: Path, execution: Execution = DEFAULT_EXECUTION) -> RunStore:
+    """Train (or resume) the masks and evaluate them into ``out``. The language's learned mask is
+    RUN/head_mask.json, for ``--head-mask`` in every other command."""
+    source = RunStore(Path(config.heads))
+    manifest = source.manifest()
+    if manifest["spec"].get("kind") != "importance":
+        raise BabelheadsError(f"{config.heads} is not an importance run; run babelheads importance first.")
+    heads = chosen_heads(config, source)
+    layout = HeadLayout(**{**manifest["layout"], "layer_windows": tuple(manifest["layout"]["layer_windows"])})
+    texts = manifest["spec"]["config"]["texts"]
+    settings = {
+        "languages": (config.language,),
+        "source": config.qa,
+        "data_dir": texts["data_dir"],
+        "seed": texts["seed"],
+    }
+    train = QaTask(QaSettings(**settings, half="scoring", questions=config.train_questions))
+    held_out = QaTask(QaSettings(**settings, half="evaluation", questions=config.eval_questions))
+    head_sets = {"adapted": heads}
+    for seed in range(config.random_seeds):
+        head_sets[f"random-adapted:{seed}"] = list(
+            random_heads(layout, len(heads), set(heads), seed, f"adapt-{config.language}")
+        )
+    store = RunStore(out)
+    spec = {
+        "kind": "adapt",
+        "config": asdict(config),
+        "data": {**train.identity(), **{f"held_out:{k}": v for k, v in held_out.identity().items()}},
+        "model": manifest["spec"]["model"],
+        "precision": manifest["spec"]["precision"],
+        "importance": manifest["spec_digest"],
+        "heads": {name: [f"{layer}-{head}" for layer, head in chosen] for name, chosen in head_sets.items()},
+    }
+    store.check_compatible(spec)
+    parts = [f"train--{name}" for name in head_sets] + [
+        f"{name}--{sample_id}" for name in ("original", *head_sets) for sample_id in held_out.sample_ids()
+    ]
+    if not set(parts) <= store.finished():
+        loaded = execution.load(manifest["spec"]["config"]["model"], manifest["spec"]["config"]["dtype"])
+        if loaded.identity != spec["model"]:
+            raise BabelheadsError(
+                f"The model loaded now differs from the importance run's ({loaded.identity})."
+            )
+        check_differentiable(loaded)
+        store.create(spec, config.seed, {"layout": manifest["layout"]})
+        learned = _train_all(store, loaded, train, head_sets, config, execution)
+        samples = held_out.build(loaded)
+        gates = {"original": None, **{name: HeadGates(values) for name, values in learned.items()}}
+        jobs = [
+            Job(
+                f"{name}--{sample.sample_id}",
+                sample,
+                gate,
+                (("condition", name), ("unit", sample.sample_id), ("task", "qa")),
+            )
+            for name, gate in gates.items()
+            for sample in samples
+        ]
+        run_jobs(
+            store,
+            loaded,
+            jobs,
+            held_out.score,
+            execution.run_settings(QA_TOKENS),
+            execution.progress,
+            "evaluate",
+        )
+    if set(parts) <= store.finished():
+        finalize(store, config)
+    return store
+
+
+def _train_all(
+    store: RunStore, loaded, task: QaTask, head_sets: dict, config: AdaptConfig, execution
+) -> dict:
+    """Each head set's learned values: trained now, or read back from the run (masks/<name>.json)."""
+    from babelheads.head_masks import read_head_mask
+
+    learned = {}
+    finished = store.finished()
+    for name, heads in head_sets.items():
+        path = store.root / "masks" / f"{name.replace(':', '-')}.json"
+        if f"train--{name}" in finished:
+            learned[name] = read_head_mask(path, loaded.layout)
+            continue
+        values, losses = train_gates(loaded, task, config.language, heads, config, name, execution.progress)
+        about = {
+            "language": config.language,
+            "head_set": name,
+            "heads": [f"{h}-{d}" for h, d in heads],
+            "model": loaded.identity,
+            "epoch_losses": losses,
+        }
+        write_head_mask(path, values, about)
+        if name == "adapted":
+            write_head_mask(store.root / MASK_FILE, values, about)
+        row = {
+            "sample_id": f"train--{name}",
+            "condition": name,
+            "task": "train",
+            "status": "ok",
+            "success": True,
+            **{f"loss_epoch{epoch + 1}": loss for epoch, loss in enumerate(losses)},
+        }
+        store.append(f"train--{name}", {"samples": pd.DataFrame([row])})
+        learned[name] = values
+    return learned
+
+
+def finalize(store: RunStore, config: AdaptConfig) -> None:
+    samples = store.table("samples")
+    answers = (
+        samples[samples["task"].isna() if "task" in samples else slice(None)]
+        if "task" in samples
+        else samples
+    )
+    answers = samples[samples["sample_id"].ne(samples["condition"].radd("train--"))]
+    answers = answers.assign(correct=answers["success"].astype(float), language=config.language)
+    answers["condition"] = answers["condition"].replace({"original": "none"})
+    table = effects.contrasts(answers, "correct", {"adapted": "adapted"}, config.replicates, config.seed)
+    store.write_derived("adaptation", table)
+    store.write_csv("adaptation", table)

@@ -1,0 +1,368 @@
+"""The LAHIS experiments on the heads an importance run selected, each a resumable run:
+
+- ppl: per language, perplexity with no mask, its n specific heads masked, n random heads masked;
+- ppl-cross: every language's specific heads masked, perplexity measured in every language;
+- general: the general heads masked against as many random heads: perplexity and held-out QA;
+- off-target: summaries asked for in each language, with English-specific or random heads masked;
+  the share of outputs in the asked language;
+- attn-transfer: two conflicting statements in two languages; language-1 heads amplified or
+  language-2 heads zeroed, against random heads: which statement the answer follows.
+
+Perplexity is measured on the corpus's evaluation half, never on the texts that chose the heads.
+Random heads are drawn (per seed) from the heads outside the set they stand in for.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from babelheads.analysis import language_effects as effects
+from babelheads.analysis.language_heads import heads_of
+from babelheads.errors import BabelheadsError
+from babelheads.execution import DEFAULT_EXECUTION, Execution
+from babelheads.head_masks import mask_digest, read_head_mask
+from babelheads.heads import HeadLayout
+from babelheads.models import LoadedModel
+from babelheads.probe import HeadGates, Instrument
+from babelheads.runner import Job, run_jobs
+from babelheads.runner.losses import Scored, row_losses
+from babelheads.runs import RunStore
+from babelheads.tasks.lm_texts import TextSettings, TextWindow, TextWindows
+from babelheads.tasks.off_target import OffTargetSettings, OffTargetTask
+from babelheads.tasks.qa import QaSettings, QaTask
+from babelheads.tasks.transfer import TransferSettings, TransferTask
+
+EXPERIMENTS = ("ppl", "ppl-cross", "general", "off-target", "attn-transfer")
+QA_TOKENS = 10
+TRANSFER_TOKENS = 5
+
+
+@dataclass(frozen=True)
+class LanguageTestConfig:
+    """heads : an importance run. languages : a subset of its languages (default: all). texts, window :
+    perplexity windows per language. questions : held-out QA per language (general; 0 = all).
+    prompts : summaries per language (off-target). per_pair : prompts per language pair (attn-transfer).
+    amplify : the factor language-1 heads get in attn-transfer (LAHIS: 3). head_mask : a mask file
+    applied under every condition."""
+
+    heads: str
+    experiment: str = "ppl"
+    languages: tuple[str, ...] = ()
+    texts: int = 12
+    window: int = 128
+    random_seeds: int = 3
+    questions: int = 0
+    prompts: int = 12
+    summary_tokens: int = 40
+    per_pair: int = 4
+    amplify: float = 3.0
+    head_mask: str | None = None
+    replicates: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.experiment not in EXPERIMENTS:
+            raise BabelheadsError(
+                f"Unknown experiment {self.experiment!r}. Use one of: {', '.join(EXPERIMENTS)}."
+            )
+        if self.random_seeds < 1:
+            raise BabelheadsError(f"--random-seeds must be at least 1. Got {self.random_seeds}.")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A gate setting: ``heads`` get ``factor`` (0 removes them), every other head 1."""
+
+    name: str
+    heads: tuple[tuple[int, int], ...] = ()
+    factor: float = 0.0
+
+    def gates(self, layout: HeadLayout, base: torch.Tensor | None) -> HeadGates | None:
+        values = (
+            torch.ones(layout.num_layers, layout.num_heads, dtype=torch.float64)
+            if base is None
+            else base.clone()
+        )
+        for layer, head in self.heads:
+            values[layer, head] = values[layer, head] * self.factor
+        if base is None and not self.heads:
+            return None
+        return HeadGates(values)
+
+
+def random_heads(layout: HeadLayout, count: int, avoid: set[tuple[int, int]], seed: int, label: str) -> tuple:
+    pool = [(a.layer, a.head) for a in layout.addresses() if (a.layer, a.head) not in avoid]
+    rng = np.random.default_rng([seed, *label.encode()])
+    chosen = rng.choice(len(pool), size=min(count, len(pool)), replace=False)
+    return tuple(sorted(pool[int(i)] for i in chosen))
+
+
+def conditions_for(
+    config: LanguageTestConfig, table: pd.DataFrame, layout: HeadLayout, languages: list[str]
+) -> dict[str, list[Condition]]:
+    """Per test language (or '*' for all), the conditions to run."""
+    seeds = range(config.random_seeds)
+
+    def specific(code: str, factor: float = 0.0, label: str = "specific") -> Condition:
+        return Condition(f"{label}:{code}", tuple(heads_of(table, code, "specific")), factor)
+
+    def randoms(label: str, like: Condition, key: str) -> list[Condition]:
+        return [
+            Condition(
+                f"random-{label}:{seed}",
+                random_heads(layout, len(like.heads), set(like.heads), seed, key),
+                like.factor,
+            )
+            for seed in seeds
+        ]
+
+    none = Condition("none")
+    if config.experiment == "ppl":
+        return {
+            code: [none, specific(code), *randoms("specific", specific(code), code)] for code in languages
+        }
+    if config.experiment == "ppl-cross":
+        return {"*": [none, *(specific(code) for code in languages)]}
+    if config.experiment == "general":
+        general = Condition("general", tuple(heads_of(table, None, "general")))
+        if not general.heads:
+            raise BabelheadsError(
+                "The importance run found no language-general heads. Re-select with a lower --percentile "
+                "or --min-languages (babelheads importance ... again)."
+            )
+        return {"*": [none, general, *randoms("general", general, "general")]}
+    if config.experiment == "off-target":
+        english = specific("en") if "en" in set(table["language"]) else None
+        if english is None:
+            raise BabelheadsError("off-target masks English-specific heads: the importance run needs 'en'.")
+        return {"*": [none, english, *randoms("specific", english, "en")]}
+    out = {}
+    for first in languages:
+        for second in languages:
+            if first != second:
+                amplified, zeroed = specific(first, config.amplify, "amplify"), specific(second, 0.0, "zero")
+                out[f"{first}>{second}"] = [
+                    none,
+                    amplified,
+                    zeroed,
+                    *randoms("amplify", amplified, f"amplify-{first}"),
+                    *randoms("zero", zeroed, f"zero-{second}"),
+                ]
+    return out
+
+
+def language_test(
+    config: LanguageTestConfig, out: Path, execution: Execution = DEFAULT_EXECUTION
+) -> RunStore:
+    """Run (or resume) one experiment into ``out``; one part per (condition, text or prompt)."""
+    source = RunStore(Path(config.heads))
+    manifest = source.manifest()
+    if manifest["spec"].get("kind") != "importance":
+        raise BabelheadsError(f"{config.heads} is not an importance run; run babelheads importance first.")
+    table = source.derived("language_heads")
+    scored = manifest["spec"]["config"]["texts"]
+    languages = list(config.languages or scored["languages"])
+    unknown = [code for code in languages if code not in scored["languages"]]
+    if unknown:
+        raise BabelheadsError(
+            f"The importance run has no heads for {', '.join(unknown)}; "
+            f"it scored {', '.join(scored['languages'])}."
+        )
+    layout = HeadLayout(**{**manifest["layout"], "layer_windows": tuple(manifest["layout"]["layer_windows"])})
+    plan = conditions_for(config, table, layout, languages)
+    tasks = _tasks(config, scored, languages)
+    store = RunStore(out)
+    spec = {
+        "kind": "language-test",
+        "config": asdict(config),
+        "data": {name: task.identity() for name, task in tasks.items()},
+        "model": manifest["spec"]["model"],
+        "precision": manifest["spec"]["precision"],
+        "importance": manifest["spec_digest"],
+        "selection": source.read_json("selection.json"),
+        "head_mask": mask_digest(Path(config.head_mask)) if config.head_mask else None,
+    }
+    store.check_compatible(spec)
+    if not _finished(store):
+        config_of = manifest["spec"]["config"]
+        loaded = execution.load(config_of["model"], config_of["dtype"])
+        if loaded.identity != spec["model"]:
+            raise BabelheadsError(
+                f"The model loaded now differs from the importance run's ({loaded.identity})."
+            )
+        base = read_head_mask(Path(config.head_mask), loaded.layout) if config.head_mask else None
+        conditions = {c.name: asdict(c) for group in plan.values() for c in group}
+        store.create(spec, config.seed, {"layout": manifest["layout"], "conditions": conditions})
+        text_jobs = _text_jobs(loaded, tasks["texts"], plan) if "texts" in tasks else []
+        generation = {
+            name: _generation_jobs(loaded, task, plan, base)
+            for name, task in tasks.items()
+            if name != "texts"
+        }
+        parts = [part for part, _, _ in text_jobs] + [
+            job.part_id for jobs in generation.values() for job in jobs
+        ]
+        store.write_json(PARTS_FILE, sorted(parts))
+        _perplexity(store, loaded, text_jobs, base, execution)
+        for name, jobs in generation.items():
+            settings = execution.run_settings(_new_tokens(name, config))
+            run_jobs(store, loaded, jobs, tasks[name].score, settings, execution.progress, name)
+    if _finished(store):
+        finalize(store, config)
+    return store
+
+
+PARTS_FILE = "parts.json"
+
+
+def _finished(store: RunStore) -> bool:
+    path = store.root / PARTS_FILE
+    return path.exists() and set(store.read_json(PARTS_FILE)) <= store.finished()
+
+
+def _new_tokens(task: str, config: LanguageTestConfig) -> int:
+    return {"qa": QA_TOKENS, "off_target": config.summary_tokens, "attn_transfer": TRANSFER_TOKENS}[task]
+
+
+def _tasks(config: LanguageTestConfig, scored: dict, languages: list[str]) -> dict:
+    data_dir, seed = scored["data_dir"], scored["seed"]
+    experiment = config.experiment
+    tasks: dict[str, object] = {}
+    if experiment in ("ppl", "ppl-cross", "general"):
+        settings = TextSettings(
+            tuple(languages), scored["corpus"], data_dir, config.texts, config.window, "evaluation", seed
+        )
+        tasks["texts"] = TextWindows(settings)
+    if experiment == "general":
+        settings = QaSettings(tuple(languages), data_dir=data_dir, questions=config.questions, seed=seed)
+        tasks["qa"] = QaTask(settings)
+    if experiment == "off-target":
+        targets = tuple(code for code in languages if code != "en")
+        settings = OffTargetSettings(targets, scored["corpus"], data_dir, config.prompts, seed=seed)
+        tasks["off_target"] = OffTargetTask(settings)
+    if experiment == "attn-transfer":
+        settings = TransferSettings(tuple(languages), data_dir, config.per_pair, config.seed)
+        tasks["attn_transfer"] = TransferTask(settings)
+    return tasks
+
+
+def _conditions_of(plan: dict[str, list[Condition]], condition: str) -> list[Condition]:
+    return plan.get(condition, plan.get("*", []))
+
+
+def _text_jobs(loaded: LoadedModel, task: TextWindows, plan) -> list[tuple[str, Condition, TextWindow]]:
+    return [
+        (f"{condition.name}--{window.window_id}", condition, window)
+        for window in task.build(loaded)
+        for condition in _conditions_of(plan, window.language)
+    ]
+
+
+def _perplexity(store: RunStore, loaded: LoadedModel, jobs, base, execution: Execution) -> None:
+    """Teacher-forced perplexity of every (condition, window), batched with one gate set per row."""
+    finished = store.finished()
+    todo = [job for job in jobs if job[0] not in finished]
+    if not todo:
+        return
+    instrument = Instrument(loaded.model, loaded.layout)
+    size = execution.batch_size or 4
+    bar = tqdm(total=len(todo), desc="perplexity", unit="text", disable=not execution.progress)
+    try:
+        for start in range(0, len(todo), size):
+            batch = todo[start : start + size]
+            values = torch.stack([_values(condition, loaded.layout, base) for _, condition, _ in batch])
+            rows = [Scored(window.input_ids) for _, _, window in batch]
+            with torch.no_grad():
+                nll, count = row_losses(loaded, instrument, rows, HeadGates(values))
+            for (part, condition, window), total, tokens in zip(
+                batch, nll.tolist(), count.tolist(), strict=True
+            ):
+                row = _ppl_row(part, condition, window, total, tokens)
+                store.append(part, {"samples": pd.DataFrame([row])})
+            bar.update(len(batch))
+    finally:
+        bar.close()
+        instrument.detach()
+
+
+def _values(condition: Condition, layout: HeadLayout, base) -> torch.Tensor:
+    gates = condition.gates(layout, base)
+    return torch.ones(layout.num_layers, layout.num_heads) if gates is None else gates.values.float()
+
+
+def _ppl_row(part: str, condition: Condition, window: TextWindow, total: float, tokens: int) -> dict:
+    return {
+        "sample_id": part,
+        "unit": window.window_id,
+        "language": window.language,
+        "condition": condition.name,
+        "document": window.document,
+        "tokens": tokens,
+        "log_ppl": total / tokens,
+        "perplexity": math.exp(total / tokens),
+        "task": "texts",
+        "status": "ok",
+        "success": True,
+    }
+
+
+def _generation_jobs(loaded: LoadedModel, task, plan, base) -> list[Job]:
+    return [
+        Job(
+            f"{condition.name}--{sample.sample_id}",
+            sample,
+            condition.gates(loaded.layout, base),
+            (("condition", condition.name), ("unit", sample.sample_id), ("task", task.name)),
+        )
+        for sample in task.build(loaded)
+        for condition in _conditions_of(plan, sample.condition)
+    ]
+
+
+def finalize(store: RunStore, config: LanguageTestConfig) -> None:
+    samples = store.table("samples")
+    r, s = config.replicates, config.seed
+    texts = samples[samples["task"] == "texts"]
+    tables: dict[str, pd.DataFrame] = {}
+    if config.experiment == "ppl":
+        tables["ppl"] = effects.contrasts(texts, "log_ppl", {"specific": "specific:{language}"}, r, s)
+    elif config.experiment == "ppl-cross":
+        tables["ppl_cross"] = effects.cross_matrix(texts, r, s)
+        tables["diagonality"] = effects.diagonality(texts, r, s)
+    elif config.experiment == "general":
+        qa = samples[samples["task"] == "qa"].assign(correct=lambda f: f["success"].astype(float))
+        tables["general"] = pd.concat(
+            [
+                effects.contrasts(texts, "log_ppl", {"general": "general"}, r, s),
+                effects.contrasts(qa, "correct", {"general": "general"}, r, s),
+            ],
+            ignore_index=True,
+        )
+    elif config.experiment == "off-target":
+        shares = samples.assign(on_target=lambda f: f["success"].astype(float))
+        tables["off_target"] = effects.contrasts(shares, "on_target", {"specific": "specific:en"}, r, s)
+    else:
+        follows = samples.assign(
+            follows_first=(samples["followed"] == "first").astype(float),
+            follows_second=(samples["followed"] == "second").astype(float),
+            # One amplified and one zeroed set per prompt: name them by role, not by language.
+            condition=samples["condition"].str.replace(r"^(amplify|zero):.*$", r"\1", regex=True),
+        )
+        by_language = pd.concat([follows.assign(language="all"), follows.assign(language=follows["first"])])
+        tables["attn_transfer"] = pd.concat(
+            [
+                effects.contrasts(by_language, value, {"amplify": "amplify", "zero": "zero"}, r, s)
+                for value in ("follows_first", "follows_second")
+            ],
+            ignore_index=True,
+        )
+    for name, frame in tables.items():
+        store.write_derived(name, frame)
+        store.write_csv(name, frame)
