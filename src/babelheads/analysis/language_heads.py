@@ -129,3 +129,61 @@ def heads_of(language_heads: pd.DataFrame, language: str | None, role: str) -> l
         frame = frame[frame["language"] == language].sort_values("rank")
     pairs = list(dict.fromkeys(zip(frame["layer"].astype(int), frame["head"].astype(int), strict=True)))
     return pairs
+
+
+def retrieval_overlap(
+    retrieval: pd.DataFrame,
+    language_heads: pd.DataFrame,
+    importance: pd.DataFrame,
+    total_heads: int,
+    formula: str,
+    threshold: float = 0.1,
+) -> pd.DataFrame:
+    """How retrieval heads (a detection run's ``scores``: language, layer, head, score) meet language
+    heads, per language both runs have and over their union ('any'): the overlap of retrieval heads
+    (score > ``threshold``) with the language's specific heads, with the general heads and with both;
+    what chance gives (hypergeometric: the expected overlap of two random sets of these sizes, and the
+    probability of at least the observed one); and the Spearman correlation of retrieval score with
+    importance over every head."""
+    from scipy.stats import hypergeom, spearmanr
+
+    def heads(frame: pd.DataFrame) -> set[tuple[int, int]]:
+        return set(zip(frame["layer"].astype(int), frame["head"].astype(int), strict=True))
+
+    general = heads(language_heads[language_heads["role"] == "general"])
+    shared = sorted(set(retrieval["language"]) & set(language_heads["language"]))
+    rows = []
+    for code in [*shared, "any"]:
+        if code == "any":
+            found = heads(retrieval[retrieval["language"].isin(shared) & (retrieval["score"] > threshold)])
+            specific = heads(
+                language_heads[
+                    (language_heads["role"] == "specific") & language_heads["language"].isin(shared)
+                ]
+            )
+            rho = np.nan
+        else:
+            found = heads(retrieval[(retrieval["language"] == code) & (retrieval["score"] > threshold)])
+            specific = heads(
+                language_heads[(language_heads["role"] == "specific") & (language_heads["language"] == code)]
+            )
+            merged = retrieval[retrieval["language"] == code].merge(
+                importance[importance["language"] == code], on=["layer", "head"]
+            )
+            rho = spearmanr(merged["score"], merged[formula]).statistic if len(merged) > 2 else np.nan
+        for role, chosen in (("specific", specific), ("general", general), ("language", specific | general)):
+            overlap = len(found & chosen)
+            rows.append(
+                {
+                    "language": code,
+                    "language_heads": role,
+                    "retrieval_heads": len(found),
+                    "heads": len(chosen),
+                    "overlap": overlap,
+                    "expected_by_chance": len(found) * len(chosen) / total_heads,
+                    "p_at_least": float(hypergeom.sf(overlap - 1, total_heads, len(found), len(chosen))),
+                    "shared": " ".join(f"{layer}-{head}" for layer, head in sorted(found & chosen)),
+                    "spearman_retrieval_vs_importance": rho,
+                }
+            )
+    return pd.DataFrame(rows)

@@ -74,7 +74,7 @@ def importance(
 def language_test(
     heads: Annotated[Path, typer.Argument(help="An importance run (babelheads importance).")],
     experiment: Annotated[
-        str, typer.Option("--exp", help="ppl, ppl-cross, general, off-target or attn-transfer.")
+        str, typer.Option("--exp", help="ppl, ppl-cross, general, off-target, attn-transfer or retrieval.")
     ] = "ppl",
     languages: Annotated[str, typer.Option(help="Languages to test; default: the importance run's.")] = "",
     texts: Annotated[int, typer.Option(help="Held-out texts per language (perplexity).")] = 12,
@@ -86,6 +86,8 @@ def language_test(
     per_pair: Annotated[int, typer.Option(help="attn-transfer: prompts per language pair.")] = 4,
     amplify: Annotated[float, typer.Option(help="attn-transfer: factor on language-1 heads.")] = 3.0,
     head_mask: HeadMask = None,
+    detect: Annotated[Path | None, typer.Option(help="retrieval: a detection run of the same model.")] = None,
+    threshold: Annotated[float, typer.Option(help="retrieval: retrieval-head score threshold.")] = 0.1,
     replicates: Annotated[int, typer.Option(help="Bootstrap replicates.")] = 1000,
     out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<exp>).")] = None,
     seed: Annotated[int, typer.Option()] = 0,
@@ -113,6 +115,8 @@ def language_test(
         per_pair=per_pair,
         amplify=amplify,
         head_mask=str(head_mask) if head_mask else None,
+        detect=str(detect) if detect else None,
+        threshold=threshold,
         replicates=replicates,
         seed=seed,
     )

@@ -6,7 +6,8 @@
 - off-target: summaries asked for in each language, with English-specific or random heads masked;
   the share of outputs in the asked language;
 - attn-transfer: two conflicting statements in two languages; language-1 heads amplified or
-  language-2 heads zeroed, against random heads: which statement the answer follows.
+  language-2 heads zeroed, against random heads: which statement the answer follows;
+- retrieval: how a detection run's retrieval heads meet the language heads, against chance (no model).
 
 Perplexity is measured on the corpus's evaluation half, never on the texts that chose the heads.
 Random heads are drawn (per seed) from the heads outside the set they stand in for.
@@ -24,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from babelheads.analysis import language_effects as effects
-from babelheads.analysis.language_heads import heads_of
+from babelheads.analysis.language_heads import heads_of, retrieval_overlap
 from babelheads.errors import BabelheadsError
 from babelheads.execution import DEFAULT_EXECUTION, Execution
 from babelheads.head_masks import mask_digest, read_head_mask
@@ -39,7 +40,7 @@ from babelheads.tasks.off_target import OffTargetSettings, OffTargetTask
 from babelheads.tasks.qa import QaSettings, QaTask
 from babelheads.tasks.transfer import TransferSettings, TransferTask
 
-EXPERIMENTS = ("ppl", "ppl-cross", "general", "off-target", "attn-transfer")
+EXPERIMENTS = ("ppl", "ppl-cross", "general", "off-target", "attn-transfer", "retrieval")
 QA_TOKENS = 10
 TRANSFER_TOKENS = 5
 
@@ -50,7 +51,8 @@ class LanguageTestConfig:
     perplexity windows per language. questions : held-out QA per language (general; 0 = all).
     prompts : summaries per language (off-target). per_pair : prompts per language pair (attn-transfer).
     amplify : the factor language-1 heads get in attn-transfer (LAHIS: 3). head_mask : a mask file
-    applied under every condition."""
+    applied under every condition. detect, threshold (retrieval) : a detection run of the same model,
+    and the score above which its heads are retrieval heads."""
 
     heads: str
     experiment: str = "ppl"
@@ -64,6 +66,8 @@ class LanguageTestConfig:
     per_pair: int = 4
     amplify: float = 3.0
     head_mask: str | None = None
+    detect: str | None = None
+    threshold: float = 0.1
     replicates: int = 1000
     seed: int = 0
 
@@ -74,6 +78,8 @@ class LanguageTestConfig:
             )
         if self.random_seeds < 1:
             raise BabelheadsError(f"--random-seeds must be at least 1. Got {self.random_seeds}.")
+        if (self.experiment == "retrieval") != (self.detect is not None):
+            raise BabelheadsError("--detect RUN goes with --exp retrieval, and --exp retrieval needs it.")
 
 
 @dataclass(frozen=True)
@@ -175,6 +181,8 @@ def language_test(
             f"The importance run has no heads for {', '.join(unknown)}; "
             f"it scored {', '.join(scored['languages'])}."
         )
+    if config.experiment == "retrieval":
+        return _retrieval(config, source, Path(out))
     layout = HeadLayout(**{**manifest["layout"], "layer_windows": tuple(manifest["layout"]["layer_windows"])})
     plan = conditions_for(config, table, layout, languages)
     tasks = _tasks(config, scored, languages)
@@ -220,6 +228,43 @@ def language_test(
 
 
 PARTS_FILE = "parts.json"
+
+
+def _retrieval(config: LanguageTestConfig, source: RunStore, out: Path) -> RunStore:
+    detection = RunStore(Path(config.detect))
+    found = detection.manifest()["spec"]
+    if found.get("kind") != "detect":
+        raise BabelheadsError(f"{config.detect} is not a detection run (babelheads detect).")
+    manifest = source.manifest()
+    if found["model"] != manifest["spec"]["model"]:
+        raise BabelheadsError(
+            f"{config.detect} detected heads of another model ({found['model'].get('model')}) than the "
+            f"importance run ({manifest['spec']['model'].get('model')}). Use runs of one model."
+        )
+    selection = source.read_json("selection.json")
+    store = RunStore(out)
+    spec = {
+        "kind": "language-test",
+        "config": asdict(config),
+        "model": manifest["spec"]["model"],
+        "importance": manifest["spec_digest"],
+        "detection": detection.manifest()["spec_digest"],
+        "selection": selection,
+    }
+    store.check_compatible(spec)
+    store.create(spec, config.seed, {"layout": manifest["layout"]})
+    layout = manifest["layout"]
+    table = retrieval_overlap(
+        detection.derived("scores"),
+        source.derived("language_heads"),
+        source.derived("importance"),
+        layout["num_layers"] * layout["num_heads"],
+        selection["formula"],
+        config.threshold,
+    )
+    store.write_derived("retrieval_overlap", table)
+    store.write_csv("retrieval_overlap", table)
+    return store
 
 
 def _finished(store: RunStore) -> bool:

@@ -1,4 +1,4 @@
-"""One static HTML report of detect, compare and ablate runs that works offline.
+"""One static HTML report of retrieval-head and language-head runs that works offline.
 
 Figures are embedded as base64 PNG, each with a caption and its numbers as a ``data:`` CSV link; the
 page loads nothing from elsewhere. Runs are grouped per model. The report draws the tables the runs
@@ -23,10 +23,11 @@ from babelheads.errors import BabelheadsError
 from babelheads.experiments.detect import recorded_analysis
 from babelheads.report import figures
 from babelheads.report.figures import Figure
+from babelheads.report.language_sections import LANGUAGE_KINDS, language_section
 from babelheads.report.text import ablation_summary, comparison_summary, detection_summary
 from babelheads.runs import RunStore
 
-KINDS = ("detect", "compare", "ablate")
+KINDS = ("detect", "compare", "ablate", *LANGUAGE_KINDS)
 COT_TITLE = "Chain-of-thought vs direct answers when retrieval heads are masked"
 COT_CAPTION = (
     "Word problems asked with a reasoning prompt ('/cot') and a direct-answer prompt ('/direct'): exact "
@@ -80,9 +81,7 @@ def read_runs(paths: list[Path]) -> list[Run]:
         spec = manifest["spec"]
         kind = spec.get("kind")
         if kind not in KINDS:
-            raise BabelheadsError(
-                f"{path} is a {kind!r} run; the report reads detect, compare and ablate runs."
-            )
+            raise BabelheadsError(f"{path} is a {kind!r} run; the report reads {', '.join(KINDS)} runs.")
         config = spec.get("config", {})
         if kind == "detect":
             task = config.get("task", {})
@@ -91,6 +90,9 @@ def read_runs(paths: list[Path]) -> list[Run]:
             )
         elif kind == "compare":
             languages = str(store.derived("settings")["languages"].iloc[0]).split()
+        elif kind in LANGUAGE_KINDS:
+            texts = config.get("texts")
+            languages = texts["languages"] if isinstance(texts, dict) else list(config.get("languages", []))
         else:
             languages = list(dict.fromkeys(store.derived("ablation")["language"]))
         identity = _model_identity(store)
@@ -156,6 +158,7 @@ def model_sections(runs: list[Run], min_samples: int) -> list[Section]:
                     f"Ablation run {run.path.name}", summary=ablation_summary(run.store), figures=[figure]
                 )
             )
+    sections += [language_section(run) for run in runs if run.kind in LANGUAGE_KINDS]
     return sections
 
 

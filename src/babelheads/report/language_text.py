@@ -80,6 +80,16 @@ def language_test_summary(store: RunStore) -> str:
                 + _interval(row["value"], row["lo"], row["hi"])
             )
         return "\n".join(lines)
+    if experiment == "retrieval":
+        table = store.derived("retrieval_overlap")
+        lines = ["retrieval heads meet language heads (overlap; expected by chance; P(overlap >= observed))"]
+        for _, row in table.iterrows():
+            lines.append(
+                f"{row['language']:4s} {row['language_heads']:9s} retrieval {row['retrieval_heads']:3d} x "
+                f"{row['heads']:3d} heads: overlap {row['overlap']} (chance {row['expected_by_chance']:.2f}, "
+                f"p={row['p_at_least']:.3f}) {row['shared']}"
+            )
+        return "\n".join(lines)
     name = {"ppl": "ppl", "general": "general", "off-target": "off_target", "attn-transfer": "attn_transfer"}[
         experiment
     ]
