@@ -203,3 +203,111 @@ def test_padded_rows_score_only_their_own_tokens_with_their_own_gradients(kind):
         assert float(nll[index].detach()) == pytest.approx(float(single[0].detach()), rel=1e-9)
         torch.testing.assert_close(values.grad[index], alone.grad)
     assert torch.isfinite(values.grad).all()
+
+
+def _ppl_frame(rise: dict[tuple[str, str], float], texts: int = 6, seed: int = 0) -> pd.DataFrame:
+    """Synthetic perplexity rows: language x condition x text, log_ppl = base + rise + noise."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for language in ("de", "en", "zh"):
+        base = rng.normal(3, 0.3, texts)
+        conditions = {
+            "none": 0.0,
+            **{f"specific:{m}": rise.get((language, m), 0.05) for m in ("de", "en", "zh")},
+        }
+        for condition, delta in conditions.items():
+            for text in range(texts):
+                rows.append(
+                    {
+                        "language": language,
+                        "condition": condition,
+                        "unit": f"{language}{text}",
+                        "log_ppl": base[text] + delta + rng.normal(0, 0.005),
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def test_contrasts_are_paired_means_with_their_baselines():
+    from babelheads.analysis.language_effects import contrasts
+
+    frame = _ppl_frame({("de", "de"): 0.5})
+    extra = frame[(frame["condition"] == "none") & (frame["language"] == "de")].assign(
+        condition="random-specific:de:0"
+    )
+    extra["log_ppl"] += 0.1
+    table = contrasts(pd.concat([frame, extra]), "log_ppl", {"specific": "specific:{language}"}, 200, 0)
+    row = table[table["language"] == "de"].iloc[0]
+    wide = frame[frame["language"] == "de"].pivot(index="unit", columns="condition", values="log_ppl")
+    assert row["masked_minus_none"] == pytest.approx((wide["specific:de"] - wide["none"]).mean())
+    assert row["masked_minus_none_lo"] < row["masked_minus_none"] < row["masked_minus_none_hi"]
+    assert row["random_minus_none"] == pytest.approx(0.1)
+    assert row["masked_minus_random"] == pytest.approx(row["masked_minus_none"] - 0.1)
+    # Languages without random draws get NaN baselines, never a zero that looks like a result.
+    assert np.isnan(table[table["language"] == "en"].iloc[0]["random_minus_none"])
+
+
+def test_diagonality_tells_a_diagonal_matrix_from_a_flat_one():
+    from babelheads.analysis.language_effects import diagonality
+
+    diagonal = _ppl_frame({(code, code): 0.5 for code in ("de", "en", "zh")})
+    table = diagonality(diagonal, 200, 0).set_index(["test_language", "measure"])
+    overall = table.loc[("all", "diagonal_difference")]
+    assert overall["value"] == pytest.approx(0.45, abs=0.01) and overall["lo"] > 0.4
+    assert table.loc[("all", "diagonal_ratio"), "value"] == pytest.approx(10, rel=0.05)
+    flat = diagonality(_ppl_frame({}), 200, 0).set_index(["test_language", "measure"])
+    assert abs(flat.loc[("all", "diagonal_difference"), "value"]) < 0.01
+
+
+def test_retrieval_overlap_counts_against_the_hypergeometric_chance():
+    from scipy.stats import hypergeom
+
+    from babelheads.analysis.language_heads import retrieval_overlap
+
+    retrieval = pd.DataFrame(
+        [
+            {"language": "en", "layer": i // 4, "head": i % 4, "score": 0.5 if i in (0, 1, 2) else 0.0}
+            for i in range(12)
+        ]
+    )
+    heads = pd.DataFrame(
+        [
+            {"language": "en", "layer": 0, "head": 0, "role": "specific", "rank": 1, "score": 1.0},
+            {"language": "en", "layer": 2, "head": 3, "role": "specific", "rank": 2, "score": 1.0},
+            {"language": "en", "layer": 0, "head": 1, "role": "general", "rank": 0, "score": 1.0},
+        ]
+    )
+    importance = retrieval.rename(columns={"score": "paper"}).assign(
+        paper=lambda f: f["paper"] + f.index / 100
+    )
+    table = retrieval_overlap(retrieval, heads, importance, 12, "paper").set_index(
+        ["language", "language_heads"]
+    )
+    row = table.loc[("en", "specific")]
+    assert (row["retrieval_heads"], row["heads"], row["overlap"]) == (3, 2, 1)
+    assert row["expected_by_chance"] == pytest.approx(3 * 2 / 12)
+    assert row["p_at_least"] == pytest.approx(hypergeom.sf(0, 12, 3, 2))
+    assert (
+        table.loc[("en", "language"), "overlap"] == 2 and table.loc[("en", "language"), "shared"] == "0-0 0-1"
+    )
+
+
+def test_answer_rules():
+    from babelheads.tasks.off_target import identify
+    from babelheads.tasks.qa import hit
+    from babelheads.tasks.transfer import TransferPrompt, TransferSettings, TransferTask, followed
+
+    assert hit("Samarkand.", " It was samarkand, in Asia") and not hit("twice", "two times")
+    assert identify("Die Gezeiten entstehen durch die Anziehungskraft des Mondes.") == "de"
+    assert identify("潮汐是海面有规律的升降。") == "zh" and identify(" 1. ") == "none"
+    task = TransferTask(TransferSettings(("de", "zh"), per_pair=2))
+    assert len(task.prompts) == 4 and len(set(task.sample_ids())) == 4
+    prompt = TransferPrompt("de", "zh", "Alice", "painter", "baker")
+    words = task.words
+    assert followed(" Maler.", prompt, words) == "first"
+    assert followed(" a painter", prompt, words) == "first"
+    assert followed(" " + words["zh"].occupations["baker"], prompt, words) == "second"
+    assert followed(" baker", prompt, words) == "second"
+    assert followed(" nothing", prompt, words) == "neither"
+    text = task.text(task.prompts[0])
+    assert words["de"].occupations[task.prompts[0].first_job] in text

@@ -41,7 +41,7 @@ def contrasts(
     frame: pd.DataFrame, value: str, masked: dict[str, str], replicates: int, seed: int
 ) -> pd.DataFrame:
     """Per language: ``value`` under no mask, under each masked condition (``masked`` maps a label to a
-    condition) and its random counterpart ('random-<label>:<seed>'); differences against both."""
+    condition) and its random counterparts ('random-<label>:...', every seed); differences against both."""
     rows = []
     for language, group in frame.groupby("language", sort=True):
         none = level(group, value, ["none"], replicates, seed)

@@ -170,7 +170,8 @@ def retrieval_overlap(
             merged = retrieval[retrieval["language"] == code].merge(
                 importance[importance["language"] == code], on=["layer", "head"]
             )
-            rho = spearmanr(merged["score"], merged[formula]).statistic if len(merged) > 2 else np.nan
+            varied = len(merged) > 2 and merged["score"].nunique() > 1 and merged[formula].nunique() > 1
+            rho = spearmanr(merged["score"], merged[formula]).statistic if varied else np.nan
         for role, chosen in (("specific", specific), ("general", general), ("language", specific | general)):
             overlap = len(found & chosen)
             rows.append(

@@ -122,7 +122,7 @@ def conditions_for(
     def randoms(label: str, like: Condition, key: str) -> list[Condition]:
         return [
             Condition(
-                f"random-{label}:{seed}",
+                f"random-{label}:{key}:{seed}",
                 random_heads(layout, len(like.heads), set(like.heads), seed, key),
                 like.factor,
             )
@@ -158,8 +158,8 @@ def conditions_for(
                     none,
                     amplified,
                     zeroed,
-                    *randoms("amplify", amplified, f"amplify-{first}"),
-                    *randoms("zero", zeroed, f"zero-{second}"),
+                    *randoms("amplify", amplified, first),
+                    *randoms("zero", zeroed, second),
                 ]
     return out
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from babelheads.data.corpora import load_documents
+from babelheads.data.languages import load_language
 from babelheads.errors import TaskError
 from babelheads.tasks.base import content_digest, safe_id
 
@@ -71,6 +72,8 @@ class TextWindows:
     def __init__(self, settings: TextSettings):
         self.settings = settings
         root = Path(settings.data_dir) if settings.data_dir else None
+        for code in settings.languages:
+            load_language(code, root)  # an unknown code fails here, with the known ones and a hint
         self.documents = {code: load_documents(settings.corpus, code, root) for code in settings.languages}
 
     def identity(self) -> dict:
