@@ -311,3 +311,16 @@ def test_answer_rules():
     assert followed(" nothing", prompt, words) == "neither"
     text = task.text(task.prompts[0])
     assert words["de"].occupations[task.prompts[0].first_job] in text
+
+
+def test_random_baseline_intervals_include_the_spread_between_head_draws():
+    from babelheads.analysis.language_effects import paired
+
+    rows = []
+    for unit in range(20):
+        rows.append({"unit": unit, "condition": "none", "v": 1.0})
+        rows.append({"unit": unit, "condition": "random-x:a:0", "v": 1.0})  # a harmless draw
+        rows.append({"unit": unit, "condition": "random-x:a:1", "v": 2.0})  # a draw that hits a key head
+    effect = paired(pd.DataFrame(rows), "v", ["random-x:a:0", "random-x:a:1"], ["none"], 400, 0)
+    assert effect["difference"] == pytest.approx(0.5)
+    assert effect["lo"] == pytest.approx(0.0) and effect["hi"] == pytest.approx(1.0)

@@ -7,30 +7,63 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from babelheads.analysis.scores import mean_interval
-
 RANDOM_PREFIX = "random"
 
 
-def per_unit(frame: pd.DataFrame, value: str, conditions: list[str]) -> pd.Series:
-    """``value`` per unit (text or prompt) averaged over ``conditions`` (e.g. the seeds of a random set)."""
-    chosen = frame[frame["condition"].isin(conditions)]
-    return chosen.groupby("unit")[value].mean()
+def _draws(
+    frame: pd.DataFrame, value: str, first: list[str], second: list[str], replicates: int, seed: int
+) -> tuple[float, np.ndarray, int]:
+    """mean over units of value(first) - value(second) (``second`` empty: of value(first)), each side
+    averaged over its conditions (the seeds of a random set), on units that have all of them; and its
+    bootstrap draws, which resample the units and, where a side has several draws of random heads, those
+    draws too: the spread between random head sets belongs in the interval."""
+    wide = frame[frame["condition"].isin(first + second)].pivot_table(
+        index="unit", columns="condition", values=value, aggfunc="mean"
+    )
+    if not set(first + second) <= set(wide.columns):
+        return np.nan, np.array([]), 0
+    wide = wide.dropna()
+    a, b = wide[first].to_numpy(dtype=float), wide[second].to_numpy(dtype=float)
+    units = len(wide)
+    if units == 0:
+        return np.nan, np.array([]), 0
+
+    def estimate(rows: np.ndarray, columns_a: np.ndarray, columns_b: np.ndarray) -> float:
+        left = a[np.ix_(rows, columns_a)].mean(axis=1)
+        right = b[np.ix_(rows, columns_b)].mean(axis=1) if second else 0.0
+        return float(np.mean(left - right))
+
+    point = estimate(np.arange(units), np.arange(len(first)), np.arange(len(second)))
+    rng = np.random.default_rng(seed)
+    draws = np.empty(replicates)
+    for index in range(replicates):
+        rows = rng.integers(0, units, units)
+        columns_a = rng.integers(0, len(first), len(first)) if len(first) > 1 else np.arange(len(first))
+        columns_b = rng.integers(0, len(second), len(second)) if len(second) > 1 else np.arange(len(second))
+        draws[index] = estimate(rows, columns_a, columns_b)
+    return point, draws, units
+
+
+def _interval(point: float, draws: np.ndarray) -> tuple[float, float]:
+    if len(draws) == 0 or np.isnan(point):
+        return np.nan, np.nan
+    lo, hi = np.percentile(draws, [2.5, 97.5])
+    return float(lo), float(hi)
 
 
 def paired(
     frame: pd.DataFrame, value: str, first: list[str], second: list[str], replicates: int, seed: int
 ) -> dict:
     """mean over units of value(first) - value(second), units present in both, with its interval."""
-    a, b = per_unit(frame, value, first), per_unit(frame, value, second)
-    common = a.index.intersection(b.index)
-    diff, lo, hi = mean_interval((a[common] - b[common]).to_numpy(), replicates, seed)
-    return {"difference": diff, "lo": lo, "hi": hi, "units": len(common)}
+    point, draws, units = _draws(frame, value, first, second, replicates, seed)
+    lo, hi = _interval(point, draws)
+    return {"difference": point, "lo": lo, "hi": hi, "units": units}
 
 
 def level(frame: pd.DataFrame, value: str, conditions: list[str], replicates: int, seed: int) -> dict:
-    mean, lo, hi = mean_interval(per_unit(frame, value, conditions).to_numpy(), replicates, seed)
-    return {"mean": mean, "lo": lo, "hi": hi}
+    point, draws, _ = _draws(frame, value, conditions, [], replicates, seed)
+    lo, hi = _interval(point, draws)
+    return {"mean": point, "lo": lo, "hi": hi}
 
 
 def _random(frame: pd.DataFrame, name: str) -> list[str]:

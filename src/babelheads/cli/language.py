@@ -80,7 +80,7 @@ def language_test(
     texts: Annotated[int, typer.Option(help="Held-out texts per language (perplexity).")] = 12,
     window: Annotated[int, typer.Option(help="Tokens per held-out text.")] = 128,
     random_seeds: Annotated[int, typer.Option(help="Random head sets of the same count.")] = 3,
-    questions: Annotated[int, typer.Option(help="general: held-out QA per language (0: all).")] = 0,
+    questions: Annotated[int, typer.Option(help="general: held-out QA per language (0: all).")] = 12,
     prompts: Annotated[int, typer.Option(help="off-target: summary prompts per language.")] = 12,
     summary_tokens: Annotated[int, typer.Option(help="off-target: new tokens per summary.")] = 40,
     per_pair: Annotated[int, typer.Option(help="attn-transfer: prompts per language pair.")] = 4,

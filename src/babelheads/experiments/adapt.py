@@ -138,10 +138,12 @@ def adapt(config: AdaptConfig, out: Path, execution: Execution = DEFAULT_EXECUTI
     }
     train = QaTask(QaSettings(**settings, half="scoring", questions=config.train_questions))
     held_out = QaTask(QaSettings(**settings, half="evaluation", questions=config.eval_questions))
+    table = source.derived("language_heads")
+    selected = set(zip(table["layer"].astype(int), table["head"].astype(int), strict=True))
     head_sets = {"adapted": heads}
     for seed in range(config.random_seeds):
         head_sets[f"random-adapted:{seed}"] = list(
-            random_heads(layout, len(heads), set(heads), seed, f"adapt-{config.language}")
+            random_heads(layout, len(heads), set(heads) | selected, seed, f"adapt-{config.language}")
         )
     store = RunStore(out)
     spec = {

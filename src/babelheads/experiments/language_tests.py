@@ -10,7 +10,8 @@
 - retrieval: how a detection run's retrieval heads meet the language heads, against chance (no model).
 
 Perplexity is measured on the corpus's evaluation half, never on the texts that chose the heads.
-Random heads are drawn (per seed) from the heads outside the set they stand in for.
+Random heads are drawn (per seed) from the heads that are no language head of any language; their
+intervals resample both the seeds and the texts.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from babelheads.tasks.qa import QaSettings, QaTask
 from babelheads.tasks.transfer import TransferSettings, TransferTask
 
 EXPERIMENTS = ("ppl", "ppl-cross", "general", "off-target", "attn-transfer", "retrieval")
+RANDOM_POOL = "outside every language head"
 QA_TOKENS = 10
 TRANSFER_TOKENS = 5
 
@@ -60,7 +62,7 @@ class LanguageTestConfig:
     texts: int = 12
     window: int = 128
     random_seeds: int = 3
-    questions: int = 0
+    questions: int = 12
     prompts: int = 12
     summary_tokens: int = 40
     per_pair: int = 4
@@ -115,6 +117,9 @@ def conditions_for(
 ) -> dict[str, list[Condition]]:
     """Per test language (or '*' for all), the conditions to run."""
     seeds = range(config.random_seeds)
+    # Random heads come from outside every selected language head (as ablate draws outside the
+    # retrieval heads): the contrast is "heads LAHIS flags" against "heads it does not".
+    selected = set(zip(table["layer"].astype(int), table["head"].astype(int), strict=True))
 
     def specific(code: str, factor: float = 0.0, label: str = "specific") -> Condition:
         return Condition(f"{label}:{code}", tuple(heads_of(table, code, "specific")), factor)
@@ -123,7 +128,7 @@ def conditions_for(
         return [
             Condition(
                 f"random-{label}:{key}:{seed}",
-                random_heads(layout, len(like.heads), set(like.heads), seed, key),
+                random_heads(layout, len(like.heads), selected, seed, key),
                 like.factor,
             )
             for seed in seeds
@@ -196,6 +201,7 @@ def language_test(
         "importance": manifest["spec_digest"],
         "selection": source.read_json("selection.json"),
         "head_mask": mask_digest(Path(config.head_mask)) if config.head_mask else None,
+        "random_heads": RANDOM_POOL,
     }
     store.check_compatible(spec)
     if not _finished(store):
