@@ -21,10 +21,9 @@ from babelheads.analysis import language_effects as effects
 from babelheads.analysis.language_heads import heads_of
 from babelheads.errors import BabelheadsError
 from babelheads.execution import DEFAULT_EXECUTION, Execution
-from babelheads.experiments.importance import check_differentiable
+from babelheads.experiments.importance import ImportanceRun, check_differentiable
 from babelheads.experiments.language_tests import QA_TOKENS, random_heads
 from babelheads.head_masks import write_head_mask
-from babelheads.heads import HeadLayout
 from babelheads.models import LoadedModel
 from babelheads.probe import HeadGates, Instrument
 from babelheads.runner import Job, run_jobs
@@ -123,12 +122,10 @@ def train_gates(
 def adapt(config: AdaptConfig, out: Path, execution: Execution = DEFAULT_EXECUTION) -> RunStore:
     """Train (or resume) the masks and evaluate them into ``out``. The language's learned mask is
     RUN/head_mask.json, for ``--head-mask`` in every other command."""
-    source = RunStore(Path(config.heads))
-    manifest = source.manifest()
-    if manifest["spec"].get("kind") != "importance":
-        raise BabelheadsError(f"{config.heads} is not an importance run; run babelheads importance first.")
+    scored_run = ImportanceRun.open(config.heads)
+    source, manifest = scored_run.store, scored_run.manifest
     heads = chosen_heads(config, source)
-    layout = HeadLayout(**{**manifest["layout"], "layer_windows": tuple(manifest["layout"]["layer_windows"])})
+    layout = scored_run.layout
     texts = manifest["spec"]["config"]["texts"]
     settings = {
         "languages": (config.language,),
@@ -160,11 +157,7 @@ def adapt(config: AdaptConfig, out: Path, execution: Execution = DEFAULT_EXECUTI
         f"{name}--{sample_id}" for name in ("original", *head_sets) for sample_id in held_out.sample_ids()
     ]
     if not set(parts) <= store.finished():
-        loaded = execution.load(manifest["spec"]["config"]["model"], manifest["spec"]["config"]["dtype"])
-        if loaded.identity != spec["model"]:
-            raise BabelheadsError(
-                f"The model loaded now differs from the importance run's ({loaded.identity})."
-            )
+        loaded = scored_run.load_model(execution)
         check_differentiable(loaded)
         store.create(spec, config.seed, {"layout": manifest["layout"]})
         learned = _train_all(store, loaded, train, head_sets, config, execution)

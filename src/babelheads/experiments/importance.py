@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from babelheads.analysis.language_heads import FORMULAS, importance_scores, select_language_heads
 from babelheads.errors import BabelheadsError
 from babelheads.execution import DEFAULT_EXECUTION, Execution
+from babelheads.heads import HeadLayout
 from babelheads.models import LoadedModel, resolved_precision
 from babelheads.probe import HeadGates, Instrument
 from babelheads.runner.losses import Scored, frozen_weights, row_losses
@@ -232,3 +233,36 @@ def finalize(store: RunStore, config: ImportanceConfig) -> None:
 def recorded_selection(store: RunStore) -> dict:
     """The selection the language_heads table was last written with (n and min_languages resolved)."""
     return json.loads((store.root / SELECTION_FILE).read_text())
+
+
+@dataclass(frozen=True)
+class ImportanceRun:
+    """A finished importance run as the experiments on its heads read it."""
+
+    store: RunStore
+    manifest: dict
+
+    @classmethod
+    def open(cls, path: str | Path) -> ImportanceRun:
+        store = RunStore(Path(path))
+        manifest = store.manifest()
+        if manifest["spec"].get("kind") != "importance":
+            raise BabelheadsError(f"{path} is not an importance run; run babelheads importance first.")
+        if not (store.root / SELECTION_FILE).exists():
+            raise BabelheadsError(f"{path} has not finished; run its babelheads importance command again.")
+        return cls(store, manifest)
+
+    @property
+    def layout(self) -> HeadLayout:
+        layout = self.manifest["layout"]
+        return HeadLayout(**{**layout, "layer_windows": tuple(layout["layer_windows"])})
+
+    def load_model(self, execution: Execution) -> LoadedModel:
+        """The model the heads were scored on, refused if the files changed since."""
+        config = self.manifest["spec"]["config"]
+        loaded = execution.load(config["model"], config["dtype"])
+        if loaded.identity != self.manifest["spec"]["model"]:
+            raise BabelheadsError(
+                f"The model loaded now differs from the importance run's ({loaded.identity})."
+            )
+        return loaded

@@ -29,6 +29,7 @@ from babelheads.analysis import language_effects as effects
 from babelheads.analysis.language_heads import heads_of, retrieval_overlap
 from babelheads.errors import BabelheadsError
 from babelheads.execution import DEFAULT_EXECUTION, Execution
+from babelheads.experiments.importance import ImportanceRun
 from babelheads.head_masks import mask_digest, read_head_mask
 from babelheads.heads import HeadLayout
 from babelheads.models import LoadedModel
@@ -173,10 +174,8 @@ def language_test(
     config: LanguageTestConfig, out: Path, execution: Execution = DEFAULT_EXECUTION
 ) -> RunStore:
     """Run (or resume) one experiment into ``out``; one part per (condition, text or prompt)."""
-    source = RunStore(Path(config.heads))
-    manifest = source.manifest()
-    if manifest["spec"].get("kind") != "importance":
-        raise BabelheadsError(f"{config.heads} is not an importance run; run babelheads importance first.")
+    scored_run = ImportanceRun.open(config.heads)
+    source, manifest = scored_run.store, scored_run.manifest
     table = source.derived("language_heads")
     scored = manifest["spec"]["config"]["texts"]
     languages = list(config.languages or scored["languages"])
@@ -188,8 +187,7 @@ def language_test(
         )
     if config.experiment == "retrieval":
         return _retrieval(config, source, Path(out))
-    layout = HeadLayout(**{**manifest["layout"], "layer_windows": tuple(manifest["layout"]["layer_windows"])})
-    plan = conditions_for(config, table, layout, languages)
+    plan = conditions_for(config, table, scored_run.layout, languages)
     tasks = _tasks(config, scored, languages)
     store = RunStore(out)
     spec = {
@@ -205,12 +203,7 @@ def language_test(
     }
     store.check_compatible(spec)
     if not _finished(store):
-        config_of = manifest["spec"]["config"]
-        loaded = execution.load(config_of["model"], config_of["dtype"])
-        if loaded.identity != spec["model"]:
-            raise BabelheadsError(
-                f"The model loaded now differs from the importance run's ({loaded.identity})."
-            )
+        loaded = scored_run.load_model(execution)
         base = read_head_mask(Path(config.head_mask), loaded.layout) if config.head_mask else None
         conditions = {c.name: asdict(c) for group in plan.values() for c in group}
         store.create(spec, config.seed, {"layout": manifest["layout"], "conditions": conditions})
