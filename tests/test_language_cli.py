@@ -103,6 +103,8 @@ def test_each_experiment_runs_resumes_and_reports(
     store = RunStore(out)
     result = store.derived(table)
     assert len(result) > 0 and (out / "csv" / f"{table}.csv").exists()
+    if "random_minus_none" in result:  # every contrast has its random baseline, pairs of languages too
+        assert result["random_minus_none"].notna().all(), result
     finished = store.finished()
     assert finished == set(store.read_json("parts.json"))
     # A finished run answers from its tables; a lost part is recomputed alone, to the same value.

@@ -63,9 +63,9 @@ class LanguageTestConfig:
     texts: int = 12
     window: int = 128
     random_seeds: int = 3
-    questions: int = 12
-    prompts: int = 12
-    summary_tokens: int = 40
+    questions: int = 8
+    prompts: int = 8
+    summary_tokens: int = 32
     per_pair: int = 4
     amplify: float = 3.0
     head_mask: str | None = None
@@ -396,8 +396,11 @@ def finalize(store: RunStore, config: LanguageTestConfig) -> None:
         follows = samples.assign(
             follows_first=(samples["followed"] == "first").astype(float),
             follows_second=(samples["followed"] == "second").astype(float),
-            # One amplified and one zeroed set per prompt: name them by role, not by language.
-            condition=samples["condition"].str.replace(r"^(amplify|zero):.*$", r"\1", regex=True),
+            # One amplified and one zeroed set per prompt (and their random draws): name them by role and
+            # seed, not by language, so prompts of every pair line up.
+            condition=samples["condition"]
+            .str.replace(r"^(amplify|zero):.*$", r"\1", regex=True)
+            .str.replace(r"^random-(amplify|zero):[^:]+:(\d+)$", r"random-\1:\2", regex=True),
         )
         by_language = pd.concat([follows.assign(language="all"), follows.assign(language=follows["first"])])
         tables["attn_transfer"] = pd.concat(
