@@ -324,3 +324,16 @@ def test_random_baseline_intervals_include_the_spread_between_head_draws():
     effect = paired(pd.DataFrame(rows), "v", ["random-x:a:0", "random-x:a:1"], ["none"], 400, 0)
     assert effect["difference"] == pytest.approx(0.5)
     assert effect["lo"] == pytest.approx(0.0) and effect["hi"] == pytest.approx(1.0)
+
+
+def test_random_head_sets_are_distinct_while_the_pool_allows():
+    from babelheads.experiments.language_tests import random_head_sets
+    from babelheads.heads import HeadLayout
+
+    layout = HeadLayout(4, 2, 1, 8)
+    avoid = {(0, 0), (1, 1)}
+    sets = random_head_sets(layout, 2, avoid, 10, "x")
+    assert len(set(sets)) == 10 and all(len(s) == 2 and not set(s) & avoid for s in sets)
+    assert sets == random_head_sets(layout, 2, avoid, 10, "x")  # seeded
+    tiny = random_head_sets(HeadLayout(1, 2, 1, 8), 1, set(), 3, "y")
+    assert len(tiny) == 3 and len(set(tiny)) == 2  # only two heads exist: a repeat, not a hang

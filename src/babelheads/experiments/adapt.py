@@ -22,7 +22,7 @@ from babelheads.analysis.language_heads import heads_of
 from babelheads.errors import BabelheadsError
 from babelheads.execution import DEFAULT_EXECUTION, Execution
 from babelheads.experiments.importance import ImportanceRun, check_differentiable
-from babelheads.experiments.language_tests import QA_TOKENS, random_heads
+from babelheads.experiments.language_tests import QA_TOKENS, random_head_sets
 from babelheads.head_masks import write_head_mask
 from babelheads.models import LoadedModel
 from babelheads.probe import HeadGates, Instrument
@@ -138,10 +138,11 @@ def adapt(config: AdaptConfig, out: Path, execution: Execution = DEFAULT_EXECUTI
     table = source.derived("language_heads")
     selected = set(zip(table["layer"].astype(int), table["head"].astype(int), strict=True))
     head_sets = {"adapted": heads}
-    for seed in range(config.random_seeds):
-        head_sets[f"random-adapted:{seed}"] = list(
-            random_heads(layout, len(heads), set(heads) | selected, seed, f"adapt-{config.language}")
-        )
+    draws = random_head_sets(
+        layout, len(heads), set(heads) | selected, config.random_seeds, f"adapt-{config.language}"
+    )
+    for seed, drawn in enumerate(draws):
+        head_sets[f"random-adapted:{seed}"] = list(drawn)
     store = RunStore(out)
     spec = {
         "kind": "adapt",

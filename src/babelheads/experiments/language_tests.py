@@ -43,7 +43,7 @@ from babelheads.tasks.qa import QaSettings, QaTask
 from babelheads.tasks.transfer import TransferSettings, TransferTask
 
 EXPERIMENTS = ("ppl", "ppl-cross", "general", "off-target", "attn-transfer", "retrieval")
-RANDOM_POOL = "outside every language head"
+RANDOM_POOL = "outside every language head, distinct draws"
 QA_TOKENS = 10
 TRANSFER_TOKENS = 5
 
@@ -106,11 +106,21 @@ class Condition:
         return HeadGates(values)
 
 
-def random_heads(layout: HeadLayout, count: int, avoid: set[tuple[int, int]], seed: int, label: str) -> tuple:
+def random_head_sets(
+    layout: HeadLayout, count: int, avoid: set[tuple[int, int]], draws: int, label: str
+) -> list[tuple[tuple[int, int], ...]]:
+    """``draws`` sets of ``count`` heads from outside ``avoid``, distinct from one another while the pool
+    allows (two seeds that mask the same heads would count one baseline twice)."""
     pool = [(a.layer, a.head) for a in layout.addresses() if (a.layer, a.head) not in avoid]
-    rng = np.random.default_rng([seed, *label.encode()])
-    chosen = rng.choice(len(pool), size=min(count, len(pool)), replace=False)
-    return tuple(sorted(pool[int(i)] for i in chosen))
+    size = min(count, len(pool))
+    rng = np.random.default_rng(list(label.encode()))
+    possible = math.comb(len(pool), size)
+    sets: list[tuple[tuple[int, int], ...]] = []
+    while len(sets) < draws:
+        chosen = tuple(sorted(pool[int(i)] for i in rng.choice(len(pool), size=size, replace=False)))
+        if chosen not in sets or len(set(sets)) >= possible:
+            sets.append(chosen)
+    return sets
 
 
 def conditions_for(
@@ -126,13 +136,10 @@ def conditions_for(
         return Condition(f"{label}:{code}", tuple(heads_of(table, code, "specific")), factor)
 
     def randoms(label: str, like: Condition, key: str) -> list[Condition]:
+        sets = random_head_sets(layout, len(like.heads), selected, len(seeds), f"{config.seed}-{key}")
         return [
-            Condition(
-                f"random-{label}:{key}:{seed}",
-                random_heads(layout, len(like.heads), selected, seed, key),
-                like.factor,
-            )
-            for seed in seeds
+            Condition(f"random-{label}:{key}:{seed}", heads, like.factor)
+            for seed, heads in zip(seeds, sets, strict=True)
         ]
 
     none = Condition("none")
