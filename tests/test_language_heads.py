@@ -337,3 +337,45 @@ def test_random_head_sets_are_distinct_while_the_pool_allows():
     assert sets == random_head_sets(layout, 2, avoid, 10, "x")  # seeded
     tiny = random_head_sets(HeadLayout(1, 2, 1, 8), 1, set(), 3, "y")
     assert len(tiny) == 3 and len(set(tiny)) == 2  # only two heads exist: a repeat, not a hang
+
+
+def test_xquad_style_datasets_load_through_hf(monkeypatch):
+    import sys
+    import types
+
+    from babelheads.data.qa import load_questions
+
+    rows = [
+        {
+            "id": "q1",
+            "context": "Der Rhein fließt durch Basel.",
+            "question": "Wodurch fließt der Rhein?",
+            "answers": {"text": ["Basel"], "answer_start": [23]},
+        },
+        {
+            "id": "q2",
+            "context": "Ohne Antwort.",
+            "question": "?",
+            "answers": {"text": [], "answer_start": []},
+        },
+    ]
+    seen = {}
+
+    def load_dataset(name, config, split):
+        seen.update(name=name, config=config, split=split)
+        return rows
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    questions = load_questions("hf:google/xquad:xquad.{lang}:validation", "de")
+    assert seen == {"name": "google/xquad", "config": "xquad.de", "split": "validation"}
+    assert [(q.id, q.answer) for q in questions] == [("q1", "Basel")]  # a row without an answer is left out
+    assert questions[0].document.startswith("context-")
+
+
+def test_weights_that_cannot_carry_gradients_are_refused():
+    from babelheads.experiments.importance import check_differentiable
+
+    model = torch.nn.Module()
+    model.weight = torch.nn.Parameter(torch.zeros(2, dtype=torch.int8), requires_grad=False)
+    with pytest.raises(BabelheadsError, match="cannot carry gradients"):
+        check_differentiable(LoadedModel(model, None, None, {}, False))
