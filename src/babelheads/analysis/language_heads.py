@@ -11,8 +11,6 @@ With gates fixed at 1 (the default) m_h = 1; the released code's drifting gates 
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pandas as pd
 
@@ -60,7 +58,8 @@ def select_language_heads(
 ) -> pd.DataFrame:
     """Candidates: heads strictly above the ``percentile`` of their language's scores. General: the
     candidates of at least ``min_languages`` languages. Specific: each language's other candidates, its
-    top n = int(L x H x share) by score. One row per (language, head) in either role, with its rank."""
+    top n = int(L x H x share) by score (fewer when fewer candidates remain: the summary says so). One
+    row per (language, head) in either role, with its rank."""
     if formula not in FORMULAS:
         raise BabelheadsError(f"Unknown formula {formula!r}. Use one of: {', '.join(FORMULAS)}.")
     if not 0 < percentile < 100:
@@ -105,12 +104,6 @@ def select_language_heads(
                     "rank": rank,
                     "score": score,
                 }
-            )
-        found = specific_rank
-        if found < limit:
-            warnings.warn(
-                f"{code}: {found} language-specific candidates, fewer than n = {limit}; using {found}.",
-                stacklevel=2,
             )
     table = pd.DataFrame(rows, columns=["language", "layer", "head", "role", "rank", "score"])
     table.attrs.update(formula=formula, percentile=percentile, min_languages=needed, n=limit)

@@ -47,8 +47,15 @@ def importance_summary(store: RunStore, top: int = 5) -> str:
         )
     general = heads[heads["role"] == "general"].drop_duplicates(["layer", "head"])
     lines += ["", f"language-general heads: {_heads(general)}"]
-    for code, group in heads[heads["role"] == "specific"].groupby("language", sort=True):
-        lines.append(f"{code} specific heads: {_heads(group.sort_values('rank'))}")
+    specific = heads[heads["role"] == "specific"]
+    for code in sorted(scores["language"].unique()):
+        group = specific[specific["language"] == code].sort_values("rank")
+        short = (
+            f" (only {len(group)} of n = {selection['n']}: lower --percentile for more candidates)"
+            if len(group) < selection["n"]
+            else ""
+        )
+        lines.append(f"{code} specific heads: {_heads(group)}{short}")
     return "\n".join(lines)
 
 
