@@ -23,7 +23,7 @@ from babelheads.errors import BabelheadsError
 from babelheads.execution import DEFAULT_EXECUTION, Execution
 from babelheads.experiments.importance import ImportanceRun, check_differentiable
 from babelheads.experiments.language_tests import QA_TOKENS, random_head_sets
-from babelheads.head_masks import write_head_mask
+from babelheads.head_masks import read_head_mask, write_head_mask
 from babelheads.models import LoadedModel
 from babelheads.probe import HeadGates, Instrument
 from babelheads.runner import Job, run_jobs
@@ -192,8 +192,6 @@ def _train_all(
     store: RunStore, loaded, task: QaTask, head_sets: dict, config: AdaptConfig, execution
 ) -> dict:
     """Each head set's learned values: trained now, or read back from the run (masks/<name>.json)."""
-    from babelheads.head_masks import read_head_mask
-
     learned = {}
     finished = store.finished()
     for name, heads in head_sets.items():

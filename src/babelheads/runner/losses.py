@@ -3,6 +3,8 @@ soft-mask training all read them. The decode loop is elsewhere; this is one forw
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -67,19 +69,15 @@ def row_losses(
     return nll.sum(dim=1), mask.sum(dim=1)
 
 
-class frozen_weights:
+@contextmanager
+def frozen_weights(model: torch.nn.Module) -> Iterator[None]:
     """Within the block, no model parameter requires a gradient: backward passes fill only the gates'
     gradients, so memory holds activations and gates, never a gradient per weight."""
-
-    def __init__(self, model: torch.nn.Module):
-        self.model = model
-        self.saved: list[tuple[torch.nn.Parameter, bool]] = []
-
-    def __enter__(self) -> None:
-        self.saved = [(parameter, parameter.requires_grad) for parameter in self.model.parameters()]
-        for parameter, _ in self.saved:
-            parameter.requires_grad_(False)
-
-    def __exit__(self, *exc) -> None:
-        for parameter, flag in self.saved:
+    saved = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
+    for parameter, _ in saved:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter, flag in saved:
             parameter.requires_grad_(flag)
