@@ -7,7 +7,7 @@ import pytest
 from scipy.stats import spearmanr
 
 from babelheads.execution import Execution
-from babelheads.experiments.importance import ImportanceConfig, importance
+from babelheads.experiments.importance import ImportanceConfig, Selection, importance
 from babelheads.experiments.language_tests import LanguageTestConfig, language_test
 from babelheads.tasks.lm_texts import TextSettings
 
@@ -18,7 +18,10 @@ QUIET = Execution(device="cpu", progress=False)
 
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory):
-    config = ImportanceConfig(texts=TextSettings(LANGUAGES, texts=8, window=128))
+    # General = a candidate in all three languages, so each language keeps a specific head.
+    config = ImportanceConfig(
+        texts=TextSettings(LANGUAGES, texts=8, window=128), selection=Selection(min_languages=3)
+    )
     return importance(config, tmp_path_factory.mktemp("importance") / "run", QUIET)
 
 

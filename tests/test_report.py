@@ -383,9 +383,7 @@ def test_a_thin_language_is_left_out_of_cross_language_figures(runs):
 def test_unknown_run_kinds_and_missing_runs_are_refused(runs, tmp_path):
     other = RunStore(tmp_path / "other")
     other.create({"kind": "sweep", "config": {}}, 0)
-    with pytest.raises(
-        BabelheadsError, match=r"is a 'sweep' run; the report reads detect, compare and ablate"
-    ):
+    with pytest.raises(BabelheadsError, match=r"is a 'sweep' run; the report reads detect, compare, ablate"):
         build_report([runs["good"], other.root], tmp_path / "report.html")
     with pytest.raises(BabelheadsError, match="not a babelheads run"):
         build_report([tmp_path / "nothing"], tmp_path / "report.html")

@@ -81,9 +81,10 @@ def contrasts(
         for label, condition in masked.items():
             condition = condition.format(language=language)
             random = _random(group, label)
-            if condition not in set(group["condition"]):
-                continue
             row = {"language": language, "heads": label, "value": value, "none": none["mean"]}
+            if condition not in set(group["condition"]):  # no such heads here: NaN, never a zero effect
+                rows.append({**row, "units": int(group["unit"].nunique())})
+                continue
             for name, conditions in (("masked", [condition]), ("random", random)):
                 measured = level(group, value, conditions, replicates, seed) if conditions else {}
                 row.update(

@@ -133,7 +133,14 @@ def conditions_for(
     selected = set(zip(table["layer"].astype(int), table["head"].astype(int), strict=True))
 
     def specific(code: str, factor: float = 0.0, label: str = "specific") -> Condition:
-        return Condition(f"{label}:{code}", tuple(heads_of(table, code, "specific")), factor)
+        heads = tuple(heads_of(table, code, "specific"))
+        if not heads:
+            raise BabelheadsError(
+                f"{code} has no language-specific heads in this importance run (all its candidates are "
+                "general). Re-select with a higher --min-languages or a lower --percentile "
+                "(babelheads importance --from RUN --out RUN ...)."
+            )
+        return Condition(f"{label}:{code}", heads, factor)
 
     def randoms(label: str, like: Condition, key: str) -> list[Condition]:
         sets = random_head_sets(layout, len(like.heads), selected, len(seeds), f"{config.seed}-{key}")
