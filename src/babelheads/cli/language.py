@@ -12,6 +12,10 @@ from babelheads.cli.options import BatchSize, ConfigFile, FromRun, HeadMask, _ex
 
 Quiet = Annotated[bool, typer.Option(help="No progress bar.")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")]
+TextsPerPass = Annotated[
+    int | None,
+    typer.Option("--batch-size", help="Texts per forward and backward pass; default 1 on CPU, 8 on a GPU."),
+]
 
 
 def _codes(text: str) -> tuple[str, ...]:
@@ -47,7 +51,7 @@ def importance(
     seed: Annotated[int, typer.Option()] = 0,
     device: Device = "auto",
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16, float16.")] = "auto",
-    batch_size: BatchSize = None,
+    batch_size: TextsPerPass = None,
     quiet: Quiet = False,
     config_file: ConfigFile = None,
     from_run: FromRun = None,

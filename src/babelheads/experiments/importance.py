@@ -18,7 +18,7 @@ from babelheads.execution import DEFAULT_EXECUTION, Execution
 from babelheads.heads import HeadLayout
 from babelheads.models import LoadedModel, resolved_precision
 from babelheads.probe import HeadGates, Instrument
-from babelheads.runner.losses import Scored, frozen_weights, row_losses
+from babelheads.runner.losses import Scored, frozen_weights, row_losses, rows_per_pass
 from babelheads.runs import RunStore
 from babelheads.tasks.lm_texts import TextSettings, TextWindow, TextWindows
 
@@ -152,7 +152,7 @@ def _score(
             for code in config.texts.languages:
                 _drifting(store, loaded, instrument, [w for w in todo if w.language == code], bar)
         else:
-            size = execution.batch_size or 4
+            size = rows_per_pass(execution.batch_size, loaded.device)
             for start in range(0, len(todo), size):
                 batch = todo[start : start + size]
                 gradient, losses = gate_gradients(loaded, instrument, batch)

@@ -35,7 +35,7 @@ from babelheads.heads import HeadLayout
 from babelheads.models import LoadedModel
 from babelheads.probe import HeadGates, Instrument
 from babelheads.runner import Job, run_jobs
-from babelheads.runner.losses import Scored, row_losses
+from babelheads.runner.losses import Scored, row_losses, rows_per_pass
 from babelheads.runs import RunStore
 from babelheads.tasks.lm_texts import TextSettings, TextWindow, TextWindows
 from babelheads.tasks.off_target import OffTargetSettings, OffTargetTask
@@ -330,7 +330,7 @@ def _perplexity(store: RunStore, loaded: LoadedModel, jobs, base, execution: Exe
     if not todo:
         return
     instrument = Instrument(loaded.model, loaded.layout)
-    size = execution.batch_size or 4
+    size = rows_per_pass(execution.batch_size, loaded.device)
     bar = tqdm(total=len(todo), desc="perplexity", unit="text", disable=not execution.progress)
     try:
         for start in range(0, len(todo), size):
