@@ -34,6 +34,14 @@ class CopyEvents:
     in_needle: np.ndarray
     in_answer: np.ndarray
     copy: np.ndarray
+    peak_token: np.ndarray
+    """The context token at the peak (-1 where the peak is not in the prompt)."""
+    needle_copy: np.ndarray
+    """S(x_t, h) of "Retrieval Heads are Dynamic": the peak lies in the needle (not only the answer)
+    and its token is the emitted one."""
+    needle_match_weight: np.ndarray
+    """float (steps, layers, heads): the weight of the recorded top-k positions in the needle whose
+    token is the emitted one, a graded S."""
 
 
 def copy_events(
@@ -45,17 +53,29 @@ def copy_events(
 ) -> CopyEvents:
     """Head h copies at step t when its top-1 position j lies in the answer span and the context token
     at j equals the token emitted at t (Wu et al. 2024, Sec. 2)."""
-    peak = records.positions[:, 0, :, :, 0]
+    positions, weights = records.positions[:, 0], records.weights[:, 0]
+    peak = positions[..., 0]
     steps = peak.shape[0]
     if steps != len(output_tokens):
         raise ValueError(f"{steps} recorded steps but {len(output_tokens)} output tokens.")
     context = np.asarray(input_ids)
-    safe = np.clip(peak, 0, len(context) - 1)
+    tokens = np.where(
+        (positions >= 0) & (positions < len(context)), context[np.clip(positions, 0, len(context) - 1)], -1
+    )
+    emitted = np.asarray(output_tokens).reshape(steps, 1, 1)
     in_needle = (peak >= needle_span[0]) & (peak < needle_span[1])
     in_answer = (peak >= answer_span[0]) & (peak < answer_span[1])
-    emitted = np.asarray(output_tokens).reshape(steps, 1, 1)
-    copy = in_answer & (context[safe] == emitted)
-    return CopyEvents(peak, in_needle, in_answer, copy)
+    copy = in_answer & (tokens[..., 0] == emitted)
+    matches = (positions >= needle_span[0]) & (positions < needle_span[1]) & (tokens == emitted[..., None])
+    return CopyEvents(
+        peak,
+        in_needle,
+        in_answer,
+        copy,
+        tokens[..., 0],
+        in_needle & (tokens[..., 0] == emitted),
+        (weights * matches).sum(axis=-1),
+    )
 
 
 def retrieval_scores(events: CopyEvents, answer_span: tuple[int, int]) -> dict[str, np.ndarray]:
@@ -71,10 +91,16 @@ def retrieval_scores(events: CopyEvents, answer_span: tuple[int, int]) -> dict[s
 
 
 def retrieval_tables(
-    base: dict, sample: Sample, tokens: list[int], records: StepRecords, layout: HeadLayout
+    base: dict,
+    sample: Sample,
+    tokens: list[int],
+    records: StepRecords,
+    layout: HeadLayout,
+    regions: tuple[str, ...] = (),
 ) -> dict[str, pd.DataFrame]:
-    """A sample's raw events (every step x layer x head: peaks, weights, copy) and its per-head scores
-    (both variants and the needle-attention share), from the sample's 'needle' and 'answer' spans."""
+    """A sample's raw events (every step x layer x head: peaks, weights, copy, per-step S, and the
+    attention mass on each of ``regions`` when recorded) and its per-head scores (both variants and the
+    needle-attention share), from the sample's 'needle' and 'answer' spans."""
     if "answer" not in sample.spans or "needle" not in sample.spans:
         raise ValueError(
             f"Recording retrieval needs 'needle' and 'answer' spans; {sample.sample_id} has none."
@@ -103,6 +129,13 @@ def retrieval_tables(
             "in_needle": events.in_needle.ravel(),
             "in_answer": events.in_answer.ravel(),
             "copy": events.copy.ravel(),
+            "peak_token": events.peak_token.ravel(),
+            "needle_copy": events.needle_copy.ravel(),
+            "needle_match_weight": events.needle_match_weight.ravel().astype(np.float32),
+            **{
+                f"mass_{region}": records.mass[:, 0, ..., index].ravel()
+                for index, region in enumerate(regions)
+            },
         }
     )
     grid_layer, grid_head = np.meshgrid(

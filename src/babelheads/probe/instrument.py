@@ -22,8 +22,17 @@ class ProbeSettings:
 
     top_k: int = 4
     sink_tokens: int = 0
+    mass_sink: int = 4
+    """Region masses (:meth:`Instrument.set_regions`) leave out the first ``mass_sink`` positions ..."""
+    mass_window: int = 32
+    """... and the ``mass_window`` most recent ones, the attention sink and local window of Eq. 2 of
+    "Retrieval Heads are Dynamic"."""
 
     def __post_init__(self) -> None:
+        if self.mass_sink < 0 or self.mass_window < 0:
+            raise ValueError(
+                f"mass_sink and mass_window must be >= 0. Got {self.mass_sink} and {self.mass_window}."
+            )
         if self.top_k < 1:
             raise ValueError(f"top_k must be at least 1. Got {self.top_k} instead.")
         if self.sink_tokens < 0:
@@ -37,10 +46,13 @@ class StepRecords:
     positions : int64 array of shape (steps, batch, layers, heads, top_k), absolute token positions,
         best first; -1 where a head saw fewer than top_k keys.
     weights : float32 array of the same shape, the softmax weight at each position.
+    mass : float32 array (steps, batch, layers, heads, regions), each head's total attention on each
+        region set with :meth:`Instrument.set_regions`, or None when none was set.
     """
 
     positions: np.ndarray
     weights: np.ndarray
+    mass: np.ndarray | None = None
 
     @property
     def num_steps(self) -> int:
@@ -68,6 +80,9 @@ class Instrument:
         self._live = torch.zeros(0, dtype=torch.long)
         self._rows: dict[torch.device, torch.Tensor] = {}
         self._buffers: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * layout.num_layers
+        self._regions: torch.Tensor | None = None
+        self._region_count = 0
+        self._mass: list[torch.Tensor | None] = [None] * layout.num_layers
         self._modules = _attention_modules(model, layout)
         if model.config._attn_implementation != ATTENTION_NAME:
             model.set_attn_implementation(ATTENTION_NAME)
@@ -100,6 +115,7 @@ class Instrument:
         :meth:`take_records`. The decoding loop advances the step and names the live rows."""
         self._shape = (max_steps, batch, self.layout.num_heads, self.settings.top_k)
         self._buffers = [None] * self.layout.num_layers
+        self._mass = [None] * self.layout.num_layers
         self._step, self._steps_taken = 0, 0
         self._rows = {}
         self._live = torch.arange(batch)
@@ -108,6 +124,16 @@ class Instrument:
             yield
         finally:
             self.is_recording = False
+
+    def set_regions(self, labels: torch.Tensor | None, count: int = 0) -> None:
+        """Also record, while recording, each head's attention mass on ``count`` regions.
+
+        labels : int64 (batch, positions): the region (0..count-1) of every absolute position of each
+        row of the batch given to :meth:`recording`, -1 for positions in none. None stops it.
+        """
+        if labels is not None and (labels.ndim != 2 or int(labels.max()) >= count):
+            raise ValueError(f"labels must be (batch, positions) with regions below {count}.")
+        self._regions, self._region_count = labels, count if labels is not None else 0
 
     def advance(self, step: int, rows: torch.Tensor) -> None:
         """The next forward pass is decode ``step`` for batch rows ``rows`` (indices into the batch
@@ -128,7 +154,14 @@ class Instrument:
                 positions[:, :, layer] = buffers[0][:steps].cpu().numpy()
                 weights[:, :, layer] = buffers[1][:steps].cpu().numpy()
         self._buffers = [None] * self.layout.num_layers
-        return StepRecords(positions, weights)
+        mass = None
+        if self._region_count:
+            mass = np.zeros((*positions.shape[:-1], self._region_count), np.float32)
+            for layer, buffer in enumerate(self._mass):
+                if buffer is not None:
+                    mass[:, :, layer] = buffer[:steps].cpu().numpy()
+            self._mass = [None] * self.layout.num_layers
+        return StepRecords(positions, weights, mass)
 
     def _layer_buffers(
         self, layer: int, device: torch.device
@@ -201,6 +234,36 @@ class Instrument:
         buffer_positions, buffer_weights, rows = self._layer_buffers(layer, positions.device)
         buffer_positions[self._step, rows] = positions
         buffer_weights[self._step, rows] = top_weights
+        if self._regions is not None:
+            self._record_mass(layer, weights, first_position.view(batch, 1), last_position, rows)
+
+    def _record_mass(
+        self,
+        layer: int,
+        weights: torch.Tensor,
+        first_position: torch.Tensor,
+        last_position: torch.Tensor,
+        rows: torch.Tensor,
+    ) -> None:
+        """Sum each head's weights by the region of the key's absolute position (weights are already 0
+        where the mask hides a key)."""
+        batch, heads, kv_len = weights.shape
+        regions = self._regions.to(weights.device)[rows]
+        absolute = first_position + torch.arange(kv_len, device=weights.device).view(1, kv_len)
+        counted = (
+            (absolute >= self.settings.mass_sink)
+            & (absolute <= last_position.view(batch, 1) - self.settings.mass_window)
+            & (absolute < regions.shape[1])
+        )
+        labels = regions.gather(1, absolute.clamp(0, regions.shape[1] - 1))
+        labels = torch.where(counted, labels, -1) + 1  # bucket 0 collects what no region counts
+        mass = weights.new_zeros(batch, heads, self._region_count + 1)
+        mass.scatter_add_(2, labels.unsqueeze(1).expand(batch, heads, kv_len), weights)
+        if self._mass[layer] is None:
+            self._mass[layer] = torch.zeros(
+                (self._shape[0], self._shape[1], heads, self._region_count), device=weights.device
+            )
+        self._mass[layer][self._step, rows] = mass[..., 1:]
 
     def check_routing(self, input_ids: torch.Tensor) -> None:
         """Run one short forward pass and fail clearly unless every layer went through the instrument."""

@@ -8,10 +8,11 @@ their own positions; a row leaves the batch when it stops.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from contextlib import nullcontext
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from babelheads.probe import HeadGates, Instrument, StepRecords
@@ -30,6 +31,9 @@ class Decoded:
 
     tokens: list[int]
     records: StepRecords | None
+    hidden: np.ndarray | None = None
+    """float32 (steps, hidden size): the final hidden state (the input of the LM head) of the query
+    that produced each token, when asked for."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,8 @@ class Row:
     input_ids: Sequence[int]
     max_new_tokens: int
     gates: HeadGates | None = None
+    regions: Sequence[int] | None = None
+    """The region label of each prompt position (-1: none), for the instrument's region masses."""
 
 
 @torch.no_grad()
@@ -49,9 +55,12 @@ def decode_rows(
     stops: StopRule,
     record: bool,
     keep: Sequence[set[int]] | None = None,
+    regions: int = 0,
+    hidden: bool = False,
 ) -> list[Decoded]:
     """Prefill every row (through ``prefill``, which reuses shared prefixes; ``keep`` are each row's
-    branch points for later prompts) and decode them as one batch."""
+    branch points for later prompts) and decode them as one batch. ``regions`` : how many region
+    labels the rows carry (their attention masses are recorded); ``hidden`` : keep final hidden states."""
     if not rows:
         return []
     for row in rows:
@@ -64,7 +73,43 @@ def decode_rows(
         with instrument.gated(row.gates):
             cache = prefill.prefill(list(row.input_ids[:-1]), keep[index] if keep else ())
         batch.add(index, cache)
-    return _decode(instrument, batch.cache, batch.mask(), rows, lengths, stops, record)
+    mask = batch.mask()
+    labels = _region_labels(rows, regions, mask.device) if record and regions else None
+    instrument.set_regions(labels, regions)
+    try:
+        return _decode(instrument, batch.cache, mask, rows, lengths, stops, record, hidden)
+    finally:
+        instrument.set_regions(None)
+
+
+def _region_labels(rows: Sequence[Row], count: int, device: torch.device) -> torch.Tensor:
+    width = max(len(row.input_ids) for row in rows)
+    labels = torch.full((len(rows), width), -1, dtype=torch.long)
+    for index, row in enumerate(rows):
+        if row.regions is not None:
+            if len(row.regions) != len(row.input_ids):
+                raise ValueError("A row's region labels must cover its input ids one to one.")
+            labels[index, : len(row.regions)] = torch.as_tensor(list(row.regions), dtype=torch.long)
+    if int(labels.max()) >= count:
+        raise ValueError(f"Region labels must lie below {count}.")
+    return labels.to(device)
+
+
+@contextmanager
+def _final_states(model: torch.nn.Module, keep: bool) -> Iterator[list[torch.Tensor]]:
+    """The input of the LM head at each forward pass (its last position): the final hidden state,
+    after the model's last norm, whatever the architecture names it."""
+    states: list[torch.Tensor] = []
+    if not keep:
+        yield states
+        return
+    hook = model.get_output_embeddings().register_forward_pre_hook(
+        lambda _module, args: states.append(args[0][:, -1].detach().float())
+    )
+    try:
+        yield states
+    finally:
+        hook.remove()
 
 
 def _decode(
@@ -75,6 +120,7 @@ def _decode(
     lengths: list[int],
     stops: StopRule,
     record: bool,
+    hidden: bool = False,
 ) -> list[Decoded]:
     model = instrument.model
     device = mask.device
@@ -90,8 +136,9 @@ def _decode(
     longest = max(row.max_new_tokens for row in rows)
     recording = instrument.recording(len(rows), longest) if record else nullcontext()
     instrument.set_phase("decode")
+    kept_hidden: list[list[np.ndarray]] = [[] for _ in rows]
     try:
-        with recording, instrument.gated(gates):
+        with recording, instrument.gated(gates), _final_states(model, hidden) as states:
             for step in range(longest):
                 instrument.positions = positions
                 if record:
@@ -105,6 +152,9 @@ def _decode(
                     logits_to_keep=1,
                 ).logits
                 emitted = logits[:, -1].argmax(-1).tolist()  # the one host sync per step
+                if hidden:
+                    for row_index, state in zip(live_rows, states.pop().cpu().numpy(), strict=True):
+                        kept_hidden[row_index].append(state)
                 keep = []
                 for slot, (row_index, token) in enumerate(zip(live_rows, emitted, strict=True)):
                     tokens[row_index].append(token)
@@ -138,7 +188,9 @@ def _decode(
             else StepRecords(
                 records.positions[: len(row_tokens), index : index + 1],
                 records.weights[: len(row_tokens), index : index + 1],
+                None if records.mass is None else records.mass[: len(row_tokens), index : index + 1],
             ),
+            np.stack(kept_hidden[index]) if hidden else None,
         )
         for index, row_tokens in enumerate(tokens)
     ]

@@ -11,6 +11,7 @@ import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -87,6 +88,11 @@ class RunSettings:
     share_prefix: bool = True
     max_snapshots: int = DEFAULT_MAX_SNAPSHOTS
     shard: Shard = field(default_factory=Shard)
+    regions: tuple[str, ...] = ()
+    """While recording, also each head's attention mass on these sample spans (a name covers the span
+    of that name and those named NAME_0, NAME_1, ...; a later region wins where spans overlap)."""
+    hidden_states: bool = False
+    """Also write each step's final hidden state (table 'hidden')."""
 
     def __post_init__(self) -> None:
         if self.batch_size is not None and self.batch_size < 1:
@@ -144,17 +150,41 @@ def run_jobs(
                 batch = group[start : start + size]
                 bar.set_postfix_str(batch[0].part_id, refresh=False)
                 rows = [
-                    Row(job.sample.input_ids, job.sample.max_new_tokens or settings.max_new_tokens, job.gates)
+                    Row(
+                        job.sample.input_ids,
+                        job.sample.max_new_tokens or settings.max_new_tokens,
+                        job.gates,
+                        region_labels(job.sample, settings.regions) if settings.regions else None,
+                    )
                     for job in batch
                 ]
                 record = settings.probe is not None
-                results = decode_rows(instrument, prefill, rows, stops, record, keep[start : start + size])
+                results = decode_rows(
+                    instrument,
+                    prefill,
+                    rows,
+                    stops,
+                    record,
+                    keep[start : start + size],
+                    len(settings.regions) if record else 0,
+                    settings.hidden_states,
+                )
                 for job, decoded in zip(batch, results, strict=True):
                     store.append(job.part_id, _tables(job, loaded, score, settings, decoded))
                     bar.update()
     finally:
         bar.close()
         instrument.detach()
+
+
+def region_labels(sample: Sample, regions: tuple[str, ...]) -> list[int]:
+    """Each prompt position's region index (-1: none) from the sample's named spans."""
+    labels = [-1] * len(sample.input_ids)
+    for index, region in enumerate(regions):
+        for name, (start, end) in sample.spans.items():
+            if name == region or (name.startswith(f"{region}_") and name[len(region) + 1 :].isdigit()):
+                labels[start:end] = [index] * (end - start)
+    return labels
 
 
 def _groups(jobs: list[Job]) -> list[list[Job]]:
@@ -208,5 +238,15 @@ def _tables(
     }
     tables = {"samples": pd.DataFrame([row])}
     if settings.probe is not None:
-        tables.update(retrieval_tables(base, sample, decoded.tokens, decoded.records, loaded.layout))
+        tables.update(
+            retrieval_tables(base, sample, decoded.tokens, decoded.records, loaded.layout, settings.regions)
+        )
+    if decoded.hidden is not None:
+        tables["hidden"] = pd.DataFrame(
+            {
+                "sample_id": sample.sample_id,
+                "step": np.arange(len(decoded.hidden), dtype=np.int32),
+                "state": [row.astype(np.float32).tobytes() for row in decoded.hidden],
+            }
+        )
     return tables
