@@ -183,7 +183,7 @@ def answer_tokens(text: str, kind: str) -> list[str]:
 
 @cache
 def _scorer(kind: str) -> rouge_scorer.RougeScorer:
-    return rouge_scorer.RougeScorer(["rouge1"], tokenizer=_Tokenizer(kind))
+    return rouge_scorer.RougeScorer(["rouge1", "rougeL"], tokenizer=_Tokenizer(kind))
 
 
 @dataclass(frozen=True)
@@ -191,11 +191,15 @@ class AnswerCheck:
     rouge1_recall: float
     contains: bool
     success: bool
+    rouge_l: float = float("nan")
+    """ROUGE-L F-measure, the second metric of "Retrieval Heads are Dynamic"."""
 
 
 def check_answer(expected: str, generated: str, tokenizer_kind: str, threshold: float = 0.5) -> AnswerCheck:
     """ROUGE-1 recall of the expected answer in the generated text, and exact containment.
     ``success`` is recall > threshold (the paper's gate, 0.5 by default)."""
-    recall = _scorer(tokenizer_kind).score(expected, generated)["rouge1"].recall
+    scores = _scorer(tokenizer_kind).score(expected, generated)
+    recall = scores["rouge1"].recall
     normalize = lambda text: re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text).lower()).strip()  # noqa: E731
-    return AnswerCheck(float(recall), normalize(expected) in normalize(generated), bool(recall > threshold))
+    contains = normalize(expected) in normalize(generated)
+    return AnswerCheck(float(recall), contains, bool(recall > threshold), float(scores["rougeL"].fmeasure))

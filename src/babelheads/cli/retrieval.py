@@ -37,7 +37,10 @@ def detect(
         str, typer.Option(help="'builtin', a text file, a directory, or hf:NAME[:CONFIG[:SPLIT[:COLUMN]]].")
     ] = "builtin",
     needles: Annotated[
-        str, typer.Option(help="'builtin', a JSON file, or a directory of <lang>.json.")
+        str,
+        typer.Option(
+            help="'builtin', 'magic' (The magic word is <UUID>.), a JSON file, or a directory of <lang>.json."
+        ),
     ] = "builtin",
     data: Annotated[
         Path | None, typer.Option(help="Extra data root with languages/, corpus/, needles/.")

@@ -25,6 +25,9 @@ class Language:
     plain_prompt: str
     chat_prompt: str
     answer_in: str
+    magic_statement: str = ""
+    """The needle of "Retrieval Heads are Dynamic" with a {code} slot: 'The magic word is {code}.'"""
+    magic_question: str = ""
 
     def __post_init__(self) -> None:
         if self.answer_tokenizer not in ANSWER_TOKENIZERS:

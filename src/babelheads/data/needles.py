@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import random
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from babelheads.data.languages import load_language
 from babelheads.data.roots import data_roots
 from babelheads.errors import TaskError
 
@@ -28,8 +31,40 @@ class Needle:
         return self.statement.index(self.answer) if self.answer_start is None else self.answer_start
 
 
+MAGIC_NEEDLES = 8
+
+
+def magic_code(index: int) -> str:
+    """The code of magic needle ``index``: a UUID-shaped string, the same in every language and run."""
+    return str(uuid.UUID(int=random.Random(f"babelheads-magic-{index}").getrandbits(128), version=4))
+
+
+def magic_needles(language: str, extra_root: Path | None = None) -> list[Needle]:
+    """'The magic word is <code>.' / 'What is the magic word?' in ``language`` (the NIAH variant of
+    "Retrieval Heads are Dynamic"), with the language file's templates."""
+    spoken = load_language(language, extra_root)
+    if not spoken.magic_statement or "{code}" not in spoken.magic_statement or not spoken.magic_question:
+        raise TaskError(
+            f"Language {language!r} has no magic-word needle. Add magic_statement (with {{code}}) and "
+            "magic_question to its language file, or use --needles builtin."
+        )
+    return [
+        Needle(
+            f"magic-{index}",
+            spoken.magic_statement.format(code=magic_code(index)),
+            spoken.magic_question,
+            magic_code(index),
+            "magic",
+        )
+        for index in range(MAGIC_NEEDLES)
+    ]
+
+
 def load_needles(source: str, language: str, extra_root: Path | None = None) -> list[Needle]:
-    """``source`` is 'builtin' (the data roots), a JSON file, or a directory holding ``<language>.json``."""
+    """``source`` is 'builtin' (the data roots), 'magic' (generated magic-word needles), a JSON file, or
+    a directory holding ``<language>.json``."""
+    if source == "magic":
+        return magic_needles(language, extra_root)
     if source == "builtin":
         candidates = [root / "needles" / f"{language}.json" for root in data_roots(extra_root)]
         path = next((candidate for candidate in candidates if candidate.exists()), None)

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from babelheads.models import LoadedModel
 
 PROMPT_FORMATS = ("auto", "chat", "plain")
-NEEDLE_KINDS = ("all", "fact", "key")
+NEEDLE_KINDS = ("all", "fact", "key", "magic")
 MIN_LENGTH_SHARE = 0.9
 """A prompt shorter than this share of the requested length is an error, never a silent short prompt."""
 BOUNDARY_TRIES = 8
@@ -256,7 +256,12 @@ class NiahTask:
     def score(self, sample: Sample, output: str) -> dict[str, object]:
         language = self._languages[str(sample.meta["answer_language"])]
         check = check_answer(sample.expected, output, language.answer_tokenizer, self.success_threshold)
-        return {"rouge1_recall": check.rouge1_recall, "contains": check.contains, "success": check.success}
+        return {
+            "rouge1_recall": check.rouge1_recall,
+            "rougeL": check.rouge_l,
+            "contains": check.contains,
+            "success": check.success,
+        }
 
 
 class NiahBuilder:
