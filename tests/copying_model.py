@@ -83,6 +83,10 @@ class CopyingModel(torch.nn.Module):
         self.script = script
         self.anchor = torch.nn.Parameter(torch.zeros(1), requires_grad=False)
         self.layers = torch.nn.ModuleList([_decoder_layer(_Attention(self, layer)) for layer in range(2)])
+        self.lm_head = _Head(vocab_size)
+
+    def get_output_embeddings(self) -> torch.nn.Module:
+        return self.lm_head
 
     def set_attn_implementation(self, name: str) -> None:
         self.config._attn_implementation = name
@@ -101,11 +105,24 @@ class CopyingModel(torch.nn.Module):
     def forward(self, input_ids, past_key_values=None, position_ids=None, attention_mask=None, **_):
         for layer in self.layers:
             output = layer.self_attn(input_ids, position_ids, past_key_values, attention_mask)
-        last = output[:, -1]  # layer 1's heads at the last position: (batch, heads, DIM)
-        logits = 10.0 * last[:, 0, : self.config.vocab_size] + 1.0 * last[:, 1, : self.config.vocab_size]
-        logits[:, EOS] = logits[:, BOS]
-        logits[:, BOS] = -1e9
-        return SimpleNamespace(logits=logits.unsqueeze(1))
+        last = output[:, -1:].flatten(2)  # layer 1's heads at the last position: (batch, 1, heads x DIM)
+        return SimpleNamespace(logits=self.lm_head(last))
+
+
+class _Head(torch.nn.Module):
+    """The LM head: the retriever's token weighs 10, the current token 1 (its input is the final hidden
+    state, as in a transformers model)."""
+
+    def __init__(self, vocab_size: int):
+        super().__init__()
+        self.vocab_size = vocab_size
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        heads = hidden.view(*hidden.shape[:-1], 2, DIM)
+        logits = 10.0 * heads[..., 0, : self.vocab_size] + 1.0 * heads[..., 1, : self.vocab_size]
+        logits[..., EOS] = logits[..., BOS]
+        logits[..., BOS] = -1e9
+        return logits
 
 
 def _decoder_layer(attention: _Attention) -> torch.nn.Module:

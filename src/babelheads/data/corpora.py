@@ -71,21 +71,29 @@ def _corpus_files(source: str, language: str, extra_root: Path | None) -> list[P
     raise TaskError(f"Corpus not found: {source}. Use 'builtin', a text file, a directory or hf:DATASET.")
 
 
-def _hf_documents(spec: str, language: str) -> list[str]:
+def hf_dataset(spec: str, language: str, defaults: list, what: str, streaming: bool = False):
+    """``spec`` NAME[:CONFIG[:SPLIT[:...]]] with '{lang}' replaced, loaded with the datasets package;
+    returns (the dataset, the parts filled with ``defaults``: name, config, split, ...)."""
     parts = [part.replace("{lang}", language) for part in spec.split(":")]
-    name, config, split, column = (parts + [None, "train", "text"][len(parts) - 1 :])[:4]
+    parts = (parts + defaults[len(parts) - 1 :])[: len(defaults) + 1]
+    name, config, split = parts[:3]
     try:
         import datasets
     except ImportError as error:
         raise TaskError(
-            "Corpora from Hugging Face need the datasets package: pip install datasets"
+            f"{what} from Hugging Face need the datasets package: pip install datasets"
         ) from error
     try:
-        dataset = datasets.load_dataset(name, config or None, split=split, streaming=True)
+        dataset = datasets.load_dataset(name, config or None, split=split, streaming=streaming)
     except Exception as error:  # datasets raises many unrelated types for a missing dataset
         raise TaskError(
             f"Could not load dataset {name!r} ({config}, {split}): {str(error).splitlines()[0]}"
         ) from error
+    return dataset, parts
+
+
+def _hf_documents(spec: str, language: str) -> list[str]:
+    dataset, (name, _, _, column) = hf_dataset(spec, language, [None, "train", "text"], "Corpora", True)
     documents, total = [], 0
     for row in dataset:
         if column not in row:

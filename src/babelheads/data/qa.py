@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from babelheads.data.corpora import HF_PREFIX
+from babelheads.data.corpora import HF_PREFIX, hf_dataset
 from babelheads.data.roots import data_roots
 from babelheads.errors import TaskError
 
@@ -59,20 +59,7 @@ def _question_file(source: str, language: str, extra_root: Path | None) -> Path:
 
 
 def _hf_questions(spec: str, language: str) -> list[Question]:
-    parts = [part.replace("{lang}", language) for part in spec.split(":")]
-    name, config, split = (parts + [None, "validation"][len(parts) - 1 :])[:3]
-    try:
-        import datasets
-    except ImportError as error:
-        raise TaskError(
-            "QA sets from Hugging Face need the datasets package: pip install datasets"
-        ) from error
-    try:
-        dataset = datasets.load_dataset(name, config or None, split=split)
-    except Exception as error:  # datasets raises many unrelated types for a missing dataset
-        raise TaskError(
-            f"Could not load dataset {name!r} ({config}, {split}): {str(error).splitlines()[0]}"
-        ) from error
+    dataset, (name, _, _) = hf_dataset(spec, language, [None, "validation"], "QA sets")
     questions = []
     for index, row in enumerate(dataset):
         if not {"context", "question", "answers"} <= set(row):

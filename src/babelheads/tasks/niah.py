@@ -337,13 +337,13 @@ class NiahBuilder:
         needle_chars = (needle_start, needle_start + len(cell.needle.statement))
         answer_start = needle_start + cell.needle.answer_offset
         answer_chars = (answer_start, answer_start + len(cell.needle.answer))
-        answer_span = _token_span(offsets, answer_chars)
-        needle_span = _token_span(offsets, needle_chars)
+        answer_span = token_span(offsets, answer_chars)
+        needle_span = token_span(offsets, needle_chars)
         if (
             answer_span is None
             or needle_span is None
-            or not _exact(prompt, offsets, answer_span, answer_chars)
-            or not _exact(prompt, offsets, needle_span, needle_chars)
+            or not exact_span(prompt, offsets, answer_span, answer_chars)
+            or not exact_span(prompt, offsets, needle_span, needle_chars)
         ):
             return None
         meta = {**cell.meta(), "depth_actual": depth_actual, "tokens": len(ids)}
@@ -388,7 +388,7 @@ class NiahBuilder:
         return encoded["input_ids"], [tuple(pair) for pair in encoded["offset_mapping"]]
 
 
-def _token_span(offsets: list[tuple[int, int]], chars: tuple[int, int]) -> tuple[int, int] | None:
+def token_span(offsets: list[tuple[int, int]], chars: tuple[int, int]) -> tuple[int, int] | None:
     """Tokens whose characters overlap ``chars`` (special tokens have empty offsets and never do)."""
     inside = [
         index
@@ -400,7 +400,7 @@ def _token_span(offsets: list[tuple[int, int]], chars: tuple[int, int]) -> tuple
     return inside[0], inside[-1] + 1
 
 
-def _exact(
+def exact_span(
     prompt: str, offsets: list[tuple[int, int]], span: tuple[int, int], chars: tuple[int, int]
 ) -> bool:
     """The span's tokens cover the characters and nothing but whitespace beyond them."""

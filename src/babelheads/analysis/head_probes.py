@@ -1,0 +1,349 @@
+"""Can a step's retrieval heads be read off the hidden state? CCA, an MLP probe and a regressor.
+
+Every number here comes with the baseline that tells noise from signal: CCA on shuffled pairs and on
+held-out samples (CCA with few samples and many dimensions reports near 1 on noise), the probe against
+each head's base rate and against a probe trained on shuffled labels, the regressor against the same.
+Samples are split 70/20/10 into train, validation and test by a seeded draw; steps of one sample are
+never split.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.cross_decomposition import CCA
+from sklearn.decomposition import PCA
+from sklearn.metrics import average_precision_score, precision_recall_curve, r2_score
+from sklearn.preprocessing import MinMaxScaler
+
+from babelheads.analysis.aggregate import ThinDataWarning
+
+PARTS = ("train", "validation", "test")
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """hidden : layer sizes of the MLP; empty picks (2d, d, d) for hidden size d, the shape of the
+    paper's 8192-4096-4096 for 8B models. The rest are the paper's settings (Adam 3e-4, 100 epochs,
+    dropout 0.1) and asymmetric-loss focusing (Ridnik et al. 2021: gamma- 4, gamma+ 0, clip 0.05)."""
+
+    hidden: tuple[int, ...] = ()
+    dropout: float = 0.1
+    learning_rate: float = 3e-4
+    epochs: int = 100
+    batch_size: int = 256
+    gamma_negative: float = 4.0
+    gamma_positive: float = 0.0
+    clip: float = 0.05
+    split: tuple[float, float, float] = (0.7, 0.2, 0.1)
+    cca_lags: tuple[int, ...] = tuple(range(11))
+    cca_components: int = 50
+    cca_variance: tuple[float, float] = (0.95, 0.99)
+    shuffles: int = 3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if abs(sum(self.split) - 1) > 1e-9 or min(self.split) <= 0:
+            raise ValueError(f"split must be three positive shares summing to 1. Got {self.split}.")
+        if self.epochs < 1 or self.batch_size < 1 or self.shuffles < 1:
+            raise ValueError("epochs, batch_size and shuffles must be at least 1.")
+
+
+@dataclass(frozen=True)
+class StepData:
+    """Aligned rows of one language: index (sample_id, step), states (rows, d), targets (rows, heads)."""
+
+    index: pd.DataFrame
+    states: np.ndarray
+    targets: np.ndarray
+    parts: dict[str, str] = field(default_factory=dict)
+
+    def part(self, name: str) -> np.ndarray:
+        return self.index["sample_id"].map(self.parts).eq(name).to_numpy()
+
+
+def split_samples(sample_ids: list[str], shares: tuple[float, float, float], seed: int) -> dict[str, str]:
+    """Each sample to train, validation or test: a seeded permutation cut at the shares (each part gets
+    at least one sample when there are three or more)."""
+    ids = sorted(set(sample_ids))
+    order = np.random.default_rng(seed).permutation(len(ids))
+    n = len(ids)
+    test = max(1, round(shares[2] * n)) if n >= 3 else 0
+    validation = max(1, round(shares[1] * n)) if n >= 3 else 0
+    names = ["test"] * test + ["validation"] * validation + ["train"] * (n - test - validation)
+    return {ids[position]: names[rank] for rank, position in enumerate(order)}
+
+
+def hidden_states(hidden: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """The stored states as (index sample_id/step, float32 matrix)."""
+    ordered = hidden.sort_values(["sample_id", "step"]).reset_index(drop=True)
+    states = np.stack([np.frombuffer(blob, dtype=np.float32) for blob in ordered["state"]])
+    return ordered[["sample_id", "step"]], states
+
+
+def lagged(data: StepData, lag: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs (state at step n, targets at step n + lag) within each sample; returns their row indices
+    into data (sources, targets) and the source rows' sample ids."""
+    keys = {key: row for row, key in enumerate(zip(data.index["sample_id"], data.index["step"], strict=True))}
+    sources, targets = [], []
+    for row, (sample_id, step) in enumerate(zip(data.index["sample_id"], data.index["step"], strict=True)):
+        later = keys.get((sample_id, step + lag))
+        if later is not None:
+            sources.append(row)
+            targets.append(later)
+    sources, targets = np.asarray(sources, dtype=int), np.asarray(targets, dtype=int)
+    return sources, targets, data.index["sample_id"].to_numpy()[sources]
+
+
+def _first_correlation(x: np.ndarray, y: np.ndarray) -> float:
+    if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
+        return np.nan
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def canonical_correlation(
+    x_train: np.ndarray, y_train: np.ndarray, x_held: np.ndarray, y_held: np.ndarray, settings: ProbeSettings
+) -> tuple[float, float, int]:
+    """Top-1 canonical correlation on the training pairs and on held-out pairs, with the paper's
+    preprocessing fitted on the training pairs only; and the number of components fitted."""
+    varying = y_train.std(axis=0) > 0
+    if varying.sum() == 0 or len(x_train) < 4:
+        return np.nan, np.nan, 0
+    scaler = MinMaxScaler().fit(y_train[:, varying])
+    x_pca = PCA(settings.cca_variance[0], svd_solver="full").fit(x_train)
+    y_pca = PCA(settings.cca_variance[1], svd_solver="full").fit(scaler.transform(y_train[:, varying]))
+    x_fit, y_fit = x_pca.transform(x_train), y_pca.transform(scaler.transform(y_train[:, varying]))
+    components = min(settings.cca_components, x_fit.shape[1], y_fit.shape[1], len(x_train) - 1)
+    cca = CCA(n_components=components, max_iter=1000).fit(x_fit, y_fit)
+    u, v = cca.transform(x_fit, y_fit)
+    train = _first_correlation(u[:, 0], v[:, 0])
+    held = np.nan
+    if len(x_held) >= 3:
+        u_held, v_held = cca.transform(
+            x_pca.transform(x_held), y_pca.transform(scaler.transform(y_held[:, varying]))
+        )
+        held = _first_correlation(u_held[:, 0], v_held[:, 0])
+    return train, held, components
+
+
+def _mean(values: list[float]) -> float:
+    finite = [value for value in values if np.isfinite(value)]
+    return float(np.mean(finite)) if finite else np.nan
+
+
+def cca_sweep(data: StepData, settings: ProbeSettings) -> pd.DataFrame:
+    """Per lag k: the top-1 canonical correlation between the state at step n and every head's score
+    at step n + k, on training pairs (train + validation samples) and held-out pairs (test samples),
+    and the same with the training pairs shuffled (``shuffles`` draws, their mean)."""
+    rows = []
+    rng = np.random.default_rng(settings.seed)
+    for lag in settings.cca_lags:
+        sources, targets, ids = lagged(data, lag)
+        fit = np.isin(ids, [key for key, part in data.parts.items() if part != "test"])
+        x, y = data.states[sources], data.targets[targets]
+        train, held, components = canonical_correlation(x[fit], y[fit], x[~fit], y[~fit], settings)
+        shuffled = [
+            canonical_correlation(x[fit], y[fit][rng.permutation(fit.sum())], x[~fit], y[~fit], settings)[:2]
+            for _ in range(settings.shuffles)
+        ]
+        rows.append(
+            {
+                "lag": lag,
+                "train": train,
+                "held_out": held,
+                "shuffled_train": _mean([value[0] for value in shuffled]),
+                "shuffled_held_out": _mean([value[1] for value in shuffled]),
+                "pairs_train": int(fit.sum()),
+                "pairs_held_out": int((~fit).sum()),
+                "components": components,
+            }
+        )
+    table = pd.DataFrame(rows)
+    noisy = table[table["shuffled_train"] > 0.8]
+    if not noisy.empty:
+        warnings.warn(
+            f"CCA on shuffled pairs reaches {noisy['shuffled_train'].max():.2f} on the training pairs: with "
+            f"{int(table['pairs_train'].min())} pairs the training correlation says nothing; read held_out.",
+            ThinDataWarning,
+            stacklevel=2,
+        )
+    return table
+
+
+class _Probe(torch.nn.Module):
+    def __init__(self, inputs: int, outputs: int, hidden: tuple[int, ...], dropout: float):
+        super().__init__()
+        layers: list[torch.nn.Module] = []
+        for size in hidden:
+            layers += [torch.nn.Linear(inputs, size), torch.nn.GELU(), torch.nn.Dropout(dropout)]
+            inputs = size
+        layers.append(torch.nn.Linear(inputs, outputs))
+        self.net = torch.nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def asymmetric_loss(
+    logits: torch.Tensor, targets: torch.Tensor, gamma_positive: float, gamma_negative: float, clip: float
+) -> torch.Tensor:
+    """Asymmetric loss (Ridnik et al. 2021) for multi-label targets: easy negatives are down-weighted
+    by (p_m)^gamma- with the probability shifted by ``clip``, positives by (1 - p)^gamma+."""
+    p = torch.sigmoid(logits)
+    shifted = (p - clip).clamp(min=0) if clip > 0 else p
+    positive = targets * (1 - p).pow(gamma_positive) * torch.log(p.clamp(min=1e-8))
+    negative = (1 - targets) * shifted.pow(gamma_negative) * torch.log((1 - shifted).clamp(min=1e-8))
+    return -(positive + negative).sum(dim=1).mean()
+
+
+def _standardize(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
+    mean, std = train.mean(axis=0), train.std(axis=0) + 1e-6
+    return [(array - mean) / std for array in (train, *others)]
+
+
+def _fit(x: np.ndarray, y: np.ndarray, settings: ProbeSettings, loss: str, seed: int) -> _Probe:
+    torch.manual_seed(seed)
+    hidden = settings.hidden or (2 * x.shape[1], x.shape[1], x.shape[1])
+    model = _Probe(x.shape[1], y.shape[1], hidden, settings.dropout)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
+    inputs, targets = torch.from_numpy(x).float(), torch.from_numpy(y).float()
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(settings.epochs):
+        for batch in torch.randperm(len(inputs), generator=generator).split(settings.batch_size):
+            output = model(inputs[batch])
+            if loss == "asymmetric":
+                value = asymmetric_loss(
+                    output, targets[batch], settings.gamma_positive, settings.gamma_negative, settings.clip
+                )
+            else:
+                value = torch.nn.functional.mse_loss(output, targets[batch])
+            optimizer.zero_grad()
+            value.backward()
+            optimizer.step()
+    model.eval()
+    return model
+
+
+def _predict(model: _Probe, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.from_numpy(x).float()).numpy()
+
+
+def f1_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
+    """The score threshold that maximises micro F1 on (labels, scores); NaN without positives."""
+    if labels.sum() == 0:
+        return np.nan
+    precision, recall, thresholds = precision_recall_curve(labels.ravel(), scores.ravel())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    return float(thresholds[int(np.argmax(f1[:-1]))])
+
+
+def _f1(labels: np.ndarray, predicted: np.ndarray) -> float:
+    true_positive = float((labels & predicted).sum())
+    denominator = float(labels.sum() + predicted.sum())
+    return 2 * true_positive / denominator if denominator else np.nan
+
+
+def _thin(data: StepData, what: str) -> bool:
+    counts = {name: int(data.part(name).sum()) for name in PARTS}
+    positives = {name: float(data.targets[data.part(name)].sum()) for name in PARTS}
+    if min(counts.values()) == 0 or min(positives.values()) == 0:
+        warnings.warn(
+            f"{what}: too little data ({counts} steps, {positives} positives per part): NaN.",
+            ThinDataWarning,
+            stacklevel=3,
+        )
+        return True
+    return False
+
+
+def probe_heads(data: StepData, settings: ProbeSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The MLP probe from the state at step t to that step's dynamic heads, against the static prior
+    (each head's base rate on train) and a probe trained on shuffled labels. Thresholds maximise F1 on
+    validation; F1 and AUPRC are on test. Returns (scores, precision-recall curves)."""
+    empty = pd.DataFrame(columns=["predictor", "f1", "auprc", "threshold", "test_steps", "test_positives"])
+    if _thin(data, "probe"):
+        return empty, pd.DataFrame(columns=["predictor", "precision", "recall"])
+    train, validation, test = (data.part(name) for name in PARTS)
+    x_train, x_val, x_test = _standardize(data.states[train], data.states[validation], data.states[test])
+    labels = data.targets.astype(bool)
+    y_train = labels[train].astype(np.float32)
+    rng = np.random.default_rng(settings.seed)
+    predictors = {
+        "probe": _predict(
+            _fit(x_train, y_train, settings, "asymmetric", settings.seed), np.concatenate([x_val, x_test])
+        ),
+        "shuffled labels": _predict(
+            _fit(x_train, y_train[rng.permutation(len(y_train))], settings, "asymmetric", settings.seed),
+            np.concatenate([x_val, x_test]),
+        ),
+        "static prior": np.broadcast_to(
+            y_train.mean(axis=0), (validation.sum() + test.sum(), labels.shape[1])
+        ),
+    }
+    rows, curves = [], []
+    for name, scores in predictors.items():
+        val_scores, test_scores = scores[: validation.sum()], scores[validation.sum() :]
+        threshold = f1_threshold(labels[validation], val_scores)
+        truth = labels[test]
+        rows.append(
+            {
+                "predictor": name,
+                "f1": _f1(truth, test_scores >= threshold) if np.isfinite(threshold) else np.nan,
+                "auprc": float(average_precision_score(truth.ravel(), test_scores.ravel())),
+                "threshold": threshold,
+                "test_steps": int(test.sum()),
+                "test_positives": int(truth.sum()),
+            }
+        )
+        precision, recall, _ = precision_recall_curve(truth.ravel(), test_scores.ravel())
+        curves.append(pd.DataFrame({"predictor": name, "precision": precision, "recall": recall}))
+    return pd.DataFrame(rows), pd.concat(curves, ignore_index=True)
+
+
+def regress_heads(data: StepData, settings: ProbeSettings) -> pd.DataFrame:
+    """An MLP regressor from the state at step t to each head's Eq. 2 score at t (heads whose score is
+    defined at every step), R^2 on test against the training mean and a regressor on shuffled
+    targets. R^2 averages over heads whose test targets vary."""
+    finite = np.isfinite(data.targets).all(axis=0)
+    columns = ["predictor", "r2", "heads", "test_steps"]
+    counts = {name: int(data.part(name).sum()) for name in PARTS}
+    if finite.sum() == 0 or min(counts.values()) == 0:
+        warnings.warn(
+            f"regressor: too little data ({counts} steps, {int(finite.sum())} heads): NaN.",
+            ThinDataWarning,
+            stacklevel=2,
+        )
+        return pd.DataFrame(columns=columns)
+    train, validation, test = (data.part(name) for name in PARTS)
+    fit = train | validation
+    targets = data.targets[:, finite]
+    x_fit, x_test = _standardize(data.states[fit], data.states[test])
+    rng = np.random.default_rng(settings.seed)
+    varying = targets[test].std(axis=0) > 0
+    predictions = {
+        "regressor": _predict(_fit(x_fit, targets[fit], settings, "mse", settings.seed), x_test),
+        "shuffled targets": _predict(
+            _fit(x_fit, targets[fit][rng.permutation(fit.sum())], settings, "mse", settings.seed), x_test
+        ),
+        "training mean": np.broadcast_to(targets[fit].mean(axis=0), (test.sum(), targets.shape[1])),
+    }
+    return pd.DataFrame(
+        [
+            {
+                "predictor": name,
+                "r2": float(r2_score(targets[test][:, varying], predicted[:, varying]))
+                if varying.any()
+                else np.nan,
+                "heads": int(varying.sum()),
+                "test_steps": int(test.sum()),
+            }
+            for name, predicted in predictions.items()
+        ]
+    )

@@ -1,0 +1,271 @@
+"""Dynamic retrieval heads: a recorded run (NIAH or two-hop questions) with each step's final hidden
+state, then the statistics, CCA, probe and regressor of "Retrieval Heads are Dynamic".
+
+The statistics work on any run with events (``dynamic_statistics``: a detection run too). Static top-K
+heads are chosen on one half of each language's samples and the statistics computed on the other.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from babelheads.analysis.aggregate import AggregateSettings, ThinDataWarning, aggregate, completed
+from babelheads.analysis.dynamic_heads import StepHeads, dynamism, static_top, step_heads
+from babelheads.analysis.head_probes import (
+    ProbeSettings,
+    StepData,
+    cca_sweep,
+    hidden_states,
+    probe_heads,
+    regress_heads,
+    split_samples,
+)
+from babelheads.errors import BabelheadsError, TaskError
+from babelheads.execution import DEFAULT_EXECUTION, Execution
+from babelheads.models import DEFAULT_MODEL, resolved_precision
+from babelheads.probe import ProbeSettings as RecordSettings
+from babelheads.runner import Job, run_jobs
+from babelheads.runs import RunStore
+from babelheads.tasks.multihop import MultihopSettings, MultihopTask
+from babelheads.tasks.niah import NiahSettings, NiahTask
+
+TASKS = ("niah", "multihop")
+SPANS = {"needle": "needle_copy", "answer": "copy"}
+REGIONS = ("context", "support")
+ALL = "all"
+
+
+@dataclass(frozen=True)
+class DynamicAnalysis:
+    """Settings of the analyses, not of the run: changing them re-analyses without decoding.
+
+    static_k : the static top-K (0: ``static_share`` of all heads, at least 1). span : 'needle' (the
+    paper's S) or 'answer' (Wu et al.'s copy rule). replicates : bootstrap draws."""
+
+    static_k: int = 0
+    static_share: float = 0.05
+    span: str = "needle"
+    replicates: int = 1000
+    probes: bool = True
+    probe: ProbeSettings = field(default_factory=ProbeSettings)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.span not in SPANS:
+            raise TaskError(f"span must be one of {', '.join(SPANS)}. Got {self.span!r}.")
+        if self.static_k < 0 or not 0 < self.static_share <= 1:
+            raise TaskError(
+                f"static_k must be >= 0 and static_share in (0, 1]. Got {self.static_k}, {self.static_share}."
+            )
+
+    def k_of(self, total_heads: int) -> int:
+        return self.static_k or max(1, round(self.static_share * total_heads))
+
+
+@dataclass(frozen=True)
+class DynamicConfig:
+    model: str = DEFAULT_MODEL
+    task: str = "niah"
+    niah: NiahSettings = field(
+        default_factory=lambda: NiahSettings(needles="magic", lengths=(1000,), needles_per_cell=4)
+    )
+    multihop: MultihopSettings = field(default_factory=MultihopSettings)
+    max_new_tokens: int = 40
+    top_k: int = 4
+    dtype: str = "auto"
+    analysis: DynamicAnalysis = field(default_factory=DynamicAnalysis)
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise TaskError(f"Unknown task {self.task!r}. Use one of: {', '.join(TASKS)}.")
+        if self.max_new_tokens < 1 or self.top_k < 1:
+            raise TaskError("max_new_tokens and top_k must be at least 1.")
+
+    @property
+    def seed(self) -> int:
+        return self.niah.seed if self.task == "niah" else self.multihop.seed
+
+    def identity(self) -> dict:
+        config = asdict(self)
+        config.pop("analysis")
+        config.pop("multihop" if self.task == "niah" else "niah")
+        return config
+
+    def build_task(self) -> NiahTask | MultihopTask:
+        return NiahTask(self.niah) if self.task == "niah" else MultihopTask(self.multihop)
+
+
+def dynamic(config: DynamicConfig, out: Path, execution: Execution = DEFAULT_EXECUTION) -> RunStore:
+    """Record (or resume) the run into ``out``, then write its analyses once every sample is done."""
+    store = RunStore(out)
+    task = config.build_task()
+    spec = {
+        "kind": "dynamic",
+        "config": config.identity(),
+        "data": task.identity(),
+        "precision": resolved_precision(config.dtype, execution.device),
+    }
+    store.check_compatible(spec, ignore=("model",))
+    if store.exists():
+        store.validate()
+    if not (store.exists() and set(task.sample_ids()) <= store.finished()):
+        loaded = execution.load(config.model, config.dtype)
+        spec = {**spec, "model": loaded.identity}
+        store.check_compatible(spec)
+        samples = task.build(loaded)
+        store.create(spec, config.seed, {"layout": asdict(loaded.layout)})
+        settings = execution.run_settings(config.max_new_tokens, RecordSettings(config.top_k))
+        settings = replace(settings, regions=REGIONS if config.task == "multihop" else (), hidden_states=True)
+        jobs = [Job(sample.sample_id, sample) for sample in samples]
+        run_jobs(store, loaded, jobs, task.score, settings, execution.progress, "dynamic")
+    if set(task.sample_ids()) <= store.finished():
+        analyse(store, config.analysis, progress=execution.progress)
+    return store
+
+
+def split_halves(samples: pd.DataFrame, seed: int) -> dict[str, str]:
+    """Per language, a seeded half of the samples chooses the static heads ('select'), the other
+    half is tested ('test')."""
+    halves = {}
+    rng = np.random.default_rng(seed)
+    for _, group in samples.sort_values("sample_id").groupby("language", sort=True):
+        ids = group["sample_id"].tolist()
+        order = rng.permutation(len(ids))
+        for rank, position in enumerate(order):
+            halves[ids[position]] = "select" if rank < len(ids) // 2 else "test"
+    return halves
+
+
+def static_heads(store: RunStore, analysis: DynamicAnalysis, select: set[str], layout: dict) -> pd.DataFrame:
+    """Per language: the static top-K by the paper's retrieval score on the ``select`` samples."""
+    samples = store.table("samples")
+    chosen = samples[samples["sample_id"].isin(select)]
+    head_scores = store.table("head_scores")
+    head_scores = head_scores[head_scores["sample_id"].isin(select)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ThinDataWarning)  # reported below, per language
+        scores = aggregate(chosen, head_scores, AggregateSettings())[0]
+    k = analysis.k_of(layout["num_layers"] * layout["num_heads"])
+    rows = []
+    for language, group in scores.groupby("language"):
+        flat = pd.Series(
+            group["score"].to_numpy(),
+            index=group["layer"].to_numpy() * layout["num_heads"] + group["head"].to_numpy(),
+        )
+        if flat.isna().all():
+            warnings.warn(
+                f"{language}: no successful selection sample, so no static heads: NaN.",
+                ThinDataWarning,
+                stacklevel=2,
+            )
+            continue
+        for rank, head in enumerate(static_top(flat, k)):
+            rows.append(
+                {
+                    "language": language,
+                    "rank": rank,
+                    "head": f"{head // layout['num_heads']}-{head % layout['num_heads']}",
+                    "flat": int(head),
+                    "score": float(flat[head]),
+                }
+            )
+    return pd.DataFrame(rows, columns=["language", "rank", "head", "flat", "score"])
+
+
+def dynamic_statistics(
+    store: RunStore, analysis: DynamicAnalysis
+) -> tuple[pd.DataFrame, pd.DataFrame, StepHeads]:
+    """The Table 1 statistics per language of any run with events (detect or dynamic)."""
+    manifest = store.manifest()
+    samples = completed(store.table("samples"))
+    if samples.empty:
+        raise BabelheadsError(f"{store.root} has no completed sample to analyse.")
+    steps = step_heads(store.table("events"), samples, SPANS[analysis.span])
+    halves = split_halves(samples, analysis.seed)
+    static = static_heads(
+        store, analysis, {key for key, half in halves.items() if half == "select"}, manifest["layout"]
+    )
+    tested = steps.rows_of({key for key, half in halves.items() if half == "test"})
+    rows = []
+    for language in sorted(tested.index["language"].unique()):
+        heads = static.loc[static["language"] == language, "flat"].to_numpy()
+        if len(heads) == 0:
+            continue
+        table = dynamism(
+            tested.rows_of(set(tested.index.loc[tested.index["language"] == language, "sample_id"])),
+            heads,
+            analysis.replicates,
+            analysis.seed,
+        )
+        rows.append(table.assign(language=language, k=len(heads), span=analysis.span))
+    stats = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+    return stats, static, steps
+
+
+def _step_data(
+    steps: StepHeads, hidden: pd.DataFrame, targets: np.ndarray, parts: dict[str, str]
+) -> StepData:
+    index, states = hidden_states(hidden)
+    keys = pd.MultiIndex.from_frame(steps.index[["sample_id", "step"]])
+    rows = keys.get_indexer(pd.MultiIndex.from_frame(index))
+    if (rows < 0).any():
+        raise BabelheadsError("Hidden states and events disagree on the steps; the run is damaged.")
+    return StepData(index, states, targets[rows], parts)
+
+
+def eq2_scores(events: pd.DataFrame, steps: StepHeads) -> np.ndarray:
+    """Eq. 2 per (step, head): attention on the supporting facts over attention on the context, sink
+    and local window left out; NaN where the head sees no context (e.g. a sliding window)."""
+    ordered = events.sort_values(["sample_id", "step", "layer", "head"])
+    support = ordered["mass_support"].to_numpy().reshape(steps.matrix.shape)
+    context = ordered["mass_context"].to_numpy().reshape(steps.matrix.shape) + support
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(context > 1e-6, support / np.where(context > 1e-6, context, 1.0), np.nan)
+
+
+def analyse(store: RunStore, analysis: DynamicAnalysis, progress: bool = True) -> list[str]:
+    """Write the dynamic-heads tables of a finished run; returns the analyses written."""
+    stats, static, steps = dynamic_statistics(store, analysis)
+    store.write_derived("dynamic_stats", stats)
+    store.write_derived("static_heads", static)
+    written = ["dynamic_stats", "static_heads"]
+    if not analysis.probes:
+        return written
+    events = store.table("events")
+    hidden = store.table("hidden")
+    graded = (
+        events.sort_values(["sample_id", "step", "layer", "head"])["needle_match_weight"]
+        .to_numpy()
+        .reshape(steps.matrix.shape)
+    )
+    with_regions = "mass_support" in events.columns and events["mass_support"].notna().all()
+    eq2 = eq2_scores(events, steps) if with_regions else None
+    results: dict[str, list[pd.DataFrame]] = {"cca": [], "probe": [], "probe_curves": [], "regression": []}
+    languages = [*sorted(steps.index["language"].unique()), ALL]
+    for language in tqdm(languages, desc="probes", disable=not progress):
+        chosen = steps.index["language"].eq(language) if language != ALL else steps.index["language"].notna()
+        ids = set(steps.index.loc[chosen, "sample_id"])
+        parts = split_samples(sorted(ids), analysis.probe.split, analysis.seed)
+        part_steps = steps.rows_of(ids)
+        mine = hidden[hidden["sample_id"].isin(ids)]
+        rows = steps.index["sample_id"].isin(ids).to_numpy()
+        binary = _step_data(part_steps, mine, steps.matrix[rows].astype(np.float32), parts)
+        scores = _step_data(part_steps, mine, graded[rows], parts)
+        results["cca"].append(cca_sweep(scores, analysis.probe).assign(language=language))
+        probe, curves = probe_heads(binary, analysis.probe)
+        results["probe"].append(probe.assign(language=language, samples=len(ids)))
+        results["probe_curves"].append(curves.assign(language=language))
+        if eq2 is not None:
+            regression = regress_heads(_step_data(part_steps, mine, eq2[rows], parts), analysis.probe)
+            results["regression"].append(regression.assign(language=language))
+    for name, frames in results.items():
+        if frames:
+            store.write_derived(name, pd.concat(frames, ignore_index=True))
+            written.append(name)
+    return written
