@@ -184,7 +184,8 @@ def test_the_regressor_explains_a_planted_score_and_its_baselines_do_not():
         [np.tanh(states[:, 0]), 0.5 * states[:, 1] ** 2, np.full(samples * steps, np.nan)]
     )
     table = regress_heads(
-        _step_data(states, targets, samples, steps), ProbeSettings(hidden=(32,), epochs=60, batch_size=64, learning_rate=1e-3)
+        _step_data(states, targets, samples, steps),
+        ProbeSettings(hidden=(32,), epochs=60, batch_size=64, learning_rate=1e-3),
     )
     table = table.set_index("predictor")
     assert table.loc["regressor", "r2"] > 0.7 and (table["heads"] == 2).all()
