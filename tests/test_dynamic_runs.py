@@ -1,0 +1,126 @@
+"""The dynamic-heads runs end to end on a model that really copies: one retriever head that reads the
+answer token by token, so every per-step number has a known value."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from copying_model import Script, copying_model
+
+import babelheads.execution as execution_module
+from babelheads.analysis.head_probes import ProbeSettings
+from babelheads.execution import Execution
+from babelheads.experiments.dynamic import DynamicAnalysis, DynamicConfig, dynamic
+from babelheads.experiments.dynamic_ablate import DynamicAblateConfig, dynamic_ablate
+from babelheads.tasks.niah import NiahSettings, NiahTask
+
+# Key needles: short answers keep the (slow, one-hot) copier fast; magic needles are tested in test_data.
+TASK = NiahSettings(
+    languages=("en", "de"),
+    needle_kind="key",
+    lengths=(1200,),
+    depths=(0.2, 0.4, 0.6, 0.8),
+    needles_per_cell=2,
+)
+HELD_OUT = replace(TASK, depths=(0.3, 0.7), needles_per_cell=1, seed=1)
+ANALYSIS = DynamicAnalysis(
+    static_k=1, replicates=100, probe=ProbeSettings(hidden=(16,), epochs=3, cca_lags=(0, 1), shuffles=1)
+)
+
+
+@pytest.fixture(scope="module")
+def copier(tiny_tokenizer_session):
+    loaded = copying_model(tiny_tokenizer_session, {})
+    for settings in (TASK, HELD_OUT):
+        for sample in NiahTask(settings).build(loaded):
+            loaded.model.script[sample.input_ids] = Script(sample.spans["answer"], sample.spans["needle"])
+    patch = pytest.MonkeyPatch()
+    patch.setattr(execution_module, "load_model", lambda *args, **kwargs: loaded)
+    yield loaded
+    patch.undo()
+
+
+@pytest.fixture(scope="module")
+def run(copier, tmp_path_factory):
+    config = DynamicConfig(model="copying-stub", niah=TASK, max_new_tokens=16, analysis=ANALYSIS)
+    return dynamic(config, tmp_path_factory.mktemp("dynamic") / "run", Execution(progress=False))
+
+
+def test_the_retriever_is_the_one_dynamic_head_at_every_answer_step(run):
+    events = run.table("events")
+    samples = run.table("samples")
+    assert samples["contains"].all()
+    dynamic = events[events["needle_copy"]]
+    assert set(zip(dynamic["layer"], dynamic["head"], strict=True)) == {(1, 0)}
+    # Every step but the last (EOS, read at position 0) copies.
+    assert len(dynamic) == int((samples["steps"] - 1).sum())
+
+
+def test_a_fixed_head_gives_jaccard_one_and_zero_entropy(run):
+    stats = run.derived("dynamic_stats").set_index(["language", "statistic"])
+    for language in ("en", "de"):
+        assert stats.loc[(language, "jaccard_static"), "value"] == 1.0
+        assert stats.loc[(language, "jaccard_adjacent"), "value"] == 1.0
+        assert stats.loc[(language, "entropy"), "value"] == 0.0
+        assert stats.loc[(language, "entropy"), "reference"] == 0.0  # ln K, K = 1
+    static = run.derived("static_heads")
+    assert set(static["head"]) == {"1-0"}
+
+
+def test_hidden_states_are_stored_per_step_and_the_probes_write_their_baselines(run):
+    hidden = run.table("hidden")
+    assert len(hidden) == int(run.table("samples")["steps"].sum())
+    state = np.frombuffer(hidden["state"].iloc[0], dtype=np.float32)
+    assert state.shape == (2 * 2048,)
+    cca = run.derived("cca")
+    assert {"train", "held_out", "shuffled_train", "shuffled_held_out"} <= set(cca.columns)
+    assert set(cca["language"]) == {"en", "de", "all"}
+    probe = run.derived("probe")
+    assert set(probe["predictor"]) >= {"probe", "static prior", "shuffled labels"}
+
+
+def test_reanalysis_changes_the_tables_without_decoding(run, copier, monkeypatch):
+    monkeypatch.setattr(execution_module, "load_model", lambda *a, **k: pytest.fail("decoded again"))
+    config = DynamicConfig(
+        model="copying-stub",
+        niah=TASK,
+        max_new_tokens=16,
+        analysis=replace(ANALYSIS, static_k=2, probes=False),
+    )
+    dynamic(config, run.root, Execution(progress=False))
+    stats = run.derived("dynamic_stats").set_index(["language", "statistic"])
+    assert stats.loc[("en", "jaccard_static"), "value"] == 0.5  # {1-0} against two static heads
+
+
+def test_masking_the_dynamic_head_breaks_each_step_and_random_heads_mostly_do_not(run, tmp_path):
+    config = DynamicAblateConfig(
+        heads=str(run.root),
+        niah=HELD_OUT,
+        max_new_tokens=16,
+        random_seeds=2,
+        progressive=(1, 2),
+        static_k=1,
+        replicates=100,
+    )
+    store = dynamic_ablate(config, tmp_path / "ablate", Execution(progress=False))
+    summary = store.derived("dynamic_ablation").set_index(["language", "condition", "k"])
+    for language in ("en", "de"):
+        assert summary.loc[(language, "clean", 0), "exact"] == 1.0
+        assert summary.loc[(language, "clean", 0), "token_kept"] == 1.0
+        # Masked, the copier repeats the current token: right only where the UUID repeats a token.
+        assert summary.loc[(language, "dynamic", 0), "token_kept"] < 0.15
+        assert summary.loc[(language, "dynamic", 0), "exact"] == 0.0
+        assert (
+            summary.loc[(language, "static", 0), "token_kept"] == 0.0
+        )  # the static top head is the retriever
+        assert 0.5 < summary.loc[(language, "random", 0), "token_kept"] < 1.0  # 1 head of 4: 3/4 kept
+        # The retriever ranks first at every answer step; the EOS step (no head copies) keeps its token.
+        assert summary.loc[(language, "progressive", 1), "token_kept"] < 0.2
+        assert summary.loc[(language, "progressive", 1), "compensating"] == 0.0
+    steps = store.table("steps")
+    dynamic_rows = steps[steps["condition"] == "dynamic"]
+    assert (dynamic_rows["heads"] == "1-0").all()
+    contrasts = store.derived("dynamic_ablation_contrasts")
+    assert set(contrasts["contrast"]) == {"dynamic - static", "dynamic - random"}
