@@ -182,6 +182,9 @@ class RunStore:
                 f"{path} is corrupted ({error}). Run the command again to rewrite it."
             ) from error
 
+    def has_derived(self, name: str) -> bool:
+        return (self.root / f"{name}.parquet").exists()
+
     def derived(self, name: str) -> pd.DataFrame:
         path = self.root / f"{name}.parquet"
         if not path.exists():

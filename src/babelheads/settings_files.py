@@ -12,7 +12,7 @@ from pathlib import Path
 
 from babelheads.errors import BabelheadsError
 
-REPLAYED_KINDS = ("detect", "ablate", "compare", "importance", "language-test", "adapt")
+REPLAYED_KINDS = ("detect", "ablate", "compare", "importance", "language-test", "adapt", "dynamic")
 LIST_FIELDS = ("runs",)
 """Flags that take several values as a list (an argument given many times), not comma-separated text."""
 
@@ -59,10 +59,13 @@ def replay_run(run: Path, command: str, fields: set[str]) -> dict[str, object]:
             f"--from {run}: that is a {kind} run; `babelheads {command}` replays {command} runs."
         )
     config = dict(manifest["spec"]["config"])
-    nested = {}  # detect's NIAH settings, importance's texts
-    for key in ("task", "texts"):
+    nested = {}  # detect's NIAH settings, importance's texts, dynamic's NIAH or two-hop settings
+    for key in ("task", "texts", "niah", "multihop"):
         if isinstance(config.get(key), dict):
             nested.update(config.pop(key))
+    if kind == "dynamic" and config.get("task") == "multihop":  # the two-hop settings' own names
+        nested["count"], nested["questions"] = nested.pop("questions"), nested.pop("source")
+        nested["lengths"] = [nested.pop("length")]
     if isinstance(config.get("head_mask"), dict):
         config["head_mask"] = config["head_mask"]["file"]
     values = {**nested, **config, **manifest.get("analysis", {})}

@@ -101,6 +101,11 @@ def dynamic_ablate(
         raise BabelheadsError(
             f"{config.heads} is a {manifest['spec']['kind']} run; --heads needs a detect or dynamic run."
         )
+    if config.niah.seed == manifest.get("seed"):
+        raise BabelheadsError(
+            f"--seed {config.niah.seed} is the seed of {config.heads}, so the heads would be tested on the "
+            "haystacks that chose them. Use another --seed."
+        )
     model = config.model or manifest["spec"]["model"]["model"]
     ranking = static_ranking(heads_run)
     missing = [code for code in config.niah.languages if code not in ranking]
@@ -117,15 +122,19 @@ def dynamic_ablate(
         "heads": manifest["spec_digest"],
         "precision": resolved_precision(config.dtype, execution.device),
     }
-    store.check_compatible(spec)
+    store.check_compatible(spec, ignore=("model",))
     if store.exists():
         store.validate()
     todo = [sample_id for sample_id in task.sample_ids() if sample_id not in store.finished()]
     if todo:
         loaded = execution.load(model, config.dtype)
+        spec = {**spec, "model": loaded.identity}
+        store.check_compatible(spec)
         store.create(spec, config.seed, {"layout": asdict(loaded.layout)})
         samples = [sample for sample in task.build(loaded) if sample.sample_id in set(todo)]
-        instrument = Instrument(loaded.model, loaded.layout, ProbeSettings(top_k=4, mass_sink=0, mass_window=0))
+        instrument = Instrument(
+            loaded.model, loaded.layout, ProbeSettings(top_k=4, mass_sink=0, mass_window=0)
+        )
         try:
             for sample in tqdm(samples, desc="dynamic-ablate", unit="sample", disable=not execution.progress):
                 if isinstance(sample, Skipped):
@@ -359,4 +368,5 @@ def contrasts(samples: pd.DataFrame, replicates: int, seed: int) -> pd.DataFrame
                         "samples": len(difference),
                     }
                 )
-    return pd.DataFrame(rows)
+    columns = ["language", "contrast", "difference", "difference_low", "difference_high", "samples"]
+    return pd.DataFrame(rows, columns=columns)

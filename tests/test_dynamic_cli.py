@@ -1,0 +1,231 @@
+"""The dynamic-heads commands end to end on a tiny local model, the two-hop and magic-word data, the
+report, and bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+
+import pytest
+from test_cli_and_runs import assert_one_line_error, run_cli
+
+from babelheads.data.multihop import load_two_hop
+from babelheads.data.needles import load_needles
+from babelheads.runs import RunStore
+from babelheads.tasks.multihop import MultihopSettings, MultihopTask
+from babelheads.tasks.niah import NiahSettings, NiahTask
+
+FAST = [
+    "--quiet",
+    "--device",
+    "cpu",
+    "--replicates",
+    "50",
+    "--epochs",
+    "2",
+    "--lags",
+    "0,1",
+    "--shuffles",
+    "1",
+]
+
+
+def test_dynamic_niah_writes_statistics_probes_and_hidden_states(
+    tmp_path, tiny_model_dir, monkeypatch, capsys
+):
+    out = tmp_path / "run"
+    args = ["dynamic", "--model", str(tiny_model_dir), "--lengths", "1200", "--depths", "0.3,0.7"]
+    code, stdout, err = run_cli(
+        monkeypatch,
+        capsys,
+        *args,
+        "--needles-per-cell",
+        "2",
+        "--max-new-tokens",
+        "6",
+        "--out",
+        str(out),
+        *FAST,
+    )
+    assert code == 0, err
+    assert "CCA top-1" in stdout and "run written to" in stdout
+    store = RunStore(out)
+    assert len(store.table("hidden")) == int(store.table("samples")["steps"].sum())
+    assert {"needle_copy", "needle_match_weight", "peak_token"} <= set(store.table("events").columns)
+    for name in ("dynamic_stats", "static_heads", "cca", "probe"):
+        assert store.has_derived(name)
+    # Replaying the run's settings finds it finished: nothing is decoded again.
+    code, _, err = run_cli(monkeypatch, capsys, "dynamic", "--from", str(out), "--out", str(out), *FAST)
+    assert code == 0, err
+    # The statistics of the same run, recomputed from its events alone.
+    code, _, err = run_cli(
+        monkeypatch, capsys, "dynamic-stats", str(out), "--static-k", "2", "--replicates", "50"
+    )
+    assert code == 0, err
+    # A held-out dynamic ablation on the run's heads, and the report of both.
+    ablate = tmp_path / "ablate"
+    code, text, err = run_cli(
+        monkeypatch,
+        capsys,
+        "dynamic-ablate",
+        "--heads",
+        str(out),
+        "--model",
+        str(tiny_model_dir),
+        "--lengths",
+        "1200",
+        "--depths",
+        "0.5",
+        "--needles-per-cell",
+        "1",
+        "--languages",
+        "en",
+        "--max-new-tokens",
+        "4",
+        "--progressive",
+        "1,2",
+        "--random-seeds",
+        "2",
+        "--replicates",
+        "50",
+        "--out",
+        str(ablate),
+        "--quiet",
+        "--device",
+        "cpu",
+    )
+    assert code == 0, err
+    assert "dynamic - static" in text or "exact match" in text
+    summary = RunStore(ablate).derived("dynamic_ablation")
+    clean = summary[summary["condition"] == "clean"]
+    assert (clean["token_kept"] == 1.0).all()  # teacher-forced without a mask reproduces every token
+    report = tmp_path / "report.html"
+    code, _, err = run_cli(monkeypatch, capsys, "report", str(out), str(ablate), "--output", str(report))
+    assert code == 0, err
+    html = report.read_text()
+    assert "Dynamic retrieval heads run" in html and "Dynamic ablation run" in html
+    assert "Predicting heads from hidden states" in html
+
+
+def test_dynamic_multihop_records_eq2_masses_and_fits_the_regressor(
+    tmp_path, tiny_model_dir, monkeypatch, capsys
+):
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(
+        monkeypatch,
+        capsys,
+        "dynamic",
+        "--task",
+        "multihop",
+        "--count",
+        "5",
+        "--model",
+        str(tiny_model_dir),
+        "--lengths",
+        "1200",
+        "--max-new-tokens",
+        "4",
+        "--out",
+        str(out),
+        *FAST,
+    )
+    assert code == 0, err
+    events = RunStore(out).table("events")
+    assert {"mass_context", "mass_support"} <= set(events.columns)
+    assert ((events["mass_context"] + events["mass_support"]) <= 1 + 1e-5).all()
+    assert RunStore(out).has_derived("regression") and "Eq. 2 regressor" in stdout
+    code, _, err = run_cli(monkeypatch, capsys, "dynamic", "--from", str(out), "--out", str(out), *FAST)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize(
+    ("args", "pattern"),
+    [
+        (["dynamic", "--task", "tree"], "Unknown task 'tree'"),
+        (["dynamic", "--task", "multihop", "--lengths", "1000,2000"], "one --lengths value"),
+        (["dynamic", "--span", "middle"], "span must be one of"),
+        (
+            ["dynamic", "--task", "multihop", "--languages", "fr"],
+            "No built-in two-hop questions for language 'fr'",
+        ),
+    ],
+)
+def test_bad_input_gets_one_line(args, pattern, monkeypatch, capsys, tmp_path):
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--out", str(tmp_path / "x"), "--quiet")
+    assert_one_line_error(code, err, pattern)
+
+
+def test_dynamic_ablation_refuses_the_heads_runs_own_seed(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "heads"
+    run.mkdir()
+    (run / "manifest.json").write_text(
+        json.dumps({"spec": {"kind": "dynamic", "model": {"model": "m"}}, "seed": 1})
+    )
+    code, _, err = run_cli(
+        monkeypatch,
+        capsys,
+        "dynamic-ablate",
+        "--heads",
+        str(run),
+        "--seed",
+        "1",
+        "--out",
+        str(tmp_path / "a"),
+    )
+    assert_one_line_error(code, err, "Use another --seed")
+
+
+def test_two_hop_data_is_parallel_and_every_answer_sits_once_in_its_last_fact():
+    sets = {code: load_two_hop("builtin", code) for code in ("en", "de", "zh")}
+    ids = [item.id for item in sets["en"]]
+    assert len(ids) >= 40 and len(set(ids)) == len(ids)
+    for items in sets.values():
+        assert [item.id for item in items] == ids
+        for item in items:
+            assert len(item.facts) == 2 and item.facts[1].count(item.answer) == 1
+            assert item.answer not in item.facts[0] and item.answer not in item.question
+            assert all(item.answer not in distractor for distractor in item.distractors)
+
+
+def test_two_hop_samples_mark_both_facts_the_answer_and_the_context(tiny_tokenizer_session):
+    from types import SimpleNamespace
+
+    loaded = SimpleNamespace(
+        tokenizer=tiny_tokenizer_session, is_chat=False, layout=SimpleNamespace(max_positions=None)
+    )
+    task = MultihopTask(MultihopSettings(("en", "zh"), length=1200, questions=6))
+    samples = [sample for sample in task.build(loaded) if hasattr(sample, "spans")]
+    assert len(samples) >= 10
+    for sample in samples:
+        item = next(item for item in task.items[sample.condition] if sample.sample_id.endswith(item.id))
+
+        def decode(span, ids=sample.input_ids):
+            return tiny_tokenizer_session.decode(ids[span[0] : span[1]]).strip()
+
+        assert decode(sample.spans["support_0"]) == item.facts[0]
+        assert decode(sample.spans["support_1"]) == item.facts[1]
+        assert sample.spans["needle"] == sample.spans["support_1"]
+        assert decode(sample.spans["answer"]) == item.answer
+        start, end = sample.spans["context"]
+        assert start <= sample.spans["support_0"][0] and sample.spans["support_1"][1] <= end
+
+
+def test_magic_needles_carry_the_same_uuid_in_every_language_and_locate_exactly(tiny_tokenizer_session):
+    from types import SimpleNamespace
+
+    codes = {
+        code: [needle.answer for needle in load_needles("magic", code)]
+        for code in ("en", "de", "zh", "fr", "es")
+    }
+    assert len({tuple(answers) for answers in codes.values()}) == 1
+    assert all(str(uuid.UUID(answer)) == answer for answer in codes["en"])
+    loaded = SimpleNamespace(
+        tokenizer=tiny_tokenizer_session, is_chat=False, layout=SimpleNamespace(max_positions=None)
+    )
+    samples = NiahTask(NiahSettings(("en", "zh"), needles="magic", lengths=(1200,), depths=(0.5,))).build(
+        loaded
+    )
+    for sample in samples:
+        answer = tiny_tokenizer_session.decode(sample.input_ids[slice(*sample.spans["answer"])]).strip()
+        assert re.fullmatch(r"[0-9a-f-]{36}", answer) and answer == sample.expected
