@@ -167,12 +167,16 @@ def test_the_probe_beats_the_static_prior_and_shuffled_labels_on_a_planted_signa
     states = rng.normal(size=(samples * steps, 12))
     labels = np.zeros((samples * steps, 6), np.float32)
     labels[:, :3] = states[:, :3] > 0.3
-    settings = ProbeSettings(hidden=(32,), epochs=40, batch_size=64, learning_rate=1e-3)
+    settings = ProbeSettings(hidden=(32,), epochs=40, batch_size=64, learning_rate=1e-3, replicates=100)
     scores, curves = probe_heads(_step_data(states, labels, samples, steps), settings)
     scores = scores.set_index("predictor")
     assert scores.loc["probe", "f1"] > scores.loc["static prior", "f1"] + 0.2
     assert scores.loc["probe", "f1"] > scores.loc["shuffled labels", "f1"] + 0.2
     assert scores.loc["probe", "auprc"] > 0.8
+    # Intervals resample whole test samples; the gain over the prior is paired on the same draws.
+    assert scores.loc["probe", "f1_low"] <= scores.loc["probe", "f1"] <= scores.loc["probe", "f1_high"]
+    assert scores.loc["probe", "auprc_gain_low"] > 0
+    assert scores.loc["static prior", "auprc_gain"] == 0
     assert set(curves["predictor"]) == {"probe", "static prior", "shuffled labels"}
 
 
@@ -185,11 +189,12 @@ def test_the_regressor_explains_a_planted_score_and_its_baselines_do_not():
     )
     table = regress_heads(
         _step_data(states, targets, samples, steps),
-        ProbeSettings(hidden=(32,), epochs=60, batch_size=64, learning_rate=1e-3),
+        ProbeSettings(hidden=(32,), epochs=60, batch_size=64, learning_rate=1e-3, replicates=100),
     )
     table = table.set_index("predictor")
     assert table.loc["regressor", "r2"] > 0.7 and (table["heads"] == 2).all()
     assert table.loc["shuffled targets", "r2"] < 0.2 and table.loc["training mean", "r2"] <= 0.05
+    assert table.loc["regressor", "r2_low"] > table.loc["shuffled targets", "r2_high"]
 
 
 def test_eq2_is_support_over_context_and_nan_where_a_head_sees_no_context():

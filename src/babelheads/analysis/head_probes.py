@@ -44,6 +44,8 @@ class ProbeSettings:
     cca_components: int = 50
     cca_variance: tuple[float, float] = (0.95, 0.99)
     shuffles: int = 3
+    replicates: int = 500
+    """Bootstrap draws of the test samples for the probe's and regressor's intervals."""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -250,6 +252,31 @@ def _f1(labels: np.ndarray, predicted: np.ndarray) -> float:
     return 2 * true_positive / denominator if denominator else np.nan
 
 
+def _sample_draws(sample_ids: np.ndarray, settings: ProbeSettings) -> list[np.ndarray]:
+    """Row indices of ``replicates`` draws of whole test samples with replacement (none for < 2)."""
+    unique = sorted(set(sample_ids))
+    if len(unique) < 2:
+        return []
+    members = {sample_id: np.flatnonzero(sample_ids == sample_id) for sample_id in unique}
+    rng = np.random.default_rng(settings.seed)
+    return [
+        np.concatenate([members[unique[index]] for index in rng.integers(0, len(unique), len(unique))])
+        for _ in range(settings.replicates)
+    ]
+
+
+def _bounds(name: str, draws: np.ndarray) -> dict[str, float]:
+    finite = draws[np.isfinite(draws)] if len(draws) else draws
+    if len(finite) == 0:
+        return {f"{name}_low": np.nan, f"{name}_high": np.nan}
+    low, high = np.percentile(finite, [2.5, 97.5])
+    return {f"{name}_low": float(low), f"{name}_high": float(high)}
+
+
+def _auprc(labels: np.ndarray, scores: np.ndarray) -> float:
+    return float(average_precision_score(labels.ravel(), scores.ravel())) if labels.any() else np.nan
+
+
 def _thin(data: StepData, what: str) -> bool:
     counts = {name: int(data.part(name).sum()) for name in PARTS}
     positives = {name: float(data.targets[data.part(name)].sum()) for name in PARTS}
@@ -287,24 +314,40 @@ def probe_heads(data: StepData, settings: ProbeSettings) -> tuple[pd.DataFrame, 
             y_train.mean(axis=0), (validation.sum() + test.sum(), labels.shape[1])
         ),
     }
-    rows, curves = [], []
+    test_ids = data.index["sample_id"].to_numpy()[test]
+    draws = _sample_draws(test_ids, settings)
+    rows, curves, auprc_draws = [], [], {}
     for name, scores in predictors.items():
         val_scores, test_scores = scores[: validation.sum()], scores[validation.sum() :]
         threshold = f1_threshold(labels[validation], val_scores)
         truth = labels[test]
+        found = np.isfinite(threshold)
+        f1 = _f1(truth, test_scores >= threshold) if found else np.nan
+        f1_draws = np.array([_f1(truth[drawn], test_scores[drawn] >= threshold) for drawn in draws if found])
+        auprc_draws[name] = np.array([_auprc(truth[drawn], test_scores[drawn]) for drawn in draws])
         rows.append(
             {
                 "predictor": name,
-                "f1": _f1(truth, test_scores >= threshold) if np.isfinite(threshold) else np.nan,
-                "auprc": float(average_precision_score(truth.ravel(), test_scores.ravel())),
+                "f1": f1,
+                **_bounds("f1", f1_draws),
+                "auprc": _auprc(truth, test_scores),
+                **_bounds("auprc", auprc_draws[name]),
                 "threshold": threshold,
                 "test_steps": int(test.sum()),
                 "test_positives": int(truth.sum()),
+                "test_samples": len(set(test_ids)),
             }
         )
         precision, recall, _ = precision_recall_curve(truth.ravel(), test_scores.ravel())
         curves.append(pd.DataFrame({"predictor": name, "precision": precision, "recall": recall}))
-    return pd.DataFrame(rows), pd.concat(curves, ignore_index=True)
+    table = pd.DataFrame(rows)
+    # Paired on the same draws: how much each predictor's AUPRC exceeds the static prior's.
+    table["auprc_gain"] = table["auprc"] - table.loc[table["predictor"] == "static prior", "auprc"].iloc[0]
+    gains = [
+        _bounds("auprc_gain", auprc_draws[name] - auprc_draws["static prior"]) for name in table["predictor"]
+    ]
+    table = pd.concat([table, pd.DataFrame(gains)], axis=1)
+    return table, pd.concat(curves, ignore_index=True)
 
 
 def regress_heads(data: StepData, settings: ProbeSettings) -> pd.DataFrame:
@@ -334,15 +377,25 @@ def regress_heads(data: StepData, settings: ProbeSettings) -> pd.DataFrame:
         ),
         "training mean": np.broadcast_to(targets[fit].mean(axis=0), (test.sum(), targets.shape[1])),
     }
+    truth = targets[test][:, varying]
+    test_ids = data.index["sample_id"].to_numpy()[test]
+    draws = _sample_draws(test_ids, settings)
+
+    def r2(rows: np.ndarray, predicted: np.ndarray) -> float:
+        if not varying.any() or (truth[rows].std(axis=0) == 0).any():
+            return np.nan
+        return float(r2_score(truth[rows], predicted[rows][:, varying]))
+
+    everything = np.arange(int(test.sum()))
     return pd.DataFrame(
         [
             {
                 "predictor": name,
-                "r2": float(r2_score(targets[test][:, varying], predicted[:, varying]))
-                if varying.any()
-                else np.nan,
+                "r2": r2(everything, predicted),
+                **_bounds("r2", np.array([r2(drawn, predicted) for drawn in draws])),
                 "heads": int(varying.sum()),
                 "test_steps": int(test.sum()),
+                "test_samples": len(set(test_ids)),
             }
             for name, predicted in predictions.items()
         ]

@@ -72,18 +72,25 @@ def probes_text(store: RunStore) -> str:
     for language, group in probe.groupby("language", sort=False):
         rows = group.set_index("predictor")
         parts = [
-            f"{name} F1 {_number(rows.loc[name, 'f1'])} AUPRC {_number(rows.loc[name, 'auprc'])}"
+            f"{name} F1 {_interval(rows.loc[name], 'f1', 'f1_low', 'f1_high')} AUPRC "
+            f"{_interval(rows.loc[name], 'auprc', 'auprc_low', 'auprc_high')}"
             for name in ("probe", "static prior", "shuffled labels")
             if name in rows.index
         ]
         lines.append(
-            f"[{language}] probe on {int(group['test_steps'].iloc[0])} test steps: " + "; ".join(parts)
+            f"[{language}] probe on {int(group['test_steps'].iloc[0])} test steps of "
+            f"{int(group['test_samples'].iloc[0])} samples: " + "; ".join(parts)
         )
+        if "probe" in rows.index:
+            lines.append(
+                f"  probe AUPRC minus static prior: "
+                f"{_interval(rows.loc['probe'], 'auprc_gain', 'auprc_gain_low', 'auprc_gain_high')}"
+            )
     if store.has_derived("regression"):
         regression = store.derived("regression")
         for language, group in regression.groupby("language", sort=False):
             rows = group.set_index("predictor")
-            parts = [f"{name} {_number(rows.loc[name, 'r2'])}" for name in rows.index]
+            parts = [f"{name} {_interval(rows.loc[name], 'r2', 'r2_low', 'r2_high')}" for name in rows.index]
             lines.append(
                 f"[{language}] Eq. 2 regressor R^2 on test ({int(group['heads'].iloc[0])} heads): "
                 + "; ".join(parts)
