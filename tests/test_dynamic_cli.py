@@ -229,3 +229,49 @@ def test_magic_needles_carry_the_same_uuid_in_every_language_and_locate_exactly(
     for sample in samples:
         answer = tiny_tokenizer_session.decode(sample.input_ids[slice(*sample.spans["answer"])]).strip()
         assert re.fullmatch(r"[0-9a-f-]{36}", answer) and answer == sample.expected
+
+
+def test_hotpotqa_rows_load_through_hf_with_yes_no_questions_left_out(monkeypatch):
+    import sys
+    import types
+
+    from babelheads.analysis.aggregate import ThinDataWarning
+
+    context = {
+        "title": ["Orla Fen", "Brask"],
+        "sentences": [
+            ["Orla Fen is a marsh.", "It was drained by Ivo Brask."],
+            ["Ivo Brask was born in Tellum.", "He liked boats."],
+        ],
+    }
+    rows = [
+        {
+            "id": "h1",
+            "question": "Where was the man who drained Orla Fen born?",
+            "answer": "Tellum",
+            "supporting_facts": {"title": ["Brask", "Orla Fen"], "sent_id": [0, 1]},
+            "context": context,
+        },
+        {
+            "id": "h2",
+            "question": "Was Orla Fen drained?",
+            "answer": "yes",
+            "supporting_facts": {"title": ["Orla Fen"], "sent_id": [1]},
+            "context": context,
+        },
+    ]
+    seen = {}
+
+    def load_dataset(name, config, split):
+        seen.update(name=name, config=config, split=split)
+        return rows
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    with pytest.warns(ThinDataWarning, match="1 questions left out"):
+        items = load_two_hop("hf:hotpotqa/hotpot_qa:distractor", "en")
+    assert seen == {"name": "hotpotqa/hotpot_qa", "config": "distractor", "split": "validation"}
+    assert len(items) == 1
+    item = items[0]
+    # The fact that holds the answer goes last; the context's other sentences are distractors.
+    assert item.facts == ("It was drained by Ivo Brask.", "Ivo Brask was born in Tellum.")
+    assert item.distractors == ("Orla Fen is a marsh.", "He liked boats.")

@@ -84,7 +84,8 @@ def hf_dataset(spec: str, language: str, defaults: list, what: str, streaming: b
             f"{what} from Hugging Face need the datasets package: pip install datasets"
         ) from error
     try:
-        dataset = datasets.load_dataset(name, config or None, split=split, streaming=streaming)
+        extra = {"streaming": True} if streaming else {}
+        dataset = datasets.load_dataset(name, config or None, split=split, **extra)
     except Exception as error:  # datasets raises many unrelated types for a missing dataset
         raise TaskError(
             f"Could not load dataset {name!r} ({config}, {split}): {str(error).splitlines()[0]}"

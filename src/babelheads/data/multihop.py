@@ -13,7 +13,7 @@ from pathlib import Path
 
 from babelheads.analysis.aggregate import ThinDataWarning
 from babelheads.data.corpora import HF_PREFIX, hf_dataset
-from babelheads.data.roots import data_roots
+from babelheads.data.roots import language_file
 from babelheads.errors import TaskError
 
 
@@ -76,21 +76,15 @@ def _check(item: TwoHop, where: object) -> None:
 
 
 def _file(source: str, language: str, extra_root: Path | None) -> Path:
-    if source == "builtin":
-        for root in data_roots(extra_root):
-            path = root / "multihop" / f"{language}.json"
-            if path.exists():
-                return path
+    path = language_file("multihop", source, language, extra_root)
+    if path is None and source == "builtin":
         raise TaskError(
             f"No built-in two-hop questions for language {language!r} (en, de, zh have them). Pass "
             "--questions FILE_OR_DIR or hf:DATASET."
         )
-    path = Path(source)
-    if path.is_dir():
-        path = path / f"{language}.json"
-    if not path.is_file():
+    if path is None:
         raise TaskError(
-            f"Two-hop set not found: {path}. Use 'builtin', a JSON file, a directory or hf:DATASET."
+            f"Two-hop set not found: {source}. Use 'builtin', a JSON file, a directory or hf:DATASET."
         )
     return path
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from babelheads.data.corpora import HF_PREFIX, hf_dataset
-from babelheads.data.roots import data_roots
+from babelheads.data.roots import language_file
 from babelheads.errors import TaskError
 
 
@@ -44,17 +44,11 @@ def load_questions(source: str, language: str, extra_root: Path | None = None) -
 
 
 def _question_file(source: str, language: str, extra_root: Path | None) -> Path:
-    if source == "builtin":
-        for root in data_roots(extra_root):
-            path = root / "qa" / f"{language}.json"
-            if path.exists():
-                return path
+    path = language_file("qa", source, language, extra_root)
+    if path is None and source == "builtin":
         raise TaskError(f"No built-in QA set for language {language!r}. Pass --qa FILE_OR_DIR or hf:DATASET.")
-    path = Path(source)
-    if path.is_dir():
-        path = path / f"{language}.json"
-    if not path.is_file():
-        raise TaskError(f"QA set not found: {path}. Use 'builtin', a JSON file, a directory or hf:DATASET.")
+    if path is None:
+        raise TaskError(f"QA set not found: {source}. Use 'builtin', a JSON file, a directory or hf:DATASET.")
     return path
 
 
