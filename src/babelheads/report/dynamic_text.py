@@ -118,8 +118,8 @@ def dynamic_ablation_summary(store: RunStore) -> str:
     lines = []
     for language, group in summary.groupby("language", sort=True):
         lines.append(
-            f"[{language}] exact match (teacher-forced, per-step masks), "
-            f"{int(group['samples'].max())} samples:"
+            f"[{language}] {int(group['samples'].max())} of {int(group['samples_run'].max())} samples "
+            "answered right without masks; per-step masks, teacher-forced on the clean continuation:"
         )
         for _, row in group.iterrows():
             label = (
@@ -129,14 +129,17 @@ def dynamic_ablation_summary(store: RunStore) -> str:
             if row["condition"] == "progressive":
                 extra = (
                     f", compensating heads {_number(row['compensating'])} per step "
-                    f"({_number(row['compensating_static'])} static)"
+                    f"({_number(row['compensating_static'])} of them static)"
                 )
             lines.append(
-                f"  {label:<16} {_interval(row, 'exact', 'exact_low', 'exact_high')}  tokens kept "
-                f"{_number(row['token_kept'])}  heads masked {_number(row['masked_heads'], 1)}{extra}"
+                f"  {label:<16} tokens kept "
+                f"{_interval(row, 'token_kept', 'token_kept_low', 'token_kept_high')}"
+                f"  exact {_interval(row, 'exact', 'exact_low', 'exact_high')}"
+                f"  heads masked {_number(row['masked_heads'], 1)}{extra}"
             )
         for _, row in contrasts[contrasts["language"] == language].iterrows():
             lines.append(
-                f"  {row['contrast']}: {_interval(row, 'difference', 'difference_low', 'difference_high')}"
+                f"  {row['contrast']} ({row['metric']}): "
+                f"{_interval(row, 'difference', 'difference_low', 'difference_high')}"
             )
     return "\n".join(lines)
