@@ -219,3 +219,18 @@ def test_nothing_warns_on_a_clean_case():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         dynamism(step_heads(events, samples), np.array([0, 1]), replicates=50)
+
+
+def test_the_first_canonical_pair_does_not_depend_on_how_many_components_are_fitted():
+    from sklearn.cross_decomposition import CCA
+
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(300, 12)), rng.normal(size=(300, 8))
+    y[:, 0] += x[:, 0]
+    first = [
+        np.corrcoef(*(part[:, 0] for part in CCA(n_components=n, max_iter=1000).fit(x, y).transform(x, y)))[
+            0, 1
+        ]
+        for n in (1, 8)
+    ]
+    assert first[0] == pytest.approx(first[1], abs=1e-6)
