@@ -388,7 +388,7 @@ def regress_heads(data: StepData, settings: ProbeSettings) -> pd.DataFrame:
     def r2(rows: np.ndarray, predicted: np.ndarray) -> float:
         if not varying.any() or (truth[rows].std(axis=0) == 0).any():
             return np.nan
-        return float(r2_score(truth[rows], predicted[rows][:, varying]))
+        return float(r2_score(truth[rows], predicted[rows][:, varying], multioutput="variance_weighted"))
 
     everything = np.arange(int(test.sum()))
     return pd.DataFrame(

@@ -92,8 +92,8 @@ def probes_text(store: RunStore) -> str:
             rows = group.set_index("predictor")
             parts = [f"{name} {_interval(rows.loc[name], 'r2', 'r2_low', 'r2_high')}" for name in rows.index]
             lines.append(
-                f"[{language}] Eq. 2 regressor R^2 on test ({int(group['heads'].iloc[0])} heads): "
-                + "; ".join(parts)
+                f"[{language}] Eq. 2 regressor R^2 on test (variance-weighted over "
+                f"{int(group['heads'].iloc[0])} heads): " + "; ".join(parts)
             )
     return "\n".join(lines)
 
