@@ -185,6 +185,7 @@ def dynamic_ablate_command(
     seed: Annotated[int, typer.Option(help="Haystack seed: another than the heads run's.")] = 1,
     device: Device = "auto",
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16, float16.")] = "auto",
+    batch_size: BatchSize = None,
     quiet: Quiet = False,
     config_file: ConfigFile = None,
 ) -> None:
@@ -215,6 +216,6 @@ def dynamic_ablate_command(
         dtype=dtype,
         replicates=replicates,
     )
-    store = dynamic_ablate(config, out, _execution(device, quiet, None))
+    store = dynamic_ablate(config, out, _execution(device, quiet, batch_size))
     typer.echo(dynamic_ablation_summary(store))
     typer.echo(f"\nrun written to {store.root}")

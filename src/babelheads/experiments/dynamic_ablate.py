@@ -31,8 +31,8 @@ from babelheads.experiments.ablate import METHODS
 from babelheads.heads import HeadAddress, HeadLayout
 from babelheads.models import LoadedModel, resolved_precision
 from babelheads.probe import HeadGates, Instrument, ProbeSettings
-from babelheads.runner.decode import Row, decode_rows
-from babelheads.runner.jobs import region_labels
+from babelheads.runner.decode import DEFAULT_PREFILL_CHUNK, Row, decode_rows
+from babelheads.runner.jobs import DEFAULT_BATCH_SIZE, region_labels
 from babelheads.runner.prefix import SharedPrefill, branch_points
 from babelheads.runner.stops import StopRule
 from babelheads.runs import RunStore
@@ -135,6 +135,7 @@ def dynamic_ablate(
         instrument = Instrument(
             loaded.model, loaded.layout, ProbeSettings(top_k=4, mass_sink=0, mass_window=0)
         )
+        size = execution.batch_size or DEFAULT_BATCH_SIZE.get(loaded.device.type, 8)
         try:
             for sample in tqdm(samples, desc="dynamic-ablate", unit="sample", disable=not execution.progress):
                 if isinstance(sample, Skipped):
@@ -148,7 +149,7 @@ def dynamic_ablate(
                     continue
                 store.append(
                     sample.sample_id,
-                    _ablate_sample(instrument, loaded, sample, task, ranking[sample.condition], config),
+                    _ablate_sample(instrument, loaded, sample, task, ranking[sample.condition], config, size),
                 )
         finally:
             instrument.detach()
@@ -171,10 +172,12 @@ def _ablate_sample(
     task: NiahTask,
     static: np.ndarray,
     config: DynamicAblateConfig,
+    size: int,
 ) -> dict[str, pd.DataFrame]:
+    """The clean pass and every (step, condition) of one sample, ``size`` one-step rows per batch."""
     layout = loaded.layout
     stops = StopRule.for_model(loaded)
-    prefill = SharedPrefill(loaded.model, 4096, share=True)
+    prefill = SharedPrefill(loaded.model, DEFAULT_PREFILL_CHUNK, share=True)
     clean = decode_rows(
         instrument,
         prefill,
@@ -230,7 +233,6 @@ def _ablate_sample(
     keep = branch_points([prompt[:-1] for prompt in prompts])
     context = np.asarray(sample.input_ids)
     needle = sample.spans["needle"]
-    size = 8
     for start in range(0, len(plans), size):
         rows = [
             Row(prompts[index], 1, _masks(plans[index]["heads"], layout, config.method))
