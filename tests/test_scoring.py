@@ -228,3 +228,19 @@ def test_chars_tokenizer_splits_compatibility_ideographs_after_latin():
 def test_unknown_answer_tokenizer_is_refused():
     with pytest.raises(ValueError, match="Unknown answer tokenizer"):
         answer_tokens("x", "bytes")
+
+
+def test_the_per_step_s_counts_needle_tokens_outside_the_answer_and_the_graded_s_reads_top_k():
+    # Step 0 emits 60: head 0 peaks on position 1 (60, outside the needle), head 1 on 4 (60, in the
+    # answer), head 2 on 3 (62). Step 1 emits 62: head 2's peak, position 3, is a needle token outside
+    # the answer: S = 1 but no copy in Wu et al.'s sense.
+    output = [60, 62]
+    events = copy_events(_records(_by_head([1, 1], [4, 4], [3, 3])), output, INPUT_IDS, NEEDLE, ANSWER)
+    assert events.needle_copy[:, 0].tolist() == [[False, True, False], [False, False, True]]
+    assert events.copy[:, 0].tolist() == [[False, True, False], [False, False, False]]
+    assert events.peak_token[:, 0].tolist() == [[60, 60, 62], [60, 60, 62]]
+    # Graded S: the weights (0.6 top-1, 0.3 second) of top-k needle positions holding the emitted token.
+    # Second positions are 4 (60) at step 0 (0 for head 1, whose peak is 4) and 5 (61) at step 1.
+    np.testing.assert_allclose(
+        events.needle_match_weight[:, 0], [[0.3, 0.6, 0.3], [0.0, 0.0, 0.6]], rtol=1e-6
+    )
