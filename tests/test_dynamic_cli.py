@@ -176,6 +176,20 @@ def test_dynamic_ablation_refuses_the_heads_runs_own_seed(tmp_path, monkeypatch,
     assert_one_line_error(code, err, "Use another --seed")
 
 
+def test_an_unfinished_heads_run_is_refused(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "heads"
+    run.mkdir()
+    (run / "manifest.json").write_text(
+        json.dumps({"spec": {"kind": "detect", "model": {"model": "m"}}, "seed": 0})
+    )
+    code, _, err = run_cli(
+        monkeypatch, capsys, "dynamic-ablate", "--heads", str(run), "--out", str(tmp_path / "a")
+    )
+    assert_one_line_error(code, err, "is not finished")
+    code, _, err = run_cli(monkeypatch, capsys, "dynamic-stats", str(run))
+    assert_one_line_error(code, err, "is not finished")
+
+
 def test_two_hop_data_is_parallel_and_every_answer_sits_once_in_its_last_fact():
     sets = {code: load_two_hop("builtin", code) for code in ("en", "de", "zh")}
     ids = [item.id for item in sets["en"]]

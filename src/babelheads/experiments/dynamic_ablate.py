@@ -41,6 +41,8 @@ from babelheads.tasks.base import Sample, Skipped
 from babelheads.tasks.niah import NiahSettings, NiahTask
 
 CONDITIONS = ("clean", "dynamic", "static", "random", "progressive")
+FINISHED_TABLE = {"detect": "scores", "dynamic": "dynamic_stats"}
+"""The derived table a run writes once every sample is done."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,11 @@ def dynamic_ablate(
         raise BabelheadsError(
             f"--seed {config.niah.seed} is the seed of {config.heads}, so the heads would be tested on the "
             "haystacks that chose them. Use another --seed."
+        )
+    if not heads_run.has_derived(FINISHED_TABLE[manifest["spec"]["kind"]]):
+        raise BabelheadsError(
+            f"{config.heads} is not finished, so its head ranking would come from part of its samples. "
+            "Run its command again to finish it."
         )
     model = config.model or manifest["spec"]["model"]["model"]
     ranking = static_ranking(heads_run)
