@@ -58,7 +58,8 @@ class ProbeSettings:
 
 @dataclass(frozen=True)
 class StepData:
-    """Aligned rows of one language: index (sample_id, step), states (rows, d), targets (rows, heads)."""
+    """Aligned rows of one language (or all pooled): index (sample_id, step), states (rows, d), targets
+    (rows, heads), and each sample's part (train, validation, test)."""
 
     index: pd.DataFrame
     states: np.ndarray
