@@ -161,14 +161,15 @@ def test_the_f1_threshold_is_the_best_of_every_cut():
     assert f1 == pytest.approx(best[0])
 
 
-def test_the_probe_beats_the_static_prior_and_shuffled_labels_on_a_planted_signal():
+def test_the_probe_beats_the_static_prior_and_shuffled_labels_on_a_planted_signal(tmp_path):
     rng = np.random.default_rng(3)
     samples, steps = 60, 10
     states = rng.normal(size=(samples * steps, 12))
     labels = np.zeros((samples * steps, 6), np.float32)
     labels[:, :3] = states[:, :3] > 0.3
     settings = ProbeSettings(hidden=(32,), epochs=40, batch_size=64, learning_rate=1e-3, replicates=100)
-    scores, curves = probe_heads(_step_data(states, labels, samples, steps), settings)
+    data = _step_data(states, labels, samples, steps)
+    scores, curves, trained = probe_heads(data, settings)
     scores = scores.set_index("predictor")
     assert scores.loc["probe", "f1"] > scores.loc["static prior", "f1"] + 0.2
     assert scores.loc["probe", "f1"] > scores.loc["shuffled labels", "f1"] + 0.2
@@ -178,6 +179,20 @@ def test_the_probe_beats_the_static_prior_and_shuffled_labels_on_a_planted_signa
     assert scores.loc["probe", "auprc_gain_low"] > 0
     assert scores.loc["static prior", "auprc_gain"] == 0
     assert set(curves["predictor"]) == {"probe", "static prior", "shuffled labels"}
+    # The fitted probe, saved and loaded, gives the test AUPRC the table reports.
+    from sklearn.metrics import average_precision_score
+
+    from babelheads.analysis.head_probes import TrainedProbe
+
+    path = tmp_path / "probe.pt"
+    trained.save(path)
+    loaded = TrainedProbe.load(path)
+    test = data.part("test")
+    probabilities = loaded.probabilities(states[test])
+    np.testing.assert_allclose(probabilities, trained.probabilities(states[test]), rtol=1e-6)
+    auprc = average_precision_score(labels[test].astype(bool).ravel(), probabilities.ravel())
+    assert auprc == pytest.approx(scores.loc["probe", "auprc"], abs=1e-6)
+    assert loaded.threshold == scores.loc["probe", "threshold"]
 
 
 def test_the_regressor_explains_a_planted_score_and_its_baselines_do_not():

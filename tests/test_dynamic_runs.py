@@ -79,6 +79,12 @@ def test_hidden_states_are_stored_per_step_and_the_probes_write_their_baselines(
     assert set(cca["language"]) == {"en", "de", "all"}
     probe = run.derived("probe")
     assert set(probe["predictor"]) >= {"probe", "static prior", "shuffled labels"}
+    # The fitted probe is kept: it maps any final hidden state to one probability per head.
+    from babelheads.analysis.head_probes import hidden_states
+    from babelheads.experiments.dynamic import load_probe
+
+    _, states = hidden_states(hidden)
+    assert load_probe(run.root, "all").probabilities(states).shape == (len(states), 4)
 
 
 def test_reanalysis_changes_the_tables_without_decoding(run, copier, monkeypatch):

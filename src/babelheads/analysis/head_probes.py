@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -295,22 +296,63 @@ def _thin(data: StepData, what: str) -> bool:
     return False
 
 
-def probe_heads(data: StepData, settings: ProbeSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
+@dataclass
+class TrainedProbe:
+    """A fitted probe: standardize a final hidden state, then one probability per head (layer-major)
+    that the head is a dynamic retrieval head at that step; ``threshold`` is the validation F1 cut."""
+
+    model: torch.nn.Module
+    mean: np.ndarray
+    std: np.ndarray
+    threshold: float
+
+    def probabilities(self, states: np.ndarray) -> np.ndarray:
+        """float (rows, heads) for states of shape (rows, hidden size)."""
+        return 1 / (
+            1 + np.exp(-_predict(self.model, (np.asarray(states, np.float32) - self.mean) / self.std))
+        )
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        layers = [module for module in self.model.net if isinstance(module, torch.nn.Linear)]
+        torch.save(
+            {
+                "state_dict": self.model.state_dict(),
+                "sizes": [layers[0].in_features, *(layer.out_features for layer in layers)],
+                "mean": self.mean,
+                "std": self.std,
+                "threshold": self.threshold,
+            },
+            path,
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> TrainedProbe:
+        saved = torch.load(path, weights_only=False)
+        sizes = saved["sizes"]
+        model = _Probe(sizes[0], sizes[-1], tuple(sizes[1:-1]), 0.0)
+        model.load_state_dict(saved["state_dict"])
+        model.eval()
+        return cls(model, saved["mean"], saved["std"], saved["threshold"])
+
+
+def probe_heads(
+    data: StepData, settings: ProbeSettings
+) -> tuple[pd.DataFrame, pd.DataFrame, TrainedProbe | None]:
     """The MLP probe from the state at step t to that step's dynamic heads, against the static prior
     (each head's base rate on train) and a probe trained on shuffled labels. Thresholds maximise F1 on
-    validation; F1 and AUPRC are on test. Returns (scores, precision-recall curves)."""
+    validation; F1 and AUPRC are on test. Returns (scores, precision-recall curves, the fitted probe)."""
     empty = pd.DataFrame(columns=["predictor", "f1", "auprc", "threshold", "test_steps", "test_positives"])
     if _thin(data, "probe"):
-        return empty, pd.DataFrame(columns=["predictor", "precision", "recall"])
+        return empty, pd.DataFrame(columns=["predictor", "precision", "recall"]), None
     train, validation, test = (data.part(name) for name in PARTS)
     x_train, x_val, x_test = _standardize(data.states[train], data.states[validation], data.states[test])
     labels = data.targets.astype(bool)
     y_train = labels[train].astype(np.float32)
     rng = np.random.default_rng(settings.seed)
+    fitted = _fit(x_train, y_train, settings, "asymmetric", settings.seed)
     predictors = {
-        "probe": _predict(
-            _fit(x_train, y_train, settings, "asymmetric", settings.seed), np.concatenate([x_val, x_test])
-        ),
+        "probe": _predict(fitted, np.concatenate([x_val, x_test])),
         "shuffled labels": _predict(
             _fit(x_train, y_train[rng.permutation(len(y_train))], settings, "asymmetric", settings.seed),
             np.concatenate([x_val, x_test]),
@@ -352,7 +394,11 @@ def probe_heads(data: StepData, settings: ProbeSettings) -> tuple[pd.DataFrame, 
         _bounds("auprc_gain", auprc_draws[name] - auprc_draws["static prior"]) for name in table["predictor"]
     ]
     table = pd.concat([table, pd.DataFrame(gains)], axis=1)
-    return table, pd.concat(curves, ignore_index=True)
+    mean, std = data.states[train].mean(axis=0), data.states[train].std(axis=0) + 1e-6
+    trained = TrainedProbe(
+        fitted, mean.astype(np.float32), std.astype(np.float32), float(table["threshold"].iloc[0])
+    )
+    return table, pd.concat(curves, ignore_index=True), trained
 
 
 def regress_heads(data: StepData, settings: ProbeSettings) -> pd.DataFrame:

@@ -20,6 +20,7 @@ from babelheads.analysis.dynamic_heads import StepHeads, dynamism, static_top, s
 from babelheads.analysis.head_probes import (
     ProbeSettings,
     StepData,
+    TrainedProbe,
     cca_sweep,
     hidden_states,
     probe_heads,
@@ -229,6 +230,24 @@ def eq2_scores(events: pd.DataFrame, steps: StepHeads) -> np.ndarray:
         return np.where(context > 1e-6, support / np.where(context > 1e-6, context, 1.0), np.nan)
 
 
+PROBES_DIRECTORY = "probes"
+
+
+def probe_path(store: RunStore, language: str) -> Path:
+    return store.root / PROBES_DIRECTORY / f"{language}.pt"
+
+
+def load_probe(run: Path, language: str = ALL) -> TrainedProbe:
+    """The probe a dynamic run fitted for ``language`` ('all': every language pooled)."""
+    path = probe_path(RunStore(run), language)
+    if not path.is_file():
+        raise BabelheadsError(
+            f"{run} has no probe for {language!r} (too little data, or run without --probes). "
+            f"Probes it has: {', '.join(sorted(p.stem for p in path.parent.glob('*.pt'))) or 'none'}."
+        )
+    return TrainedProbe.load(path)
+
+
 def analyse(store: RunStore, analysis: DynamicAnalysis, progress: bool = True) -> list[str]:
     """Write the dynamic-heads tables of a finished run; returns the analyses written."""
     stats, static, steps = dynamic_statistics(store, analysis)
@@ -258,7 +277,9 @@ def analyse(store: RunStore, analysis: DynamicAnalysis, progress: bool = True) -
         binary = _step_data(part_steps, mine, steps.matrix[rows].astype(np.float32), parts)
         scores = _step_data(part_steps, mine, graded[rows], parts)
         results["cca"].append(cca_sweep(scores, analysis.probe).assign(language=language))
-        probe, curves = probe_heads(binary, analysis.probe)
+        probe, curves, trained = probe_heads(binary, analysis.probe)
+        if trained is not None:
+            trained.save(probe_path(store, language))
         results["probe"].append(probe.assign(language=language, samples=len(ids)))
         results["probe_curves"].append(curves.assign(language=language))
         if eq2 is not None:
