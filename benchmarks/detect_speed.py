@@ -6,9 +6,12 @@ Each measurement runs in a fresh worker process (so allocator state and peak mem
 the same prompts, greedy, with the same number of new tokens and no early stop:
 - detect : the instrument recording every decode step (sdpa prefill, per-head peaks per step);
 - generate : the model's own ``generate`` with sdpa, nothing recorded (the baseline);
-- naive : eager attention with ``output_attentions`` and Python loops over heads (tests/oracle.py).
+- naive : eager attention with ``output_attentions`` and Python loops over heads (tests/oracle.py);
+- dynamic : detect plus what dynamic-heads runs record: each step's final hidden state and every
+  head's attention mass on two regions (needle, answer).
 Peak memory is the peak resident set during the timed part (CPU) or torch's peak allocation (CUDA).
-The last line reads ``detect/generate=R1 detect/naive=R2 peak_mem_ratio=R3`` for the longest length.
+The last line reads ``detect/generate=R1 detect/naive=R2 peak_mem_ratio=R3 dynamic/detect=R4`` for the
+longest length.
 """
 
 from __future__ import annotations
@@ -23,14 +26,14 @@ from pathlib import Path
 from _measure import PeakMemory
 
 ROOT = Path(__file__).resolve().parent.parent
-MODES = ("generate", "detect", "naive")
+MODES = ("generate", "detect", "naive", "dynamic")
 
 
 def prompts(loaded, length: int, count: int) -> list:
     from babelheads.tasks.niah import NiahSettings, NiahTask
 
     settings = NiahSettings(languages=("en",), lengths=(length,), depths=(0.5,), needles_per_cell=count)
-    return [sample.input_ids for sample in NiahTask(settings).build(loaded)]
+    return NiahTask(settings).build(loaded)
 
 
 def worker(args) -> None:
@@ -43,7 +46,8 @@ def worker(args) -> None:
 
     loaded = load_model(args.model, device=args.device, dtype=args.dtype)
     model = loaded.model
-    inputs = [torch.tensor([ids], device=loaded.device) for ids in prompts(loaded, args.length, args.prompts)]
+    samples = prompts(loaded, args.length, args.prompts)
+    inputs = [torch.tensor([sample.input_ids], device=loaded.device) for sample in samples]
     if args.mode == "generate":
         model.set_attn_implementation("sdpa")
 
@@ -56,6 +60,19 @@ def worker(args) -> None:
 
         def run(ids):
             return greedy_decode(instrument, ids, args.new_tokens)
+    elif args.mode == "dynamic":
+        from babelheads.runner.decode import DEFAULT_PREFILL_CHUNK, Row, decode_rows
+        from babelheads.runner.jobs import region_labels
+        from babelheads.runner.prefix import SharedPrefill
+        from babelheads.runner.stops import StopRule
+
+        instrument = Instrument(model, loaded.layout)
+        labels = {sample.input_ids: region_labels(sample, ("needle", "answer")) for sample in samples}
+
+        def run(ids):
+            row = Row(ids[0].tolist(), args.new_tokens, None, labels[tuple(ids[0].tolist())])
+            prefill = SharedPrefill(model, DEFAULT_PREFILL_CHUNK, share=False)
+            return decode_rows(instrument, prefill, [row], StopRule(), True, regions=2, hidden=True)
     else:
         from oracle import naive_peaks
 
@@ -136,6 +153,7 @@ def main() -> None:
             if "naive" in results
             else float("nan"),
             "peak_mem_ratio": detect["peak_bytes"] / generate["peak_bytes"],
+            "dynamic/detect": results["dynamic"]["seconds"] / detect["seconds"],
         }
     print(" ".join(f"{name}={value:.2f}" for name, value in ratios.items()))
 
