@@ -130,3 +130,52 @@ def test_masking_the_dynamic_head_breaks_each_step_and_random_heads_mostly_do_no
     assert (dynamic_rows["heads"] == "1-0").all()
     contrasts = store.derived("dynamic_ablation_contrasts")
     assert set(contrasts["contrast"]) == {"dynamic - static", "dynamic - random"}
+
+
+def test_the_ablation_command_and_the_report_end_to_end(run, tmp_path, monkeypatch, capsys):
+    from test_cli_and_runs import run_cli
+
+    from babelheads.runs import RunStore
+
+    ablate = tmp_path / "ablate"
+    args = ["--languages", "en,de", "--needle-kind", "key", "--lengths", "1200", "--depths", "0.3,0.7"]
+    code, text, err = run_cli(
+        monkeypatch,
+        capsys,
+        "dynamic-ablate",
+        "--heads",
+        str(run.root),
+        "--model",
+        "copying-stub",
+        "--needles",
+        "builtin",
+        *args,
+        "--needles-per-cell",
+        "1",
+        "--max-new-tokens",
+        "16",
+        "--progressive",
+        "1,2",
+        "--random-seeds",
+        "2",
+        "--static-k",
+        "1",
+        "--replicates",
+        "50",
+        "--seed",
+        "1",
+        "--out",
+        str(ablate),
+        "--quiet",
+    )
+    assert code == 0, err
+    assert "samples answered right without masks" in text and "dynamic - static" in text
+    steps = RunStore(ablate).table("steps")
+    clean = steps[steps["condition"] == "clean"]
+    assert clean["kept"].all()  # teacher-forced without a mask reproduces every token
+    report = tmp_path / "report.html"
+    code, _, err = run_cli(monkeypatch, capsys, "report", str(run.root), str(ablate), "--output", str(report))
+    assert code == 0, err
+    html = report.read_text()
+    assert "Dynamic retrieval heads run" in html and "Dynamic ablation run" in html
+    assert "Predicting heads from hidden states" in html

@@ -22,6 +22,7 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, r2_
 from sklearn.preprocessing import MinMaxScaler
 
 from babelheads.analysis.aggregate import ThinDataWarning
+from babelheads.errors import BabelheadsError
 
 PARTS = ("train", "validation", "test")
 
@@ -52,9 +53,18 @@ class ProbeSettings:
 
     def __post_init__(self) -> None:
         if abs(sum(self.split) - 1) > 1e-9 or min(self.split) <= 0:
-            raise ValueError(f"split must be three positive shares summing to 1. Got {self.split}.")
-        if self.epochs < 1 or self.batch_size < 1 or self.shuffles < 1:
-            raise ValueError("epochs, batch_size and shuffles must be at least 1.")
+            raise BabelheadsError(f"split must be three positive shares summing to 1. Got {self.split}.")
+        if (
+            min(self.epochs, self.batch_size, self.shuffles, self.replicates) < 1
+            or min(self.hidden, default=1) < 1
+        ):
+            raise BabelheadsError(
+                "--epochs, --shuffles, the batch size, the replicates and every --probe-hidden size must be "
+                f"at least 1. Got {self.epochs}, {self.shuffles}, {self.batch_size}, {self.replicates}, "
+                f"{self.hidden}."
+            )
+        if any(lag < 0 for lag in self.cca_lags):
+            raise BabelheadsError(f"--lags must be >= 0. Got {self.cca_lags}.")
 
 
 @dataclass(frozen=True)

@@ -143,51 +143,62 @@ def split_halves(samples: pd.DataFrame, seed: int) -> dict[str, str]:
     return halves
 
 
-def static_heads(store: RunStore, analysis: DynamicAnalysis, select: set[str], layout: dict) -> pd.DataFrame:
-    """Per language: the static top-K by the paper's retrieval score on the ``select`` samples."""
-    samples = store.table("samples")
-    chosen = samples[samples["sample_id"].isin(select)]
-    head_scores = store.table("head_scores")
-    head_scores = head_scores[head_scores["sample_id"].isin(select)]
+def ranked_heads(store: RunStore, select: set[str] | None = None) -> dict[str, pd.Series]:
+    """Per language, every head's mean retrieval score (the paper's variant, successful samples of
+    ``select``, all when None) indexed by flat head, best first, ties by head order. A language with no
+    successful sample has no ranking (a warning), never an arbitrary one."""
+    num_heads = store.manifest()["layout"]["num_heads"]
+    samples, head_scores = store.table("samples"), store.table("head_scores")
+    if select is not None:
+        samples = samples[samples["sample_id"].isin(select)]
+        head_scores = head_scores[head_scores["sample_id"].isin(select)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ThinDataWarning)  # reported below, per language
-        scores = aggregate(chosen, head_scores, AggregateSettings())[0]
-    k = analysis.k_of(layout["num_layers"] * layout["num_heads"])
-    rows = []
+        scores = aggregate(samples, head_scores, AggregateSettings())[0]
+    ranking = {}
     for language, group in scores.groupby("language"):
         flat = pd.Series(
-            group["score"].to_numpy(),
-            index=group["layer"].to_numpy() * layout["num_heads"] + group["head"].to_numpy(),
+            group["score"].to_numpy(), index=group["layer"].to_numpy() * num_heads + group["head"].to_numpy()
         )
         if flat.isna().all():
             warnings.warn(
-                f"{language}: no successful selection sample, so no static heads: NaN.",
+                f"{language}: no successful sample to rank heads by, so no static heads: NaN.",
                 ThinDataWarning,
                 stacklevel=2,
             )
             continue
-        for rank, head in enumerate(static_top(flat, k)):
-            rows.append(
-                {
-                    "language": language,
-                    "rank": rank,
-                    "head": f"{head // layout['num_heads']}-{head % layout['num_heads']}",
-                    "flat": int(head),
-                    "score": float(flat[head]),
-                }
-            )
+        ranking[language] = flat[static_top(flat, len(flat))]
+    return ranking
+
+
+def static_heads(store: RunStore, analysis: DynamicAnalysis, select: set[str], layout: dict) -> pd.DataFrame:
+    """Per language: the static top-K by the paper's retrieval score on the ``select`` samples."""
+    k = analysis.k_of(layout["num_layers"] * layout["num_heads"])
+    rows = [
+        {
+            "language": language,
+            "rank": rank,
+            "head": f"{head // layout['num_heads']}-{head % layout['num_heads']}",
+            "flat": int(head),
+            "score": float(score),
+        }
+        for language, ranked in ranked_heads(store, select).items()
+        for rank, (head, score) in enumerate(ranked.iloc[:k].items())
+    ]
     return pd.DataFrame(rows, columns=["language", "rank", "head", "flat", "score"])
 
 
 def dynamic_statistics(
-    store: RunStore, analysis: DynamicAnalysis
+    store: RunStore, analysis: DynamicAnalysis, events: pd.DataFrame | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame, StepHeads]:
-    """The Table 1 statistics per language of any run with events (detect or dynamic)."""
+    """The Table 1 statistics per language of any run with events (detect or dynamic); ``events`` :
+    the run's events table when the caller has read it already."""
     manifest = store.manifest()
     samples = completed(store.table("samples"))
     if samples.empty:
         raise BabelheadsError(f"{store.root} has no completed sample to analyse.")
-    steps = step_heads(store.table("events"), samples, SPANS[analysis.span])
+    events = store.table("events") if events is None else events
+    steps = step_heads(events, samples, SPANS[analysis.span])
     halves = split_halves(samples, analysis.seed)
     static = static_heads(
         store, analysis, {key for key, half in halves.items() if half == "select"}, manifest["layout"]
@@ -250,13 +261,13 @@ def load_probe(run: Path, language: str = ALL) -> TrainedProbe:
 
 def analyse(store: RunStore, analysis: DynamicAnalysis, progress: bool = True) -> list[str]:
     """Write the dynamic-heads tables of a finished run; returns the analyses written."""
-    stats, static, steps = dynamic_statistics(store, analysis)
+    events = store.table("events")
+    stats, static, steps = dynamic_statistics(store, analysis, events)
     store.write_derived("dynamic_stats", stats)
     store.write_derived("static_heads", static)
     written = ["dynamic_stats", "static_heads"]
     if not analysis.probes:
         return written
-    events = store.table("events")
     hidden = store.table("hidden")
     graded = (
         events.sort_values(["sample_id", "step", "layer", "head"])["needle_match_weight"]

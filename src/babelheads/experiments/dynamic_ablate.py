@@ -24,10 +24,12 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from babelheads.analysis.aggregate import AggregateSettings, ThinDataWarning, aggregate, completed
+from babelheads.analysis.aggregate import ThinDataWarning, completed
+from babelheads.analysis.scores import mean_interval
 from babelheads.errors import BabelheadsError
 from babelheads.execution import DEFAULT_EXECUTION, Execution
 from babelheads.experiments.ablate import METHODS
+from babelheads.experiments.dynamic import ranked_heads
 from babelheads.heads import HeadAddress, HeadLayout
 from babelheads.models import LoadedModel, resolved_precision
 from babelheads.probe import HeadGates, Instrument, ProbeSettings
@@ -36,7 +38,7 @@ from babelheads.runner.jobs import DEFAULT_BATCH_SIZE, region_labels
 from babelheads.runner.prefix import SharedPrefill, branch_points
 from babelheads.runner.stops import StopRule
 from babelheads.runs import RunStore
-from babelheads.scoring import check_answer, copy_events
+from babelheads.scoring import copy_events
 from babelheads.tasks.base import Sample, Skipped
 from babelheads.tasks.niah import NiahSettings, NiahTask
 
@@ -80,20 +82,6 @@ class DynamicAblateConfig:
         return {**config, "model": model}
 
 
-def static_ranking(run: RunStore) -> dict[str, np.ndarray]:
-    """Per language, every head (flat index) by the run's mean retrieval score, best first."""
-    layout = run.manifest()["layout"]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ThinDataWarning)
-        scores = aggregate(run.table("samples"), run.table("head_scores"), AggregateSettings())[0]
-    ranking = {}
-    for language, group in scores.groupby("language"):
-        flat = group["layer"].to_numpy() * layout["num_heads"] + group["head"].to_numpy()
-        values = group["score"].fillna(-1).to_numpy()
-        ranking[language] = flat[np.lexsort((flat, -values))]
-    return ranking
-
-
 def dynamic_ablate(
     config: DynamicAblateConfig, out: Path, execution: Execution = DEFAULT_EXECUTION
 ) -> RunStore:
@@ -114,11 +102,12 @@ def dynamic_ablate(
             "Run its command again to finish it."
         )
     model = config.model or manifest["spec"]["model"]["model"]
-    ranking = static_ranking(heads_run)
+    ranking = {language: ranked.index.to_numpy() for language, ranked in ranked_heads(heads_run).items()}
     missing = [code for code in config.niah.languages if code not in ranking]
     if missing:
         raise BabelheadsError(
-            f"{config.heads} has no scores for {', '.join(missing)}. Detect in those languages first."
+            f"{config.heads} has no head ranking for {', '.join(missing)} (not run there, or no sample "
+            "answered right). Use a run whose model retrieves in those languages."
         )
     task = NiahTask(config.niah)
     store = RunStore(out)
@@ -273,7 +262,7 @@ def _ablate_sample(
     outcome = []
     for (condition, k, seed), group in _sequences(table, steps).items():
         text = loaded.tokenizer.decode(group, skip_special_tokens=True).strip()
-        check = check_answer(sample.expected, text, task._languages[sample.condition].answer_tokenizer)
+        check = task.score(sample, text)
         outcome.append(
             {
                 "sample_id": sample.sample_id,
@@ -283,8 +272,8 @@ def _ablate_sample(
                 "k": k,
                 "seed": seed,
                 "output": text,
-                "exact": check.contains,
-                "rougeL": check.rouge_l,
+                "exact": check["contains"],
+                "rougeL": check["rougeL"],
                 **{
                     key: value
                     for key, value in sample.meta.items()
@@ -364,13 +353,10 @@ def finalize(store: RunStore, config: DynamicAblateConfig) -> None:
 
 
 def _mean_interval(values: np.ndarray, name: str, replicates: int, seed: int) -> dict[str, float]:
-    if len(values) == 0:
-        return {name: np.nan, f"{name}_low": np.nan, f"{name}_high": np.nan}
-    point = float(values.mean())
+    """The mean over samples with its bootstrap interval; one sample has no interval (NaN)."""
+    point, low, high = mean_interval(values, replicates, seed)
     if len(values) < 2:
-        return {name: point, f"{name}_low": np.nan, f"{name}_high": np.nan}
-    draws = np.random.default_rng(seed).integers(0, len(values), (replicates, len(values)))
-    low, high = np.percentile(values[draws].mean(axis=1), [2.5, 97.5])
+        low = high = np.nan
     return {name: point, f"{name}_low": low, f"{name}_high": high}
 
 

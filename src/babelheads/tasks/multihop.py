@@ -19,7 +19,7 @@ from babelheads.data.needles import Needle
 from babelheads.errors import TaskError
 from babelheads.scoring import check_answer
 from babelheads.tasks.base import Sample, Skipped, content_digest, safe_id
-from babelheads.tasks.niah import PROMPT_FORMATS, NiahBuilder, exact_span, token_span
+from babelheads.tasks.niah import NiahBuilder, check_prompt_format, exact_span, token_span
 
 if TYPE_CHECKING:
     from babelheads.models import LoadedModel
@@ -39,10 +39,7 @@ class MultihopSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.prompt not in PROMPT_FORMATS:
-            raise TaskError(
-                f"Unknown prompt format {self.prompt!r}. Use one of: {', '.join(PROMPT_FORMATS)}."
-            )
+        check_prompt_format(self.prompt)
         if not self.languages:
             raise TaskError("No languages given. Use e.g. --languages en,de,zh.")
         if self.questions < 0 or self.length < 1:

@@ -29,6 +29,11 @@ BOUNDARY_TRIES = 8
 """Sentence boundaries tried, nearest the requested depth first, before a sample is skipped."""
 
 
+def check_prompt_format(prompt: str) -> None:
+    if prompt not in PROMPT_FORMATS:
+        raise TaskError(f"Unknown prompt format {prompt!r}. Use one of: {', '.join(PROMPT_FORMATS)}.")
+
+
 @dataclass(frozen=True)
 class NiahSettings:
     """What decides the samples of a NIAH run.
@@ -52,10 +57,7 @@ class NiahSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.prompt not in PROMPT_FORMATS:
-            raise TaskError(
-                f"Unknown prompt format {self.prompt!r}. Use one of: {', '.join(PROMPT_FORMATS)}."
-            )
+        check_prompt_format(self.prompt)
         if self.needle_kind not in NEEDLE_KINDS:
             raise TaskError(f"needle_kind must be one of {NEEDLE_KINDS}. Got {self.needle_kind!r}.")
         if not self.languages and not self.pairs:
