@@ -75,3 +75,43 @@ def test_final_hidden_states_are_what_the_lm_head_turns_into_each_emitted_token(
     assert logits.argmax(-1).tolist() == result.tokens
     expected = full.hidden_states[-1][0, prompt.shape[1] - 1 :]
     np.testing.assert_allclose(result.hidden, expected.numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ARCHITECTURES)
+def test_labels_past_the_prompt_give_each_generated_positions_eager_weight_and_entropy_is_exact(kind):
+    """What the retrieval loop reads: one region per position, the generated ones included, and each
+    step's next-token entropy."""
+    model = tiny_model(kind)
+    instrument = Instrument(model, describe_heads(model), ProbeSettings(mass_sink=0, mass_window=0))
+    prompt = torch.randint(3, 500, (1, 18), generator=torch.Generator().manual_seed(5))
+    length = prompt.shape[1]
+    labels = [-1] * length + list(range(STEPS))
+    labels[4], labels[9] = STEPS, STEPS + 1  # two prompt positions, after the generated ones
+    rows = [Row(prompt[0].tolist(), STEPS, None, labels)]
+    result = decode_rows(
+        instrument,
+        SharedPrefill(model, 8, share=False),
+        rows,
+        StopRule(),
+        True,
+        regions=STEPS + 2,
+        entropy=True,
+    )[0]
+    instrument.detach()
+    tokens, _, eager_rows = naive_peaks(model, prompt, STEPS)
+    assert result.tokens == tokens
+    for step in range(STEPS):
+        for layer, layer_rows in enumerate(eager_rows[step]):
+            attention = layer_rows.numpy()
+            mass = result.records.mass[step, 0, layer]
+            np.testing.assert_allclose(mass[:, STEPS], attention[:, 4], atol=1e-5)
+            np.testing.assert_allclose(mass[:, STEPS + 1], attention[:, 9], atol=1e-5)
+            for generated in range(STEPS):
+                position = length + generated
+                expected = attention[:, position] if position < attention.shape[1] else 0.0
+                np.testing.assert_allclose(mass[:, generated], expected, atol=1e-5)
+    sequence = torch.cat([prompt, torch.tensor([tokens[:-1]])], dim=1)
+    with torch.no_grad():
+        logits = model(input_ids=sequence).logits[0, length - 1 :].double()
+    expected = -(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1).numpy()
+    np.testing.assert_allclose(result.entropy, expected, rtol=1e-4)

@@ -179,3 +179,23 @@ def test_the_ablation_command_and_the_report_end_to_end(run, tmp_path, monkeypat
     html = report.read_text()
     assert "Dynamic retrieval heads run" in html and "Dynamic ablation run" in html
     assert "Predicting heads from hidden states" in html
+
+
+def test_rag_takes_the_probes_heads_per_step_and_the_runs_static_ranking(run, copier, tmp_path):
+    from babelheads.experiments.dynamic import load_probe, ranked_heads
+    from babelheads.experiments.rag import RagConfig, _load_heads, rag
+    from babelheads.rag.loop import SELECTIONS
+
+    config = RagConfig(heads=str(run.root), languages=("en", "de"), count=2, replicates=50)
+    heads = _load_heads(run, config, copier)
+    ranking = ranked_heads(run)
+    assert heads.choose("static", "de", None)[0] == ranking["de"].index[:5].tolist()
+    state = np.random.default_rng(0).normal(size=copier.model.config.hidden_size).astype(np.float32)
+    probabilities = load_probe(run.root).probabilities(state[None])[0]
+    chosen, scores = heads.choose("dynamic", "en", state)
+    assert chosen == np.argsort(-probabilities, kind="stable")[:5].tolist()
+    assert scores == sorted(scores, reverse=True)
+    store = rag(config, tmp_path / "rag", Execution(progress=False))
+    samples = store.table("samples")
+    assert set(samples["selection"]) == set(SELECTIONS) and len(samples) == 4 * len(SELECTIONS)
+    assert store.derived("rag_scores")["language"].tolist().count("all") == len(SELECTIONS)

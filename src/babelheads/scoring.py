@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING
@@ -203,3 +204,24 @@ def check_answer(expected: str, generated: str, tokenizer_kind: str, threshold: 
     normalize = lambda text: re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text).lower()).strip()  # noqa: E731
     contains = normalize(expected) in normalize(generated)
     return AnswerCheck(float(recall), contains, bool(recall > threshold), float(scores["rougeL"].fmeasure))
+
+
+def first_line(text: str) -> str:
+    """The prediction of a short-answer question: the first non-empty line of the generated text."""
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
+def exact_match(expected: str, predicted: str, tokenizer_kind: str) -> bool:
+    """The two texts give the same answer tokens (lower-cased, NFKC, punctuation dropped)."""
+    return answer_tokens(expected, tokenizer_kind) == answer_tokens(predicted, tokenizer_kind)
+
+
+def token_f1(expected: str, predicted: str, tokenizer_kind: str) -> float:
+    """SQuAD's token F1: the harmonic mean of precision and recall of the answer tokens as multisets;
+    0 when either side has no token."""
+    truth, guess = answer_tokens(expected, tokenizer_kind), answer_tokens(predicted, tokenizer_kind)
+    common = sum((Counter(truth) & Counter(guess)).values())
+    if not common:
+        return 0.0
+    precision, recall = common / len(guess), common / len(truth)
+    return 2 * precision * recall / (precision + recall)

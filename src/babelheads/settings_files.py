@@ -12,7 +12,7 @@ from pathlib import Path
 
 from babelheads.errors import BabelheadsError
 
-REPLAYED_KINDS = ("detect", "ablate", "compare", "importance", "language-test", "adapt", "dynamic")
+REPLAYED_KINDS = ("detect", "ablate", "compare", "importance", "language-test", "adapt", "dynamic", "rag")
 LIST_FIELDS = ("runs",)
 """Flags that take several values as a list (an argument given many times), not comma-separated text."""
 
@@ -66,6 +66,10 @@ def replay_run(run: Path, command: str, fields: set[str]) -> dict[str, object]:
     if kind == "dynamic" and config.get("task") == "multihop":  # the two-hop settings' own names
         nested["count"], nested["questions"] = nested.pop("questions"), nested.pop("source")
         nested["lengths"] = [nested.pop("length")]
+    if kind == "rag":  # the loop's settings; its head count is --head-count beside --heads RUN
+        loop = dict(config.pop("loop"))
+        loop["head_count"] = loop.pop("heads")
+        nested.update(loop)
     if isinstance(config.get("head_mask"), dict):
         config["head_mask"] = config["head_mask"]["file"]
     values = {**nested, **config, **manifest.get("analysis", {})}

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from scipy.special import expit
 from sklearn.cross_decomposition import CCA
 from sklearn.decomposition import PCA
 from sklearn.metrics import average_precision_score, precision_recall_curve, r2_score
@@ -318,9 +319,7 @@ class TrainedProbe:
 
     def probabilities(self, states: np.ndarray) -> np.ndarray:
         """float (rows, heads) for states of shape (rows, hidden size)."""
-        return 1 / (
-            1 + np.exp(-_predict(self.model, (np.asarray(states, np.float32) - self.mean) / self.std))
-        )
+        return expit(_predict(self.model, (np.asarray(states, np.float32) - self.mean) / self.std))
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,9 @@ class Decoded:
     hidden: np.ndarray | None = None
     """float32 (steps, hidden size): the final hidden state (the input of the LM head) of the query
     that produced each token, when asked for."""
+    entropy: np.ndarray | None = None
+    """float32 (steps,): the entropy in nats of the next-token distribution each token was taken
+    from, when asked for."""
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,8 @@ class Row:
     max_new_tokens: int
     gates: HeadGates | None = None
     regions: Sequence[int] | None = None
-    """The region label of each prompt position (-1: none), for the instrument's region masses."""
+    """The region label of each prompt position (-1: none), for the instrument's region masses; it may
+    run on past the prompt to label the positions the generated tokens will take."""
 
 
 @torch.no_grad()
@@ -57,6 +61,7 @@ def decode_rows(
     keep: Sequence[set[int]] | None = None,
     regions: int = 0,
     hidden: bool = False,
+    entropy: bool = False,
 ) -> list[Decoded]:
     """Prefill every row (through ``prefill``, which reuses shared prefixes; ``keep`` are each row's
     branch points for later prompts) and decode them as one batch. ``regions`` : how many region
@@ -77,18 +82,18 @@ def decode_rows(
     labels = _region_labels(rows, regions, mask.device) if record and regions else None
     instrument.set_regions(labels, regions)
     try:
-        return _decode(instrument, batch.cache, mask, rows, lengths, stops, record, hidden)
+        return _decode(instrument, batch.cache, mask, rows, lengths, stops, record, hidden, entropy)
     finally:
         instrument.set_regions(None)
 
 
 def _region_labels(rows: Sequence[Row], count: int, device: torch.device) -> torch.Tensor:
-    width = max(len(row.input_ids) for row in rows)
+    width = max(max(len(row.input_ids), len(row.regions or ())) for row in rows)
     labels = torch.full((len(rows), width), -1, dtype=torch.long)
     for index, row in enumerate(rows):
         if row.regions is not None:
-            if len(row.regions) != len(row.input_ids):
-                raise ValueError("A row's region labels must cover its input ids one to one.")
+            if len(row.regions) < len(row.input_ids):
+                raise ValueError("A row's region labels must cover at least its input ids.")
             labels[index, : len(row.regions)] = torch.as_tensor(list(row.regions), dtype=torch.long)
     if int(labels.max()) >= count:
         raise ValueError(f"Region labels must lie below {count}.")
@@ -121,6 +126,7 @@ def _decode(
     stops: StopRule,
     record: bool,
     hidden: bool = False,
+    entropy: bool = False,
 ) -> list[Decoded]:
     model = instrument.model
     device = mask.device
@@ -137,6 +143,7 @@ def _decode(
     recording = instrument.recording(len(rows), longest) if record else nullcontext()
     instrument.set_phase("decode")
     kept_hidden: list[list[np.ndarray]] = [[] for _ in rows]
+    kept_entropy: list[list[float]] = [[] for _ in rows]
     try:
         with recording, instrument.gated(gates), _final_states(model, hidden) as states:
             for step in range(longest):
@@ -152,6 +159,10 @@ def _decode(
                     logits_to_keep=1,
                 ).logits
                 emitted = logits[:, -1].argmax(-1).tolist()  # the one host sync per step
+                if entropy:
+                    spread = _entropy(logits[:, -1]).tolist()
+                    for row_index, value in zip(live_rows, spread, strict=True):
+                        kept_entropy[row_index].append(value)
                 if hidden:
                     for row_index, state in zip(live_rows, states.pop().cpu().numpy(), strict=True):
                         kept_hidden[row_index].append(state)
@@ -191,9 +202,14 @@ def _decode(
                 None if records.mass is None else records.mass[: len(row_tokens), index : index + 1],
             ),
             np.stack(kept_hidden[index]) if hidden else None,
+            np.asarray(kept_entropy[index], np.float32) if entropy else None,
         )
         for index, row_tokens in enumerate(tokens)
     ]
+
+
+def _entropy(logits: torch.Tensor) -> torch.Tensor:
+    return torch.special.entr(torch.softmax(logits.float(), dim=-1)).sum(-1)
 
 
 def greedy_decode(

@@ -1,0 +1,440 @@
+"""Dynamic RAG ("Retrieval Heads are Dynamic", Sec. 6, built on DRAGIN): two-hop questions answered
+with a retrieval loop whose queries come from the attention of chosen heads, against no retrieval and
+one retrieval with the question.
+
+Heads come from another run: a dynamic run's probe predicts the ``dynamic`` heads of each step, and a
+detect or dynamic run's retrieval scores give the ``static`` ones. Those runs chose their heads on
+other samples (needle tests, or other two-hop questions: questions a two-hop heads run used are left
+out here). Each question is one resumable part holding every selection's answer and retrieval trace.
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from babelheads.analysis.aggregate import ThinDataWarning
+from babelheads.analysis.head_probes import TrainedProbe
+from babelheads.analysis.scores import mean_interval
+from babelheads.data.languages import Language, load_language
+from babelheads.data.multihop import TwoHop, load_two_hop
+from babelheads.errors import BabelheadsError
+from babelheads.execution import DEFAULT_EXECUTION, Execution
+from babelheads.experiments.dynamic import ALL, load_probe, ranked_heads
+from babelheads.experiments.dynamic_ablate import FINISHED_TABLE
+from babelheads.models import LoadedModel, resolved_precision
+from babelheads.probe import Instrument, ProbeSettings
+from babelheads.rag.collection import build_collection, cached_index
+from babelheads.rag.loop import HEAD_GUIDED, SELECTIONS, Branch, LoopSettings, Question, RetrievalLoop
+from babelheads.rag.trigger import load_stop_words
+from babelheads.runner.jobs import DEFAULT_BATCH_SIZE
+from babelheads.runs import RunStore
+from babelheads.scoring import check_answer, exact_match, first_line, token_f1
+from babelheads.tasks.base import content_digest, safe_id
+from babelheads.tasks.multihop import MultihopSettings, MultihopTask
+from babelheads.tasks.niah import check_prompt_format
+
+METRICS = ("exact", "f1", "contains")
+PROBES = ("all", "language")
+CONTRASTS = (
+    *((selection, baseline) for selection in HEAD_GUIDED for baseline in ("none", "question")),
+    ("dynamic", "static"),
+    ("dynamic", "dragin"),
+)
+
+
+@dataclass(frozen=True)
+class RagConfig:
+    """heads : a dynamic run (its probe: the ``dynamic`` heads; its scores: the ``static`` ones) or a
+    detect run (``static`` only). questions : 'builtin', a two-hop file or directory, or hf:NAME
+    (HotpotQA); count : questions per language, a seeded choice (0: all). corpus : paragraphs added to
+    the collection ('' for none). probe : 'all' (the probe fitted on every language pooled) or
+    'language' (each language's own)."""
+
+    heads: str | None = None
+    model: str | None = None
+    languages: tuple[str, ...] = ("en", "de", "zh")
+    questions: str = "builtin"
+    count: int = 16
+    corpus: str = "builtin"
+    data_dir: str | None = None
+    selections: tuple[str, ...] = SELECTIONS
+    loop: LoopSettings = field(default_factory=LoopSettings)
+    probe: str = ALL
+    prompt: str = "auto"
+    dtype: str = "auto"
+    replicates: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = [selection for selection in self.selections if selection not in SELECTIONS]
+        if unknown or not self.selections:
+            raise BabelheadsError(
+                f"Unknown selection {', '.join(unknown) or '(none given)'}. "
+                f"Use some of {', '.join(SELECTIONS)}."
+            )
+        if self.probe not in PROBES:
+            raise BabelheadsError(f"probe must be one of {', '.join(PROBES)}. Got {self.probe!r}.")
+        if self.count < 0 or not self.languages:
+            raise BabelheadsError("count must be >= 0 and at least one language given.")
+        if self.heads is None and {"dynamic", "static"} & set(self.selections):
+            raise BabelheadsError(
+                "The dynamic and static selections need --heads RUN (a dynamic run; a detect run for static)."
+            )
+        check_prompt_format(self.prompt)
+
+    @property
+    def root(self) -> Path | None:
+        return Path(self.data_dir) if self.data_dir else None
+
+    def identity(self, model: str) -> dict:
+        config = asdict(self)
+        config.pop("replicates")
+        return {**config, "model": model}
+
+
+@dataclass
+class _Heads:
+    """The heads run's probes and static rankings, per language."""
+
+    probes: dict[str, TrainedProbe]
+    static: dict[str, np.ndarray]
+    count: int
+
+    def choose(self, selection: str, language: str, state: np.ndarray) -> tuple[list[int], list[float]]:
+        if selection == "static":
+            heads = self.static[language][: self.count].tolist()
+            return heads, [1.0] * len(heads)
+        probabilities = self.probes[language].probabilities(state[None])[0]
+        top = np.lexsort((np.arange(len(probabilities)), -probabilities))[: self.count]
+        return top.tolist(), [round(float(probabilities[head]), 4) for head in top]
+
+
+def rag(config: RagConfig, out: Path, execution: Execution = DEFAULT_EXECUTION) -> RunStore:
+    """Answer (or resume answering) every question under every selection into ``out``; write the
+    scores and contrasts once every question is done."""
+    heads_run, heads_manifest = _heads_run(config)
+    model = config.model or (heads_manifest["spec"]["model"]["model"] if heads_manifest else None)
+    if model is None:
+        raise BabelheadsError("Give --model (or --heads RUN, whose model is then used).")
+    items = {code: _questions(config, code, heads_manifest) for code in config.languages}
+    languages = {code: load_language(code, config.root) for code in config.languages}
+    collections = {
+        code: build_collection(
+            load_two_hop(config.questions, code, config.root), config.corpus, code, config.root
+        )
+        for code in config.languages
+    }
+    stop_words = {code: load_stop_words(code, config.root) for code in config.languages}
+    store = RunStore(out)
+    spec = {
+        "kind": "rag",
+        "config": config.identity(model),
+        "data": {
+            **{f"questions:{code}": content_digest([asdict(item) for item in items[code]]) for code in items},
+            **{
+                f"collection:{code}": content_digest([asdict(doc) for doc in docs])
+                for code, docs in collections.items()
+            },
+            **{f"language:{code}": content_digest(asdict(languages[code])) for code in languages},
+            **{f"stop_words:{code}": content_digest(sorted(words)) for code, words in stop_words.items()},
+        },
+        "heads": heads_manifest["spec_digest"] if heads_manifest else None,
+        "precision": resolved_precision(config.dtype, execution.device),
+    }
+    store.check_compatible(spec, ignore=("model",))
+    if store.exists():
+        store.validate()
+    questions = [
+        Question(safe_id(f"{code}-{item.id}"), code, item)
+        for code in config.languages
+        for item in items[code]
+    ]
+    todo = [question for question in questions if question.sample_id not in store.finished()]
+    if todo:
+        loaded = execution.load(model, config.dtype)
+        spec = {**spec, "model": loaded.identity}
+        store.check_compatible(spec)
+        heads = _load_heads(heads_run, config, loaded)
+        indexes = {
+            code: cached_index(collections[code], languages[code].answer_tokenizer)
+            for code in config.languages
+        }
+        store.create(
+            spec,
+            config.seed,
+            {
+                "layout": asdict(loaded.layout),
+                "collection_size": {code: len(docs) for code, docs in collections.items()},
+            },
+        )
+        chat = {"auto": loaded.is_chat, "chat": True, "plain": False}[config.prompt]
+        instrument = Instrument(
+            loaded.model, loaded.layout, ProbeSettings(top_k=1, mass_sink=0, mass_window=0)
+        )
+        size = execution.batch_size or DEFAULT_BATCH_SIZE.get(loaded.device.type, 8)
+        loop = RetrievalLoop(
+            loaded, instrument, languages, indexes, stop_words, heads.choose, config.loop, chat, size
+        )
+        try:
+            _answer_all(store, loop, loaded, todo, config, languages, execution.progress, size)
+        finally:
+            instrument.detach()
+    if {question.sample_id for question in questions} <= store.finished():
+        finalize(store, config)
+    return store
+
+
+def _heads_run(config: RagConfig) -> tuple[RunStore | None, dict | None]:
+    if config.heads is None:
+        return None, None
+    store = RunStore(Path(config.heads))
+    manifest = store.manifest()
+    kind = manifest["spec"]["kind"]
+    if kind not in FINISHED_TABLE:
+        raise BabelheadsError(f"{config.heads} is a {kind} run; --heads needs a dynamic (or detect) run.")
+    if "dynamic" in config.selections and kind != "dynamic":
+        raise BabelheadsError(
+            f"{config.heads} is a {kind} run, which has no probe; the dynamic selection needs a dynamic "
+            "run (babelheads dynamic), or leave dynamic out of --selections."
+        )
+    if not store.has_derived(FINISHED_TABLE[kind]):
+        raise BabelheadsError(f"{config.heads} is not finished. Run its command again to finish it first.")
+    return store, manifest
+
+
+def _questions(config: RagConfig, code: str, heads_manifest: dict | None) -> list[TwoHop]:
+    """A seeded choice of ``count`` questions, leaving out those a two-hop heads run was fitted on."""
+    items = load_two_hop(config.questions, code, config.root)
+    used: set[str] = set()
+    spec = heads_manifest["spec"]["config"] if heads_manifest else {}
+    if spec.get("task") == "multihop" and spec["multihop"]["source"] == config.questions:
+        settings = MultihopSettings(**{**spec["multihop"], "languages": (code,)})
+        if code in spec["multihop"]["languages"]:
+            used = {item.id for item in MultihopTask(settings).items[code]}
+    free = [item for item in items if item.id not in used]
+    count = config.count or len(free)
+    if count > len(free):
+        raise BabelheadsError(
+            f"{count} questions asked in {code}; {len(free)} are left"
+            + (f" once the {len(used)} the heads run was fitted on are set aside" if used else "")
+            + f". Use --count {len(free)} or fewer."
+        )
+    chosen = sorted(random.Random(config.seed).sample(range(len(free)), count))
+    return [free[index] for index in chosen]
+
+
+def _load_heads(heads_run: RunStore | None, config: RagConfig, loaded: LoadedModel) -> _Heads:
+    probes: dict[str, TrainedProbe] = {}
+    static: dict[str, np.ndarray] = {}
+    if heads_run is None:
+        return _Heads(probes, static, config.loop.heads)
+    if heads_run.manifest()["spec"]["model"] != loaded.identity:
+        raise BabelheadsError(
+            f"{config.heads} was run on another model than {config.model}; its heads do not apply. Use "
+            "a heads run of the same model."
+        )
+    if "static" in config.selections:
+        ranking = ranked_heads(heads_run)
+        missing = [code for code in config.languages if code not in ranking]
+        if missing:
+            raise BabelheadsError(
+                f"{config.heads} has no head ranking for {', '.join(missing)} (not run there, or no sample "
+                "answered right). Use a heads run that covers those languages."
+            )
+        static = {code: ranking[code].index.to_numpy() for code in config.languages}
+    if "dynamic" in config.selections:
+        for code in config.languages:
+            probes[code] = load_probe(Path(config.heads), ALL if config.probe == ALL else code)
+    return _Heads(probes, static, config.loop.heads)
+
+
+def _answer_all(
+    store: RunStore,
+    loop: RetrievalLoop,
+    loaded: LoadedModel,
+    questions: list[Question],
+    config: RagConfig,
+    languages: dict[str, Language],
+    progress: bool,
+    size: int,
+) -> None:
+    """Questions in groups (every selection of a group decodes together); each question is written as
+    soon as its group is done."""
+    from tqdm.auto import tqdm
+
+    group = size  # every selection of ``size`` questions: the first round fills a batch
+    bar = tqdm(total=len(questions), desc="rag", unit="question", disable=not progress)
+    for start in range(0, len(questions), group):
+        chunk = questions[start : start + group]
+        branches = loop.answer(chunk, config.selections)
+        for question in chunk:
+            own = [branch for branch in branches if branch.question is question]
+            store.append(question.sample_id, _tables(own, loaded, languages[question.language], loop))
+        bar.update(len(chunk))
+    bar.close()
+
+
+TRACE_COLUMNS = [
+    "sample_id",
+    "language",
+    "selection",
+    "retrieval",
+    "step",
+    "trigger",
+    "rind",
+    "entropy",
+    "importance",
+    "heads",
+    "head_scores",
+    "position_tokens",
+    "windows",
+    "query",
+    "documents",
+    "document_scores",
+    "gold",
+]
+
+
+def _tables(
+    branches: list[Branch], loaded: LoadedModel, language: Language, loop: RetrievalLoop
+) -> dict[str, pd.DataFrame]:
+    rows, trace = [], []
+    for branch in branches:
+        item = branch.question.item
+        text = loaded.tokenizer.decode(branch.answer, skip_special_tokens=True)
+        prediction = first_line(text)
+        facts = {f"{item.id}/fact{k}" for k in range(len(item.facts))}
+        held = {document.id for document in branch.documents}
+        rows.append(
+            {
+                "sample_id": branch.question.sample_id,
+                "language": branch.question.language,
+                "question_id": item.id,
+                "selection": branch.selection,
+                "status": "ok",
+                "output": text,
+                "prediction": prediction,
+                "answer": item.answer,
+                "exact": exact_match(item.answer, prediction, language.answer_tokenizer),
+                "f1": token_f1(item.answer, prediction, language.answer_tokenizer),
+                "contains": check_answer(item.answer, prediction, language.answer_tokenizer).contains,
+                "retrievals": branch.retrievals,
+                "rounds": branch.rounds,
+                "documents": len(branch.documents),
+                "gold_found": len(facts & held) / len(facts),
+                "context": " ".join(document.id for document in branch.documents),
+            }
+        )
+        for entry in branch.trace:
+            trace.append(
+                {
+                    "sample_id": branch.question.sample_id,
+                    "language": branch.question.language,
+                    "selection": branch.selection,
+                    **_flat(entry, loop, loaded),
+                }
+            )
+    return {"trace": pd.DataFrame(trace, columns=TRACE_COLUMNS), "samples": pd.DataFrame(rows)}
+
+
+def _flat(entry: dict, loop: RetrievalLoop, loaded: LoadedModel) -> dict:
+    """A trace entry with its lists as text (one parquet type per column whatever the part)."""
+    num_heads = loaded.layout.num_heads
+    windows = [loaded.tokenizer.decode(window).strip() for window in entry.get("windows", [])]
+    return {
+        "retrieval": entry["retrieval"],
+        "step": entry["step"],
+        "trigger": entry["trigger"],
+        "rind": entry.get("rind", np.nan),
+        "entropy": entry.get("entropy", np.nan),
+        "importance": entry.get("importance", np.nan),
+        "heads": " ".join(f"{head // num_heads}-{head % num_heads}" for head in entry.get("heads", [])),
+        "head_scores": " ".join(f"{score:g}" for score in entry.get("head_scores", [])),
+        "position_tokens": " | ".join(token.strip() for token in entry.get("position_tokens", [])),
+        "windows": " | ".join(windows),
+        "query": entry["query"],
+        "documents": " ".join(entry["documents"]),
+        "document_scores": " ".join(f"{score:.3f}" for score in entry["document_scores"]),
+        "gold": " ".join(str(int(flag)) for flag in entry["gold"]),
+    }
+
+
+def finalize(store: RunStore, config: RagConfig) -> None:
+    samples = store.table("samples")
+    scores = rag_scores(samples, config.replicates, config.seed)
+    store.write_derived("rag_scores", scores)
+    store.write_csv("rag_scores", scores)
+    contrasts = rag_contrasts(samples, config.replicates, config.seed)
+    store.write_derived("rag_contrasts", contrasts)
+    store.write_csv("rag_contrasts", contrasts)
+
+
+def _with_pooled(samples: pd.DataFrame) -> pd.DataFrame:
+    """The samples once per language and once more under 'all' (languages pooled), when several."""
+    if samples["language"].nunique() < 2:
+        return samples
+    return pd.concat([samples, samples.assign(language=ALL)], ignore_index=True)
+
+
+def rag_scores(samples: pd.DataFrame, replicates: int, seed: int) -> pd.DataFrame:
+    """Per language and selection: EM, token F1 and containment over questions with bootstrap
+    intervals; mean retrievals, documents in the final context and the share of supporting facts
+    among them."""
+    rows = []
+    for (language, selection), group in _with_pooled(samples).groupby(["language", "selection"], sort=False):
+        row = {"language": language, "selection": selection, "questions": len(group)}
+        for metric in METRICS:
+            point, low, high = mean_interval(group[metric].to_numpy(float), replicates, seed)
+            if len(group) < 2:
+                low = high = np.nan
+            row.update({metric: point, f"{metric}_low": low, f"{metric}_high": high})
+        for column in ("retrievals", "documents", "gold_found"):
+            row[column] = float(group[column].mean())
+        row["retrieved"] = float((group["retrievals"] > 0).mean())
+        rows.append(row)
+    return (
+        pd.DataFrame(rows).sort_values(["language", "selection"], key=_selection_order).reset_index(drop=True)
+    )
+
+
+def _selection_order(column: pd.Series) -> pd.Series:
+    """Selections in SELECTIONS order; languages alphabetical with the pooled 'all' last."""
+    if column.name == "selection":
+        return column.map({selection: rank for rank, selection in enumerate(SELECTIONS)})
+    return column.map(lambda code: (code == ALL, code))
+
+
+def rag_contrasts(samples: pd.DataFrame, replicates: int, seed: int) -> pd.DataFrame:
+    """Paired per question: each head-guided selection minus no retrieval and minus the question-only
+    query, and dynamic minus static and minus DRAGIN's heads, for EM and F1, with intervals."""
+    rows = []
+    for language, group in _with_pooled(samples).groupby("language", sort=True):
+        for metric in ("exact", "f1"):
+            wide = group.pivot_table(index="sample_id", columns="selection", values=metric, aggfunc="mean")
+            for first, second in CONTRASTS:
+                if {first, second} <= set(wide.columns):
+                    difference = (wide[first] - wide[second]).dropna().to_numpy(float)
+                    point, low, high = mean_interval(difference, replicates, seed)
+                    if len(difference) < 2:
+                        low = high = np.nan
+                    rows.append(
+                        {
+                            "language": language,
+                            "metric": metric,
+                            "contrast": f"{first} - {second}",
+                            "difference": point,
+                            "low": low,
+                            "high": high,
+                            "questions": len(difference),
+                        }
+                    )
+    if samples["sample_id"].nunique() < 2:
+        warnings.warn("Fewer than 2 questions: no intervals (NaN).", ThinDataWarning, stacklevel=2)
+    columns = ["language", "metric", "contrast", "difference", "low", "high", "questions"]
+    return pd.DataFrame(rows, columns=columns)
