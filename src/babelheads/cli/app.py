@@ -8,7 +8,8 @@ HELP = """babelheads finds the attention heads a language model uses to retrieve
 process each language, and tests them: needle-in-a-haystack detection with a retrieval score per head,
 comparison across languages, masking top heads against random ones, LAHIS language heads (importance,
 five experiments, a soft head mask), dynamic retrieval heads (per decoding step, their ablation,
-and probes that predict them from hidden states), and an HTML report.
+probes that predict them from hidden states, and retrieval-augmented answers whose queries the
+predicted heads form), and an HTML report.
 
 Start with `babelheads study --out runs/demo` (the whole study on the built-in Gemma 3 270M), or
 `babelheads detect --help`. Every command writes a run directory that resumes when run again."""

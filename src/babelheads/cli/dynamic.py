@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from babelheads.cli.app import app
-from babelheads.cli.options import BatchSize, ConfigFile, FromRun, _execution, _floats, _ints
+from babelheads.cli.options import BatchSize, ConfigFile, FromRun, _codes, _execution, _floats, _ints
 from babelheads.errors import BabelheadsError
 
 Quiet = Annotated[bool, typer.Option(help="No progress bar.")]
@@ -22,10 +22,6 @@ Span = Annotated[
     typer.Option(help="needle: the paper's S (top-1 on a needle token = the emitted one); answer: Wu et al."),
 ]
 Replicates = Annotated[int, typer.Option(help="Bootstrap replicates.")]
-
-
-def _codes(text: str) -> tuple[str, ...]:
-    return tuple(code.strip() for code in text.split(",") if code.strip())
 
 
 @app.command("dynamic")

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from babelheads.cli.app import app
-from babelheads.cli.options import BatchSize, ConfigFile, FromRun, HeadMask, _execution
+from babelheads.cli.options import BatchSize, ConfigFile, FromRun, HeadMask, _codes, _execution
 
 Quiet = Annotated[bool, typer.Option(help="No progress bar.")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")]
@@ -16,10 +16,6 @@ TextsPerPass = Annotated[
     int | None,
     typer.Option("--batch-size", help="Texts per forward and backward pass; default 1 on CPU, 8 on a GPU."),
 ]
-
-
-def _codes(text: str) -> tuple[str, ...]:
-    return tuple(code.strip() for code in text.split(",") if code.strip())
 
 
 @app.command()

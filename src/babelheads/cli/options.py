@@ -10,6 +10,11 @@ import typer
 from babelheads.errors import BabelheadsError
 
 
+def _codes(text: str) -> tuple[str, ...]:
+    """Comma-separated codes (languages, selections), blanks dropped."""
+    return tuple(code.strip() for code in text.split(",") if code.strip())
+
+
 def _ints(text: str, name: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in text.split(",") if part.strip())

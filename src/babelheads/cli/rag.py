@@ -9,12 +9,8 @@ from typing import Annotated
 import typer
 
 from babelheads.cli.app import app
-from babelheads.cli.options import BatchSize, ConfigFile, FromRun, _execution
+from babelheads.cli.options import BatchSize, ConfigFile, FromRun, _codes, _execution
 from babelheads.rag.loop import SELECTIONS
-
-
-def _codes(text: str) -> tuple[str, ...]:
-    return tuple(code.strip() for code in text.split(",") if code.strip())
 
 
 @app.command("rag")

@@ -24,9 +24,10 @@ def scores_chart(scores: pd.DataFrame) -> Figure:
     languages = list(dict.fromkeys(scores["language"]))
     present = [selection for selection in SELECTIONS if selection in set(scores["selection"])]
     figure = MplFigure(figsize=(WIDTH, 3.2), layout="constrained")
-    panels = figure.subplots(1, 2, sharey=True)
+    panels = figure.subplots(1, 3)
     width = 0.8 / len(present)
-    for ax, metric, label in zip(panels, ("exact", "f1"), ("exact match", "token F1"), strict=True):
+    top = np.nanmax(scores[["exact_high", "f1_high"]].to_numpy(float), initial=0.0)
+    for ax, metric, label in zip(panels[:2], ("exact", "f1"), ("exact match", "token F1"), strict=True):
         for index, selection in enumerate(present):
             rows = scores[scores["selection"] == selection].set_index("language").reindex(languages)
             values = rows[metric].to_numpy(float)
@@ -42,14 +43,26 @@ def scores_chart(scores: pd.DataFrame) -> Figure:
             )
         ax.set_xticks(np.arange(len(languages)), languages)
         ax.set_title(label, fontsize=9)
-        ax.set_ylim(0, 1.05)
+        ax.set_ylim(0, min(1.05, max(0.3, 1.15 * top)))
+    for index, selection in enumerate(present):
+        rows = scores[scores["selection"] == selection].set_index("language").reindex(languages)
+        panels[2].bar(
+            np.arange(len(languages)) + (index - (len(present) - 1) / 2) * width,
+            rows["gold_found"].to_numpy(float),
+            width,
+            color=SELECTION_COLOURS[selection],
+        )
+    panels[2].set_xticks(np.arange(len(languages)), languages)
+    panels[2].set_title("supporting facts in the final context", fontsize=9)
+    panels[2].set_ylim(0, 1.05)
     panels[0].legend(fontsize=7)
     caption = (
         "Two-hop questions answered with retrieval: queries formed from the attention of the probe's "
         "predicted heads at the triggering step (dynamic), of the static top retrieval heads (static) "
         "or of the last layer (dragin), under the same trigger (RIND) and budget; beside one retrieval "
         "with the question (question) and none. Bars: mean over questions with 95% bootstrap intervals; "
-        "'all' pools the languages. The paired differences are in the text summary and the run's "
+        "'all' pools the languages. Right: the share of each question's two supporting facts among the "
+        "documents it ended with. The paired differences are in the text summary and the run's "
         "rag_contrasts table."
     )
     return Figure(

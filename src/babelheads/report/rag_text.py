@@ -20,7 +20,8 @@ def rag_summary(store: RunStore) -> str:
             lines.append(
                 f"  {row['selection']:<9} EM {_number(row['exact'])} [{_number(row['exact_low'])}, "
                 f"{_number(row['exact_high'])}]  F1 {_number(row['f1'])} [{_number(row['f1_low'])}, "
-                f"{_number(row['f1_high'])}]  retrievals {_number(row['retrievals'], 1)}  "
+                f"{_number(row['f1_high'])}]  retrieved {_number(row['retrieved'])}  "
+                f"retrievals {_number(row['retrievals'], 1)}  "
                 f"documents {_number(row['documents'], 1)}  "
                 f"supporting facts found {_number(row['gold_found'])}"
             )
