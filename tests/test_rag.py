@@ -448,3 +448,52 @@ def test_the_rag_command_runs_resumes_reports_and_refuses_bad_input(
     code, _, err = run_cli(monkeypatch, capsys, *args[: -len(FAST)], "--threshold", "-1", *FAST)
     assert_one_line_error(code, err, "threshold must be >= 0")
     pd.testing.assert_frame_equal(store.derived("rag_scores"), before)
+
+
+def test_hotpotqa_questions_bring_their_own_collection(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    import sys
+    import types
+
+    # A stand-in for the datasets package, in HotpotQA's layout (as in test_dynamic_cli).
+    context = {
+        "title": ["Orla Fen", "Brask"],
+        "sentences": [
+            ["Orla Fen is a marsh.", "It was drained by Ivo Brask."],
+            ["Ivo Brask was born in Tellum.", "He liked boats."],
+        ],
+    }
+    row = {
+        "id": "h1",
+        "question": "Where was the man who drained Orla Fen born?",
+        "answer": "Tellum",
+        "supporting_facts": {"title": ["Orla Fen", "Brask"], "sent_id": [1, 0]},
+        "context": context,
+    }
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=lambda *a, **k: [row]))
+    out = tmp_path / "hotpot"
+    code, text, err = run_cli(
+        monkeypatch,
+        capsys,
+        "rag",
+        "--model",
+        str(tiny_model_dir),
+        "--languages",
+        "en",
+        "--questions",
+        "hf:hotpotqa/hotpot_qa:distractor",
+        "--count",
+        "1",
+        "--corpus",
+        "",
+        "--selections",
+        "question,none",
+        "--out",
+        str(out),
+        *FAST,
+    )
+    assert code == 0, err
+    store = RunStore(out)
+    assert store.manifest()["collection_size"] == {"en": 4}
+    question = store.table("samples").set_index("selection").loc["question"]
+    # The question shares 'drained' and 'born' with the two supporting sentences: both are found.
+    assert question["gold_found"] == 1.0
