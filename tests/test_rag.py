@@ -471,7 +471,7 @@ def test_hotpotqa_questions_bring_their_own_collection(tiny_model_dir, tmp_path,
     }
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=lambda *a, **k: [row]))
     out = tmp_path / "hotpot"
-    code, text, err = run_cli(
+    code, _, err = run_cli(
         monkeypatch,
         capsys,
         "rag",
