@@ -15,6 +15,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from babelheads.errors import UnsupportedModelError
+from babelheads.probe.buckets import BucketedKV, bucketed_attention
 from babelheads.probe.eager import eager_attention
 
 if TYPE_CHECKING:
@@ -35,6 +37,8 @@ def probed_attention(
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     softcap, sinks = kwargs.get("softcap"), kwargs.get("s_aux")
+    if isinstance(key, BucketedKV):
+        return _bucketed(module, query, key, scaling, softcap, sinks)
     if softcap is not None or sinks is not None:
         # sdpa refuses softcap and drops sinks silently: compute both exactly instead.
         scale = query.shape[-1] ** -0.5 if scaling is None else scaling
@@ -54,6 +58,36 @@ def probed_attention(
     gates = instrument.gates
     if gates is not None and gates.applies_to(instrument.phase):
         attn_output = gates.apply(layer, attn_output, value, attention_mask)
+    return attn_output, None
+
+
+def _bucketed(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    kv: BucketedKV,
+    scaling: float | None,
+    softcap: float | None,
+    sinks: torch.Tensor | None,
+) -> tuple[torch.Tensor, None]:
+    """A compressed layer: each bucket of KV heads attended exactly; its peaks recorded at the absolute
+    positions it holds; scale gates applied as everywhere."""
+    instrument: Instrument | None = getattr(module, PROBE_ATTRIBUTE, None)
+    recording = instrument is not None and instrument.is_recording
+    scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+    attn_output, rows = bucketed_attention(query, kv, scale, softcap, sinks, recording)
+    if instrument is None:
+        return attn_output, None
+    layer = module.layer_idx
+    instrument.layer_calls[layer] += 1
+    for heads, weights, positions in rows:
+        instrument.record_peaks(layer, heads, weights, positions)
+    gates = instrument.gates
+    if gates is not None and gates.applies_to(instrument.phase):
+        if gates.mode != "scale":
+            raise UnsupportedModelError(
+                "A compressed KV cache takes scale gates only (mask method 'gate'), not uniform attention."
+            )
+        attn_output = gates.apply(layer, attn_output, None, None)
     return attn_output, None
 
 

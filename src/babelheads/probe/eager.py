@@ -17,12 +17,14 @@ def eager_attention(
     scaling: float,
     softcap: float | None = None,
     sinks: torch.Tensor | None = None,
-) -> torch.Tensor:
+    keep_weights: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """query : (batch, heads, q_len, head_dim); key, value : (batch, kv_heads, kv_len, head_dim).
     attention_mask : boolean (True = visible) or additive, broadcastable to (batch, heads, q_len, kv_len),
     or None for plain causal attention with the queries at the end of the keys.
     sinks : (heads,) logits of a virtual key that takes a share of the softmax and contributes no value.
-    Returns the output of shape (batch, q_len, heads, head_dim), as attention functions do."""
+    Returns the output of shape (batch, q_len, heads, head_dim), as attention functions do, and with
+    ``keep_weights`` also the float32 weights (batch, heads, q_len, kv_len)."""
     batch, heads, q_len, _ = query.shape
     kv_heads, kv_len = key.shape[1], key.shape[2]
     group = heads // kv_heads
@@ -47,5 +49,5 @@ def eager_attention(
         weights = torch.softmax(combined.float(), dim=-1)[..., :-1]
     else:
         weights = torch.softmax(logits.float(), dim=-1)
-    output = torch.matmul(weights.to(values.dtype), values)
-    return output.transpose(1, 2).contiguous()
+    output = torch.matmul(weights.to(values.dtype), values).transpose(1, 2).contiguous()
+    return (output, weights) if keep_weights else output

@@ -237,6 +237,30 @@ class Instrument:
         if self._regions is not None:
             self._record_mass(layer, weights, first_position.view(batch, 1), last_position, rows)
 
+    def record_peaks(
+        self, layer: int, heads: torch.Tensor, weights: torch.Tensor, positions: torch.Tensor
+    ) -> None:
+        """Peaks of the query heads ``heads`` from their last row's ``weights`` (batch, len(heads), keys)
+        over keys at absolute ``positions`` (keys,): the path of a compressed cache, whose keys are not
+        one contiguous run."""
+        if self._regions is not None:
+            raise UnsupportedModelError("Region masses are not recorded through a compressed KV cache.")
+        ranked = weights
+        if self.settings.sink_tokens:
+            ranked = weights.masked_fill(positions.view(1, 1, -1) < self.settings.sink_tokens, -1.0)
+        k = min(self.settings.top_k, weights.shape[-1])
+        top_weights, top_slots = ranked.topk(k, dim=-1)
+        found = torch.where(top_weights >= 0, positions[top_slots], -1)
+        top_weights = top_weights.clamp_min(0.0)
+        if k < self.settings.top_k:
+            pad = self.settings.top_k - k
+            found = torch.nn.functional.pad(found, (0, pad), value=-1)
+            top_weights = torch.nn.functional.pad(top_weights, (0, pad), value=0.0)
+        buffer_positions, buffer_weights, rows = self._layer_buffers(layer, weights.device)
+        index = (self._step, rows.view(-1, 1), heads.to(rows.device).view(1, -1))
+        buffer_positions[index] = found
+        buffer_weights[index] = top_weights
+
     def _record_mass(
         self,
         layer: int,

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from babelheads.probe import HeadGates, Instrument, StepRecords
-from babelheads.runner.cache import BatchCache, cache_argument
+from babelheads.runner.cache import BatchCache, cache_argument, input_device
 from babelheads.runner.prefix import SharedPrefill
 from babelheads.runner.stops import StopRule
 
@@ -206,6 +206,15 @@ def _decode(
         )
         for index, row_tokens in enumerate(tokens)
     ]
+
+
+@torch.no_grad()
+def decode_prefilled(instrument: Instrument, cache, row: Row, stops: StopRule, record: bool) -> Decoded:
+    """Decode one row whose cache already holds all of its prompt but the last token (a cache the
+    caller built, e.g. a compressed one)."""
+    length = len(row.input_ids) - 1
+    mask = torch.ones(1, length, dtype=torch.long, device=input_device(instrument.model))
+    return _decode(instrument, cache, mask, [row], [length], stops, record)[0]
 
 
 def _entropy(logits: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,79 @@
+"""One prompt through a compressed cache: prefill the context, compress it, prefill the question
+(never evicted), then the runner's greedy loop. Compression acts on the context only, as kvpress's
+pipeline does: compressing the question would favour query-aware methods."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+from babelheads.kvcache.cache import analytic_bytes, compressed_layers, compressible_cache, storage_bytes
+from babelheads.probe import Instrument
+from babelheads.runner.cache import cache_argument, input_device
+from babelheads.runner.decode import Decoded, Row, decode_prefilled
+from babelheads.runner.stops import StopRule
+
+KeepRule = Callable[[DynamicCache, int], dict[int, list[torch.Tensor]]]
+"""(the cache holding the prefilled context, its length) -> per compressed layer, per KV head, the
+context positions to keep."""
+
+
+@dataclass
+class CompressedDecode:
+    decoded: Decoded
+    bytes_analytic: int
+    """Stored K/V elements x element size once the prompt is in (context compressed, question added)."""
+    bytes_storage: int
+    """The distinct storages the cache holds at that moment."""
+    bytes_full_layers: int
+    """The part of ``bytes_analytic`` in full-attention layers (the ones policies act on)."""
+
+
+@torch.no_grad()
+def compressed_decode(
+    instrument: Instrument,
+    input_ids: Sequence[int],
+    context_end: int,
+    keep: KeepRule,
+    max_new_tokens: int,
+    stops: StopRule,
+    record: bool = False,
+    prefill_chunk: int = 4096,
+) -> CompressedDecode:
+    """Decode ``input_ids`` greedily; positions [0, context_end) are the context that ``keep`` compresses."""
+    model = instrument.model
+    ids = list(input_ids)
+    if not 0 < context_end < len(ids):
+        raise ValueError(f"context_end must lie inside the prompt (1..{len(ids) - 1}). Got {context_end}.")
+    cache = compressible_cache(model)
+    instrument.set_phase("prefill")
+    _prefill(model, cache, ids, 0, context_end, prefill_chunk)
+    for index, positions in keep(cache, context_end).items():
+        compressed_layers(cache)[index].compress(positions)
+    _prefill(model, cache, ids, context_end, len(ids) - 1, prefill_chunk)
+    analytic, storage = analytic_bytes(cache), storage_bytes(cache)
+    full = sum(
+        sum(t.numel() * t.element_size() for t in layer.tensors())
+        for layer in compressed_layers(cache).values()
+    )
+    decoded = decode_prefilled(instrument, cache, Row(ids, max_new_tokens), stops, record)
+    return CompressedDecode(decoded, analytic, storage, full)
+
+
+def _prefill(
+    model: torch.nn.Module, cache: DynamicCache, ids: list[int], start: int, end: int, chunk: int
+) -> None:
+    device = input_device(model)
+    argument = cache_argument(type(model))
+    for left in range(start, end, chunk):
+        right = min(left + chunk, end)
+        model(
+            input_ids=torch.tensor([ids[left:right]], device=device),
+            position_ids=torch.arange(left, right, device=device).unsqueeze(0),
+            **{argument: cache},
+            use_cache=True,
+            logits_to_keep=1,
+        )

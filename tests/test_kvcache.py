@@ -1,0 +1,250 @@
+"""The head-compressed KV cache against references: the normal cache when nothing is evicted, and an
+eager oracle that hides each KV head's evicted positions inside an ordinary cache when something is."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from tiny_models import ARCHITECTURES, tiny_model
+from transformers import AttentionInterface, DynamicCache
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from babelheads.kvcache.cache import (
+    HeadCompressedLayer,
+    analytic_bytes,
+    compressed_layers,
+    compressible_cache,
+    storage_bytes,
+)
+from babelheads.models import describe_heads
+from babelheads.probe import Instrument
+from babelheads.probe.buckets import Bucket, query_heads
+from babelheads.probe.eager import eager_attention
+from babelheads.runner.cache import cache_argument
+
+CONTEXT, QUESTION, STEPS = 30, 6, 5
+EVICTED: dict[int, torch.Tensor] = {}
+"""Oracle state: per layer, (kv_heads, CONTEXT) True where a context position is evicted."""
+
+
+CAPTURED: dict[int, torch.Tensor] = {}
+"""Oracle weights per layer (heads, queries, keys), when a test asks for them."""
+
+
+def _oracle(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Eager attention over an ordinary cache, each KV head's evicted context positions hidden from
+    the queries past the context (the context itself was prefilled before anything was evicted)."""
+    group = query.shape[1] // key.shape[1]
+    q_len, kv_len = query.shape[2], key.shape[2]
+    mask = attention_mask
+    if mask is None:
+        positions = torch.arange(kv_len - q_len, kv_len)
+        mask = (torch.arange(kv_len).view(1, -1) <= positions.view(-1, 1)).view(1, 1, q_len, kv_len)
+    assert mask.dtype == torch.bool, "the oracle expects a boolean mask"
+    hidden = EVICTED.get(module.layer_idx)
+    if hidden is not None and kv_len >= CONTEXT:
+        past = (torch.arange(kv_len - q_len, kv_len) >= CONTEXT).view(1, 1, q_len, 1)
+        evicted = torch.zeros(query.shape[1], kv_len, dtype=torch.bool)
+        evicted[:, :CONTEXT] = hidden.repeat_interleave(group, dim=0)
+        mask = mask & ~(past & evicted.view(1, -1, 1, kv_len))
+    scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+    output, weights = eager_attention(
+        query, key, value, mask, scale, kwargs.get("softcap"), kwargs.get("s_aux"), keep_weights=True
+    )
+    CAPTURED[module.layer_idx] = weights[0]
+    return output, None
+
+
+AttentionInterface.register("evicted_oracle", _oracle)
+AttentionMaskInterface.register("evicted_oracle", sdpa_mask)
+
+
+def _forward(model, cache, ids, start):
+    return model(
+        input_ids=torch.tensor([ids]),
+        position_ids=torch.arange(start, start + len(ids)).unsqueeze(0),
+        **{cache_argument(type(model)): cache},
+        use_cache=True,
+    ).logits[0]
+
+
+def _keep(
+    model, cache, full_heads: set[int], sink: int = 3, window: int = 5
+) -> dict[int, list[torch.Tensor]]:
+    """Per compressed layer: KV heads in ``full_heads`` keep every context position, the others sink +
+    window."""
+    partial = torch.cat([torch.arange(sink), torch.arange(CONTEXT - window, CONTEXT)])
+    return {
+        index: [
+            torch.arange(CONTEXT) if head in full_heads else partial for head in range(layer.keys.shape[1])
+        ]
+        for index, layer in compressed_layers(cache).items()
+    }
+
+
+def _run_compressed(model, ids, full_heads, **window):
+    cache = compressible_cache(model)
+    with torch.no_grad():
+        _forward(model, cache, ids[:CONTEXT], 0)
+        keep = _keep(model, cache, full_heads, **window)
+        for index, positions in keep.items():
+            compressed_layers(cache)[index].compress(positions)
+        logits = _forward(model, cache, ids[CONTEXT:], CONTEXT)
+    return cache, keep, logits
+
+
+def _run_oracle(model, ids, keep):
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("evicted_oracle")
+    try:
+        cache = DynamicCache(config=model.config)
+        with torch.no_grad():
+            _forward(model, cache, ids[:CONTEXT], 0)
+            EVICTED.clear()
+            for index, positions in keep.items():
+                hidden = torch.ones(len(positions), CONTEXT, dtype=torch.bool)
+                for head, kept in enumerate(positions):
+                    hidden[head, kept] = False
+                EVICTED[index] = hidden
+            return _forward(model, cache, ids[CONTEXT:], CONTEXT)
+    finally:
+        EVICTED.clear()
+        model.set_attn_implementation(previous)
+
+
+def _ids(seed: int = 0) -> list[int]:
+    return torch.randint(
+        3, 500, (CONTEXT + QUESTION + STEPS,), generator=torch.Generator().manual_seed(seed)
+    ).tolist()
+
+
+@pytest.mark.parametrize("kind", ARCHITECTURES)
+def test_every_head_full_gives_exactly_the_normal_caches_logits(kind):
+    model = tiny_model(kind)
+    ids = _ids()
+    every = set(range(describe_heads(model).num_kv_heads))
+    cache, _, logits = _run_compressed(model, ids, every)
+    assert not any(layer.compressed for layer in compressed_layers(cache).values())
+    normal = DynamicCache(config=model.config)
+    with torch.no_grad():
+        _forward(model, normal, ids[:CONTEXT], 0)
+        expected = _forward(model, normal, ids[CONTEXT:], CONTEXT)
+    assert torch.equal(logits, expected)
+
+
+@pytest.mark.parametrize("kind", ARCHITECTURES)
+def test_a_window_as_long_as_the_context_gives_the_normal_logits(kind):
+    model = tiny_model(kind)
+    ids = _ids(1)
+    _, _, logits = _run_compressed(model, ids, set(), sink=0, window=CONTEXT)
+    normal = DynamicCache(config=model.config)
+    with torch.no_grad():
+        _forward(model, normal, ids[:CONTEXT], 0)
+        expected = _forward(model, normal, ids[CONTEXT:], CONTEXT)
+    assert torch.equal(logits, expected)
+
+
+@pytest.mark.parametrize("kind", ARCHITECTURES)
+def test_evicted_positions_vanish_for_their_head_only(kind):
+    """Questions tokens (several at once, causal among themselves) and later steps see exactly the
+    positions their KV head kept, on full-attention layers; sliding layers keep their window."""
+    model = tiny_model(kind)
+    ids = _ids(2)
+    cache, keep, logits = _run_compressed(model, ids, {0})
+    expected = _run_oracle(model, ids, keep)
+    np.testing.assert_allclose(logits.numpy(), expected.numpy(), atol=2e-5)
+    if keep and describe_heads(model).num_kv_heads > 1:
+        assert any(layer.compressed for layer in compressed_layers(cache).values())
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma3"])
+def test_stored_bytes_equal_the_analytic_count_and_shrink_by_what_was_evicted(kind):
+    model = tiny_model(kind)
+    ids = _ids(3)
+    layout = describe_heads(model)
+    full, _, _ = _run_compressed(model, ids, set(range(layout.num_kv_heads)))
+    small, keep, _ = _run_compressed(model, ids, set())
+    for cache in (full, small):
+        assert storage_bytes(cache) == analytic_bytes(cache)
+    per_position = 2 * layout.head_dim * 4  # K and V, float32
+    evicted = sum(CONTEXT - len(positions) for heads in keep.values() for positions in heads)
+    assert analytic_bytes(full) - analytic_bytes(small) == evicted * per_position
+
+
+def test_positions_after_eviction_come_from_the_logical_length():
+    """A model left to derive positions itself (no position_ids) gets the same logits: the cache
+    reports every position seen, not what it holds."""
+    model = tiny_model("llama")
+    ids = _ids(4)
+    cache, _, logits = _run_compressed(model, ids, set())
+    assert cache.get_seq_length() == len(ids)
+    assert all(layer.kept_per_head() != [len(ids)] * 2 for layer in compressed_layers(cache).values())
+    argument = cache_argument(type(model))
+    cache2 = compressible_cache(model)
+    with torch.no_grad():
+        model(input_ids=torch.tensor([ids[:CONTEXT]]), **{argument: cache2}, use_cache=True)
+        for index, positions in _keep(model, cache2, set()).items():
+            compressed_layers(cache2)[index].compress(positions)
+        derived = model(input_ids=torch.tensor([ids[CONTEXT:]]), **{argument: cache2}, use_cache=True).logits[
+            0
+        ]
+    torch.testing.assert_close(derived, logits)
+
+
+def test_each_query_head_reads_its_own_kv_head():
+    bucket = Bucket(torch.tensor([0, 2]), torch.zeros(0), torch.zeros(0), torch.zeros(0))
+    assert query_heads(bucket, 3).tolist() == [0, 1, 2, 6, 7, 8]
+
+
+def test_recorded_peaks_on_a_compressed_cache_equal_eager_attention_on_the_kept_positions():
+    model = tiny_model("llama")
+    layout = describe_heads(model)
+    ids = _ids(5)
+    cache, keep, _ = _run_compressed(model, ids[: CONTEXT + 1], {1})
+    instrument = Instrument(model, layout)
+    from babelheads.runner.decode import Row, decode_prefilled
+    from babelheads.runner.stops import StopRule
+
+    try:
+        decoded = decode_prefilled(instrument, cache, Row(ids[: CONTEXT + 2], STEPS), StopRule(), True)
+    finally:
+        instrument.detach()
+    # The oracle: the same tokens, teacher-forced, with eager attention hiding the evicted positions.
+    rows = _oracle_rows(model, ids[: CONTEXT + 2] + decoded.tokens[:-1], keep)
+    for step in range(len(decoded.tokens)):
+        query = CONTEXT + 1 + step
+        for layer in range(layout.num_layers):
+            peaks = decoded.records.positions[step, 0, layer, :, 0]
+            expected = rows[layer][:, query].argmax(-1).numpy()
+            assert (peaks == expected).all()
+
+
+def _oracle_rows(model, sequence, keep):
+    """Each layer's attention (heads, queries, keys) over the whole sequence in one pass, the evicted
+    context positions hidden from the queries past the context."""
+    EVICTED.clear()
+    CAPTURED.clear()
+    for index, positions in keep.items():
+        hidden = torch.ones(len(positions), CONTEXT, dtype=torch.bool)
+        for head, kept in enumerate(positions):
+            hidden[head, kept] = False
+        EVICTED[index] = hidden
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("evicted_oracle")
+    try:
+        with torch.no_grad():
+            model(input_ids=torch.tensor([sequence]))
+        return dict(CAPTURED)
+    finally:
+        EVICTED.clear()
+        model.set_attn_implementation(previous)
+
+
+def test_a_compressed_layer_refuses_a_batch_and_a_second_compression():
+    layer = HeadCompressedLayer()
+    layer.update(torch.zeros(2, 1, 4, 8), torch.zeros(2, 1, 4, 8))
+    from babelheads.errors import BabelheadsError
+
+    with pytest.raises(BabelheadsError, match="one row"):
+        layer.compress([torch.arange(2)])
