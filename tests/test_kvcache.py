@@ -248,3 +248,138 @@ def test_a_compressed_layer_refuses_a_batch_and_a_second_compression():
 
     with pytest.raises(BabelheadsError, match="one row"):
         layer.compress([torch.arange(2)])
+
+
+# Policies: what each KV head keeps.
+from babelheads.kvcache import policies as policy  # noqa: E402
+from babelheads.kvcache.policies import PolicySettings  # noqa: E402
+
+LAYERS = {1: 2, 3: 2}  # two full-attention layers with two KV heads each
+SETTINGS = PolicySettings(sink=2, window=4, full_share=0.5)
+
+
+def test_query_scores_map_to_kv_heads_by_max_or_mean():
+    scores = np.array([[0.1, 0.9, 0.2, 0.4]])  # one layer, 4 query heads, 2 KV heads
+    np.testing.assert_allclose(policy.kv_scores(scores, 2, "max"), [[0.9, 0.4]])
+    np.testing.assert_allclose(policy.kv_scores(scores, 2, "mean"), [[0.5, 0.3]])
+
+
+def test_head_split_window_and_random_heads_keep_equal_bytes():
+    scores = np.zeros((4, 2))
+    scores[1, 1], scores[3, 0] = 0.9, 0.5
+    full = policy.full_heads(scores, sorted(LAYERS), 0.5)
+    assert full == {(1, 1), (3, 0)}
+    split = policy.head_split(LAYERS, 20, full, SETTINGS)
+    assert split[1][1].tolist() == list(range(20)) and split[1][0].tolist() == [0, 1, 16, 17, 18, 19]
+    total = policy.kept_total(split)
+    assert total == 2 * 20 + 2 * 6
+    window = policy.equal_window(LAYERS, 20, total, SETTINGS)
+    assert policy.kept_total(window) == total  # 13 per head: sink 2 + the last 11
+    assert window[1][0].tolist() == [0, 1, *range(9, 20)]
+    for seed in range(3):
+        drawn = policy.random_split(LAYERS, 20, full, SETTINGS, seed)
+        assert policy.kept_total(drawn) == total
+        # As many whole heads per layer as head-split keeps there.
+        assert [sum(len(p) == 20 for p in drawn[layer]) for layer in LAYERS] == [1, 1]
+
+
+def test_head_budget_follows_the_scores_with_a_floor_and_picks_low_norm_keys():
+    scores = np.zeros((4, 2))
+    scores[1] = [3.0, 1.0]
+    scores[3] = [0.0, 0.0]
+    keep = policy.head_budget(LAYERS, 40, scores, 40, PolicySettings(sink=2, floor=0.2))
+    sizes = [len(p) for layer in LAYERS for p in keep[layer]]
+    # mean 10; floor 2 each; the spare 32 split 3:1:0:0.
+    assert sizes == [2 + 24, 2 + 8, 2, 2]
+    assert sum(sizes) <= 40
+    keys = {1: torch.zeros(2, 40, 4), 3: torch.zeros(2, 40, 4)}
+    keys[1][0] += torch.arange(40).view(-1, 1) * 0.01  # norms grow with the position ...
+    keys[1][0, 30:35] = 0.0  # ... but for five late positions
+    chosen = policy.head_budget(
+        LAYERS, 40, scores, 40, PolicySettings(sink=2, floor=0.2, token_rule="key-norm"), keys
+    )[1][0]
+    norms = keys[1][0].norm(dim=-1)
+    rest = chosen[2:]
+    assert chosen[:2].tolist() == [0, 1] and len(rest) == 24
+    assert norms[rest].max() <= norms[2:][~torch.isin(torch.arange(2, 40), rest)].min()
+
+
+def test_a_window_longer_than_the_context_keeps_everything():
+    assert policy.sink_and_recent(10, 4, 8).tolist() == list(range(10))
+
+
+def test_the_compress_command_runs_resumes_reports_and_refuses_bad_input(
+    tiny_model_dir, tmp_path, monkeypatch, capsys
+):
+    import json
+
+    from test_cli_and_runs import assert_one_line_error, run_cli
+
+    from babelheads.runs import RunStore
+
+    rng = np.random.default_rng(0)
+    scores = tmp_path / "scores.json"
+    scores.write_text(
+        json.dumps({f"{layer}-{head}": [float(rng.random())] for layer in range(3) for head in range(4)})
+    )
+    out = tmp_path / "compress"
+    args = [
+        "compress",
+        "--heads",
+        str(scores),
+        "--model",
+        str(tiny_model_dir),
+        "--languages",
+        "en",
+        "--lengths",
+        "1200",
+        "--depths",
+        "0.3,0.7",
+        "--needles-per-cell",
+        "1",
+        "--needles",
+        "builtin",
+        "--sink",
+        "4",
+        "--window",
+        "16",
+        "--shares",
+        "0.25,0.5",
+        "--max-new-tokens",
+        "4",
+        "--replicates",
+        "50",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
+    code, text, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 0, err
+    assert "head-split - window" in text and "run written to" in text
+    store = RunStore(out)
+    samples = store.table("samples")
+    assert (samples["bytes"] == samples["bytes_storage"]).all()
+    per_share = samples[samples["policy"] != "full"].groupby(["sample_id", "share"])["bytes"]
+    assert (per_share.max() - per_share.min() <= 2 * 2 * 16 * 4 * 3).all()  # equal bytes up to rounding
+    before = store.derived("compress_scores")
+    lost = sorted(store.finished())[0]
+    (out / "tables" / "samples" / f"{lost}.parquet").unlink()
+    assert run_cli(monkeypatch, capsys, *args)[0] == 0
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(store.derived("compress_scores"), before)
+    report = tmp_path / "report.html"
+    assert run_cli(monkeypatch, capsys, "report", str(out), "--output", str(report))[0] == 0
+    assert "accuracy against bytes" in report.read_text()
+    code, _, err = run_cli(
+        monkeypatch, capsys, *args[:-2], "--policies", "full,lossless", "--out", str(tmp_path / "x")
+    )
+    assert_one_line_error(code, err, "Policies must include full")
+    code, _, err = run_cli(monkeypatch, capsys, *args[:-2], "--head-sets", "fr", "--out", str(tmp_path / "y"))
+    assert_one_line_error(code, err, "no head scores for fr")
+    code, _, err = run_cli(
+        monkeypatch, capsys, "compress", "--heads", str(tmp_path / "missing"), "--out", str(tmp_path / "z")
+    )
+    assert_one_line_error(code, err, "does not exist")

@@ -8,7 +8,7 @@ import typer
 
 # isort: off
 # Importing a module registers its commands; --help lists them in this order.
-from babelheads.cli import retrieval, language, dynamic, rag, general  # noqa: F401
+from babelheads.cli import retrieval, language, dynamic, rag, compress, general  # noqa: F401
 from babelheads.cli.app import app
 
 # isort: on

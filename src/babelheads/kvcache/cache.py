@@ -14,6 +14,7 @@ eviction.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -135,6 +136,14 @@ def compressible_cache(model: torch.nn.Module) -> DynamicCache:
         for layer in cache.layers
     ]
     return cache
+
+
+def fork(cache: DynamicCache) -> DynamicCache:
+    """A cache sharing ``cache``'s tensors with layers of its own: compressing or extending the fork
+    never touches the original (layers replace tensors, they never write into them)."""
+    forked = copy.copy(cache)
+    forked.layers = [copy.copy(layer) for layer in cache.layers]
+    return forked
 
 
 def compressed_layers(cache: DynamicCache) -> dict[int, HeadCompressedLayer]:

@@ -30,9 +30,61 @@ class CompressedDecode:
     """The distinct storages the cache holds at that moment."""
     bytes_full_layers: int
     """The part of ``bytes_analytic`` in full-attention layers (the ones policies act on)."""
+    peak_prefill: float = float("nan")
+    """On a GPU: peak allocated bytes while the question was prefilled onto the compressed cache."""
+    peak_decode: float = float("nan")
+    """On a GPU: peak allocated bytes while decoding."""
 
 
 @torch.no_grad()
+def prefill_context(instrument: Instrument, input_ids: Sequence[int], context_end: int, chunk: int = 4096):
+    """A compressible cache holding the context [0, context_end), prefilled at full attention."""
+    ids = list(input_ids)
+    if not 0 < context_end < len(ids):
+        raise ValueError(f"context_end must lie inside the prompt (1..{len(ids) - 1}). Got {context_end}.")
+    cache = compressible_cache(instrument.model)
+    instrument.set_phase("prefill")
+    _prefill(instrument.model, cache, ids, 0, context_end, chunk)
+    return cache
+
+
+@torch.no_grad()
+def compressed_decode_from(
+    instrument: Instrument,
+    cache: DynamicCache,
+    input_ids: Sequence[int],
+    context_end: int,
+    keep: dict[int, list[torch.Tensor]],
+    max_new_tokens: int,
+    stops: StopRule,
+    record: bool = False,
+    chunk: int = 4096,
+) -> CompressedDecode:
+    """Compress ``cache`` (holding the context; a :func:`fork` when the prefill is reused) by ``keep``
+    (per compressed layer, per KV head, the context positions to keep), prefill the question and
+    decode greedily."""
+    ids = list(input_ids)
+    device = input_device(instrument.model)
+    gpu = device.type == "cuda"
+    for index, positions in keep.items():
+        compressed_layers(cache)[index].compress(positions)
+    if gpu:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    _prefill(instrument.model, cache, ids, context_end, len(ids) - 1, chunk)
+    analytic, storage = analytic_bytes(cache), storage_bytes(cache)
+    full = sum(
+        sum(t.numel() * t.element_size() for t in layer.tensors())
+        for layer in compressed_layers(cache).values()
+    )
+    peak_prefill = float(torch.cuda.max_memory_allocated(device)) if gpu else float("nan")
+    if gpu:
+        torch.cuda.reset_peak_memory_stats(device)
+    decoded = decode_prefilled(instrument, cache, Row(ids, max_new_tokens), stops, record)
+    peak_decode = float(torch.cuda.max_memory_allocated(device)) if gpu else float("nan")
+    return CompressedDecode(decoded, analytic, storage, full, peak_prefill, peak_decode)
+
+
 def compressed_decode(
     instrument: Instrument,
     input_ids: Sequence[int],
@@ -44,23 +96,18 @@ def compressed_decode(
     prefill_chunk: int = 4096,
 ) -> CompressedDecode:
     """Decode ``input_ids`` greedily; positions [0, context_end) are the context that ``keep`` compresses."""
-    model = instrument.model
-    ids = list(input_ids)
-    if not 0 < context_end < len(ids):
-        raise ValueError(f"context_end must lie inside the prompt (1..{len(ids) - 1}). Got {context_end}.")
-    cache = compressible_cache(model)
-    instrument.set_phase("prefill")
-    _prefill(model, cache, ids, 0, context_end, prefill_chunk)
-    for index, positions in keep(cache, context_end).items():
-        compressed_layers(cache)[index].compress(positions)
-    _prefill(model, cache, ids, context_end, len(ids) - 1, prefill_chunk)
-    analytic, storage = analytic_bytes(cache), storage_bytes(cache)
-    full = sum(
-        sum(t.numel() * t.element_size() for t in layer.tensors())
-        for layer in compressed_layers(cache).values()
+    cache = prefill_context(instrument, input_ids, context_end, prefill_chunk)
+    return compressed_decode_from(
+        instrument,
+        cache,
+        input_ids,
+        context_end,
+        keep(cache, context_end),
+        max_new_tokens,
+        stops,
+        record,
+        prefill_chunk,
     )
-    decoded = decode_prefilled(instrument, cache, Row(ids, max_new_tokens), stops, record)
-    return CompressedDecode(decoded, analytic, storage, full)
 
 
 def _prefill(

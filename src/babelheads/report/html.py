@@ -22,6 +22,7 @@ from babelheads.analysis.findings import Finding, study_findings
 from babelheads.errors import BabelheadsError
 from babelheads.experiments.detect import recorded_analysis
 from babelheads.report import figures
+from babelheads.report.compress_sections import COMPRESS_KINDS, compress_section
 from babelheads.report.dynamic_sections import DYNAMIC_KINDS, dynamic_languages, dynamic_section
 from babelheads.report.figures import Figure
 from babelheads.report.language_sections import LANGUAGE_KINDS, language_section
@@ -29,7 +30,7 @@ from babelheads.report.rag_sections import RAG_KINDS, rag_section
 from babelheads.report.text import ablation_summary, comparison_summary, detection_summary
 from babelheads.runs import RunStore
 
-KINDS = ("detect", "compare", "ablate", *LANGUAGE_KINDS, *DYNAMIC_KINDS, *RAG_KINDS)
+KINDS = ("detect", "compare", "ablate", *LANGUAGE_KINDS, *DYNAMIC_KINDS, *RAG_KINDS, *COMPRESS_KINDS)
 COT_TITLE = "Chain-of-thought vs direct answers when retrieval heads are masked"
 COT_CAPTION = (
     "Word problems asked with a reasoning prompt ('/cot') and a direct-answer prompt ('/direct'): exact "
@@ -96,6 +97,8 @@ def read_runs(paths: list[Path]) -> list[Run]:
             languages = dynamic_languages(kind, config)
         elif kind in RAG_KINDS:
             languages = list(config.get("languages", []))
+        elif kind in COMPRESS_KINDS:
+            languages = list(config["niah"]["languages"])
         elif kind in LANGUAGE_KINDS:
             texts = config.get("texts")
             languages = texts["languages"] if isinstance(texts, dict) else list(config.get("languages", []))
@@ -167,6 +170,7 @@ def model_sections(runs: list[Run], min_samples: int) -> list[Section]:
     sections += [language_section(run) for run in runs if run.kind in LANGUAGE_KINDS]
     sections += [dynamic_section(run) for run in runs if run.kind in DYNAMIC_KINDS]
     sections += [rag_section(run) for run in runs if run.kind in RAG_KINDS]
+    sections += [compress_section(run) for run in runs if run.kind in COMPRESS_KINDS]
     return sections
 
 

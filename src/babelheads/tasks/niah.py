@@ -349,12 +349,14 @@ class NiahBuilder:
         ):
             return None
         meta = {**cell.meta(), "depth_actual": depth_actual, "tokens": len(ids)}
+        start = prompt.index(context)
+        haystack = token_span(offsets, (start, start + len(context)))
         return Sample(
             cell.sample_id,
             cell.condition,
             tuple(ids),
             cell.expected_answer,
-            {"needle": needle_span, "answer": answer_span},
+            {"needle": needle_span, "answer": answer_span, "context": haystack},
             meta,
             text=prompt,
         )

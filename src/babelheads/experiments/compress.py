@@ -1,0 +1,377 @@
+"""Head-guided KV-cache compression on the multilingual NIAH grid: keep the whole context for the
+heads of a head set, sink + window (or a budget) for the rest, and measure bytes against accuracy.
+
+Head sets come from another run's scores: a detect or dynamic run (retrieval scores per language), an
+importance run (LAHIS importance per language), or a score file ({"L-H": score}). Per language, and
+their union (max over languages) and intersection (min). The needles here use another seed than the
+heads run, so heads are never tested on the haystacks that chose them. Every policy of a sample reuses
+one prefill of its context; the question is prefilled after compression and never evicted.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from babelheads.analysis.aggregate import ThinDataWarning, completed
+from babelheads.analysis.scores import mean_interval
+from babelheads.errors import BabelheadsError
+from babelheads.execution import DEFAULT_EXECUTION, Execution
+from babelheads.heads import HeadLayout
+from babelheads.kvcache import policies
+from babelheads.kvcache.cache import compressed_layers, fork
+from babelheads.kvcache.decode import CompressedDecode, compressed_decode_from, prefill_context
+from babelheads.kvcache.policies import POLICIES, PolicySettings
+from babelheads.models import LoadedModel, resolved_precision
+from babelheads.probe import Instrument
+from babelheads.runner.stops import StopRule
+from babelheads.runs import RunStore
+from babelheads.tasks.base import Sample, Skipped
+from babelheads.tasks.niah import NiahSettings, NiahTask
+
+COMBINED = ("union", "intersection")
+HEAD_POLICIES = ("head-split", "random-heads", "head-budget")
+"""Policies that depend on the head set."""
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    """heads : a detect, dynamic or importance run, or a score file (.json). head_sets : whose heads
+    (languages of the heads run, 'union', 'intersection'); empty: every language of the heads run
+    that the NIAH grid also runs (the cross-lingual matrix), plus the union. shares : the shares of
+    KV heads kept whole (each one byte budget)."""
+
+    heads: str
+    model: str | None = None
+    niah: NiahSettings = field(
+        default_factory=lambda: NiahSettings(
+            needles="magic", lengths=(2000,), depths=(0.25, 0.5, 0.75), needles_per_cell=2, seed=1
+        )
+    )
+    policies: tuple[str, ...] = POLICIES
+    head_sets: tuple[str, ...] = ()
+    shares: tuple[float, ...] = (0.25,)
+    settings: PolicySettings = field(default_factory=PolicySettings)
+    random_seeds: int = 2
+    max_new_tokens: int = 40
+    dtype: str = "auto"
+    replicates: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = [policy for policy in self.policies if policy not in POLICIES]
+        if unknown or "full" not in self.policies:
+            raise BabelheadsError(
+                f"Policies must include full (the reference) and come from {', '.join(POLICIES)}. "
+                f"Got {', '.join(self.policies)}."
+            )
+        if not self.shares or any(not 0 <= share <= 1 for share in self.shares) or self.random_seeds < 1:
+            raise BabelheadsError("shares must lie in [0, 1] and random_seeds be >= 1.")
+
+    def identity(self, model: str) -> dict:
+        config = asdict(self)
+        config.pop("replicates")
+        return {**config, "model": model}
+
+
+def head_scores(source: str, layout: HeadLayout) -> dict[str, np.ndarray]:
+    """Per language, a (layers, query heads) score array from a run or a score file."""
+    path = Path(source)
+    if path.suffix == ".json":
+        from babelheads.official import read_official
+
+        frame = read_official(path)
+        return {"file": _array(frame, layout)}
+    store = RunStore(path)
+    kind = store.manifest()["spec"]["kind"]
+    if kind in ("detect", "dynamic"):
+        from babelheads.experiments.dynamic import ranked_heads
+
+        ranked = ranked_heads(store)
+        arrays = {}
+        for language, scores in ranked.items():
+            array = np.zeros(layout.total_heads)
+            array[scores.index.to_numpy()] = scores.to_numpy(float)
+            arrays[language] = array.reshape(layout.num_layers, layout.num_heads)
+        return arrays
+    if kind == "importance":
+        table = store.derived("importance")
+        return {
+            language: _array(group.rename(columns={"paper": "score"}), layout)
+            for language, group in table.groupby("language")
+        }
+    raise BabelheadsError(
+        f"{source} is a {kind} run; --heads takes a detect, dynamic or importance run or a .json file."
+    )
+
+
+def _array(frame: pd.DataFrame, layout: HeadLayout) -> np.ndarray:
+    array = np.zeros((layout.num_layers, layout.num_heads))
+    for _, row in frame.iterrows():
+        if row["layer"] < layout.num_layers and row["head"] < layout.num_heads:
+            array[int(row["layer"]), int(row["head"])] = float(row["score"])
+    return array
+
+
+def chosen_sets(config: CompressConfig, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    languages = [code for code in scores if code not in COMBINED]
+    combined = {}
+    if len(languages) > 1:
+        stacked = np.stack([scores[code] for code in languages])
+        combined = {"union": stacked.max(axis=0), "intersection": stacked.min(axis=0)}
+    available = {**scores, **combined}
+    wanted = config.head_sets or (
+        [code for code in config.niah.languages if code in scores] + (["union"] if combined else [])
+        or list(scores)
+    )
+    missing = [name for name in wanted if name not in available]
+    if missing:
+        raise BabelheadsError(
+            f"{config.heads} has no head scores for {', '.join(missing)}. It has: {', '.join(available)}."
+        )
+    return {name: available[name] for name in wanted}
+
+
+def compress(config: CompressConfig, out: Path, execution: Execution = DEFAULT_EXECUTION) -> RunStore:
+    heads_path = Path(config.heads)
+    if not heads_path.exists():
+        raise BabelheadsError(f"--heads {config.heads} does not exist. Give a detect run or a score file.")
+    source_model = None
+    if heads_path.is_dir():
+        manifest = RunStore(heads_path).manifest()
+        source_model = manifest["spec"]["model"]["model"]
+        if manifest.get("seed") == config.niah.seed:
+            raise BabelheadsError(
+                f"--seed {config.niah.seed} is the seed of {config.heads}: the heads would be tested on the "
+                "haystacks that chose them. Use another --seed."
+            )
+    model = config.model or source_model
+    if model is None:
+        raise BabelheadsError("Give --model: a score file does not name its model.")
+    task = NiahTask(config.niah)
+    store = RunStore(out)
+    spec = {
+        "kind": "compress",
+        "config": config.identity(model),
+        "data": task.identity(),
+        "precision": resolved_precision(config.dtype, execution.device),
+    }
+    store.check_compatible(spec, ignore=("model",))
+    if store.exists():
+        store.validate()
+    todo = [sample_id for sample_id in task.sample_ids() if sample_id not in store.finished()]
+    if todo:
+        loaded = execution.load(model, config.dtype)
+        if heads_path.is_dir() and RunStore(heads_path).manifest()["spec"]["model"] != loaded.identity:
+            raise BabelheadsError(
+                f"{config.heads} was run on another model; its heads do not apply to {model}."
+            )
+        spec = {**spec, "model": loaded.identity}
+        store.check_compatible(spec)
+        sets = chosen_sets(config, head_scores(config.heads, loaded.layout))
+        store.create(spec, config.seed, {"layout": asdict(loaded.layout), "head_sets": list(sets)})
+        instrument = Instrument(loaded.model, loaded.layout)
+        stops = StopRule.for_model(loaded)
+        samples = [sample for sample in task.build(loaded) if sample.sample_id in set(todo)]
+        try:
+            for sample in tqdm(samples, desc="compress", unit="sample", disable=not execution.progress):
+                if isinstance(sample, Skipped):
+                    row = {
+                        "sample_id": sample.sample_id,
+                        "language": sample.condition,
+                        "status": "skipped",
+                        "reason": sample.reason,
+                    }
+                    store.append(sample.sample_id, {"samples": pd.DataFrame([row])})
+                    continue
+                rows = _sample_rows(instrument, loaded, sample, task, sets, config, stops)
+                store.append(sample.sample_id, {"samples": pd.DataFrame(rows)})
+        finally:
+            instrument.detach()
+    if set(task.sample_ids()) <= store.finished():
+        finalize(store, config)
+    return store
+
+
+def _conditions(
+    config: CompressConfig,
+    sets: dict[str, np.ndarray],
+    layout: HeadLayout,
+    layers: dict[int, int],
+    context: int,
+    cache,
+) -> list[tuple[dict, dict[int, list[torch.Tensor]]]]:
+    """Every (policy, head set, share, seed) of one sample with the positions each KV head keeps."""
+    settings = config.settings
+    plans: list[tuple[dict, dict[int, list[torch.Tensor]]]] = [
+        ({"policy": "full", "heads": "", "share": 1.0, "seed": -1}, {})
+    ]
+    full_layers = sorted(layers)
+    keys = None
+    if settings.token_rule == "key-norm" and "head-budget" in config.policies:
+        keys = {index: layer.keys[0] for index, layer in compressed_layers(cache).items()}
+    for share in config.shares:
+        uniform_total = None
+        for name, query_scores in sets.items():
+            scores = policies.kv_scores(query_scores, layout.num_kv_heads, settings.kv_mapping)
+            full = policies.full_heads(scores, full_layers, share)
+            split = policies.head_split(layers, context, full, settings)
+            total = policies.kept_total(split)
+            uniform_total = total if uniform_total is None else uniform_total
+            base = {"heads": name, "share": share}
+            if "head-split" in config.policies:
+                plans.append(({**base, "policy": "head-split", "seed": -1}, split))
+            if "random-heads" in config.policies:
+                for seed in range(config.random_seeds):
+                    drawn = policies.random_split(layers, context, full, settings, seed)
+                    plans.append(({**base, "policy": "random-heads", "seed": seed}, drawn))
+            if "head-budget" in config.policies:
+                budget = policies.head_budget(layers, context, scores, total, settings, keys)
+                plans.append(({**base, "policy": "head-budget", "seed": -1}, budget))
+        if "window" in config.policies and uniform_total is not None:
+            window = policies.equal_window(layers, context, uniform_total, settings)
+            plans.append(({"policy": "window", "heads": "", "share": share, "seed": -1}, window))
+    return plans
+
+
+def _sample_rows(
+    instrument: Instrument,
+    loaded: LoadedModel,
+    sample: Sample,
+    task: NiahTask,
+    sets: dict[str, np.ndarray],
+    config: CompressConfig,
+    stops: StopRule,
+) -> list[dict]:
+    context_end = sample.spans["context"][1]
+    prefilled = prefill_context(instrument, sample.input_ids, context_end)
+    layers = {index: layer.keys.shape[1] for index, layer in compressed_layers(prefilled).items()}
+    rows = []
+    reference = None
+    for condition, keep in _conditions(config, sets, loaded.layout, layers, context_end, prefilled):
+        result: CompressedDecode = compressed_decode_from(
+            instrument, fork(prefilled), sample.input_ids, context_end, keep, config.max_new_tokens, stops
+        )
+        text = loaded.tokenizer.decode(result.decoded.tokens, skip_special_tokens=True).strip()
+        check = task.score(sample, text)
+        kept_full = (
+            sum(1 for heads in keep.values() for positions in heads if len(positions) == context_end)
+            if keep
+            else sum(layers.values())
+        )
+        row = {
+            "sample_id": sample.sample_id,
+            "language": sample.condition,
+            "status": "ok",
+            **condition,
+            "output": text,
+            "success": bool(check["success"]),
+            "rouge1_recall": float(check["rouge1_recall"]),
+            "bytes": result.bytes_analytic,
+            "bytes_storage": result.bytes_storage,
+            "bytes_full_layers": result.bytes_full_layers,
+            "peak_prefill": result.peak_prefill,
+            "peak_decode": result.peak_decode,
+            "kv_heads_full": kept_full,
+            "kv_heads": sum(layers.values()),
+            "context_tokens": context_end,
+            **{key: value for key, value in sample.meta.items() if key in ("length", "depth", "needle_id")},
+        }
+        if condition["policy"] == "full":
+            reference = row
+        row["bytes_ratio"] = row["bytes"] / reference["bytes"]
+        row["full_layers_ratio"] = (
+            row["bytes_full_layers"] / reference["bytes_full_layers"]
+            if reference["bytes_full_layers"]
+            else np.nan
+        )
+        rows.append(row)
+    return rows
+
+
+def _interval(values: np.ndarray, replicates: int, seed: int) -> tuple[float, float, float]:
+    point, low, high = mean_interval(values, replicates, seed)
+    return (point, np.nan, np.nan) if len(values) < 2 else (point, low, high)
+
+
+def finalize(store: RunStore, config: CompressConfig) -> None:
+    samples = completed(store.table("samples"))
+    rows = []
+    keys = ["language", "policy", "heads", "share"]
+    for key, group in samples.groupby(keys, sort=True):
+        per_sample = group.groupby("sample_id")[
+            ["success", "rouge1_recall", "bytes_ratio", "full_layers_ratio"]
+        ].mean()
+        accuracy = _interval(per_sample["success"].to_numpy(float), config.replicates, config.seed)
+        rows.append(
+            {
+                **dict(zip(keys, key, strict=True)),
+                "samples": len(per_sample),
+                "accuracy": accuracy[0],
+                "accuracy_low": accuracy[1],
+                "accuracy_high": accuracy[2],
+                "rouge1_recall": float(per_sample["rouge1_recall"].mean()),
+                "bytes_ratio": float(per_sample["bytes_ratio"].mean()),
+                "full_layers_ratio": float(per_sample["full_layers_ratio"].mean()),
+                "kv_heads_full": float(group["kv_heads_full"].mean()),
+                "kv_heads": int(group["kv_heads"].iloc[0]),
+            }
+        )
+    scores = pd.DataFrame(rows)
+    store.write_derived("compress_scores", scores)
+    store.write_csv("compress_scores", scores)
+    contrasts = compress_contrasts(samples, config.replicates, config.seed)
+    store.write_derived("compress_contrasts", contrasts)
+    store.write_csv("compress_contrasts", contrasts)
+    if (scores["samples"] < 2).any():
+        warnings.warn(
+            "Some conditions have fewer than 2 samples: no intervals (NaN).", ThinDataWarning, stacklevel=2
+        )
+
+
+def compress_contrasts(samples: pd.DataFrame, replicates: int, seed: int) -> pd.DataFrame:
+    """Paired per sample, at equal bytes: each head set's head-split (and head-budget) minus the
+    uniform window and minus random heads (mean over draws), and head-split minus full."""
+    rows = []
+    for (language, share), group in samples.groupby(["language", "share"], sort=True):
+        if share == 1.0 and set(group["policy"]) == {"full"}:
+            continue
+        full = samples[(samples["language"] == language) & (samples["policy"] == "full")].set_index(
+            "sample_id"
+        )
+        window = group[group["policy"] == "window"].set_index("sample_id")["success"]
+        for heads, own in group[group["heads"] != ""].groupby("heads", sort=True):
+            random = own[own["policy"] == "random-heads"].groupby("sample_id")["success"].mean()
+            for policy in ("head-split", "head-budget"):
+                chosen = own[own["policy"] == policy].set_index("sample_id")["success"]
+                if chosen.empty:
+                    continue
+                for baseline, values in (
+                    ("window", window),
+                    ("random-heads", random),
+                    ("full", full["success"]),
+                ):
+                    if values.empty:
+                        continue
+                    paired = (chosen.astype(float) - values.astype(float)).dropna().to_numpy()
+                    point, low, high = _interval(paired, replicates, seed)
+                    rows.append(
+                        {
+                            "language": language,
+                            "share": share,
+                            "heads": heads,
+                            "contrast": f"{policy} - {baseline}",
+                            "difference": point,
+                            "low": low,
+                            "high": high,
+                            "samples": len(paired),
+                        }
+                    )
+    columns = ["language", "share", "heads", "contrast", "difference", "low", "high", "samples"]
+    return pd.DataFrame(rows, columns=columns)

@@ -1,0 +1,45 @@
+"""Text summary of a compression run: accuracy and bytes per policy, and the equal-bytes contrasts."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from babelheads.report.dynamic_text import _number
+from babelheads.runs import RunStore
+
+
+def compress_summary(store: RunStore) -> str:
+    if not store.has_derived("compress_scores"):
+        return "The run is not finished: run the same command again to finish it."
+    scores, contrasts = store.derived("compress_scores"), store.derived("compress_contrasts")
+    lines = []
+    for language, group in scores.groupby("language", sort=True):
+        lines.append(f"[{language}] {int(group['samples'].max())} samples")
+        for _, row in group.sort_values(
+            ["share", "policy", "heads"], ascending=[False, True, True]
+        ).iterrows():
+            name = row["policy"] + (f" ({row['heads']})" if row["heads"] else "")
+            lines.append(
+                f"  {name:<28} share {row['share']:.2f}  accuracy {_number(row['accuracy'])} "
+                f"[{_number(row['accuracy_low'])}, {_number(row['accuracy_high'])}]  "
+                f"bytes {_number(row['bytes_ratio'])} of full "
+                f"(full-attention layers {_number(row['full_layers_ratio'])}), KV heads whole "
+                f"{_number(row['kv_heads_full'], 1)} of {int(row['kv_heads'])}"
+            )
+        mine = contrasts[contrasts["language"] == language]
+        for _, row in mine.iterrows():
+            lines.append(
+                f"  {row['contrast']} ({row['heads']}, share {row['share']:.2f}): "
+                f"{_number(row['difference'])} [{_number(row['low'])}, {_number(row['high'])}]{_verdict(row)}"
+            )
+    return "\n".join(lines)
+
+
+def _verdict(row: pd.Series) -> str:
+    if pd.isna(row["low"]):
+        return "  (too few samples)"
+    if row["low"] > 0:
+        return "  (better)"
+    if row["high"] < 0:
+        return "  (worse)"
+    return "  (inconclusive)"
