@@ -370,6 +370,8 @@ def test_the_compress_command_runs_resumes_reports_and_refuses_bad_input(
     import pandas as pd
 
     pd.testing.assert_frame_equal(store.derived("compress_scores"), before)
+    code, _, err = run_cli(monkeypatch, capsys, "compress", "--from", str(out), "--out", str(out), "--quiet")
+    assert code == 0, err  # the replayed settings find the run finished
     report = tmp_path / "report.html"
     assert run_cli(monkeypatch, capsys, "report", str(out), "--output", str(report))[0] == 0
     assert "accuracy against bytes" in report.read_text()

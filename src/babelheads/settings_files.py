@@ -12,7 +12,17 @@ from pathlib import Path
 
 from babelheads.errors import BabelheadsError
 
-REPLAYED_KINDS = ("detect", "ablate", "compare", "importance", "language-test", "adapt", "dynamic", "rag")
+REPLAYED_KINDS = (
+    "detect",
+    "ablate",
+    "compare",
+    "importance",
+    "language-test",
+    "adapt",
+    "dynamic",
+    "rag",
+    "compress",
+)
 LIST_FIELDS = ("runs",)
 """Flags that take several values as a list (an argument given many times), not comma-separated text."""
 
@@ -70,6 +80,9 @@ def replay_run(run: Path, command: str, fields: set[str]) -> dict[str, object]:
         loop = dict(config.pop("loop"))
         loop["head_count"] = loop.pop("heads")
         nested.update(loop)
+    if kind == "compress":  # the policies' settings are flags; --seed is the haystacks' seed
+        nested.update(config.pop("settings"))
+        config.pop("seed")
     if isinstance(config.get("head_mask"), dict):
         config["head_mask"] = config["head_mask"]["file"]
     values = {**nested, **config, **manifest.get("analysis", {})}

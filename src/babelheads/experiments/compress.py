@@ -44,7 +44,7 @@ HEAD_POLICIES = ("head-split", "random-heads", "head-budget")
 class CompressConfig:
     """heads : a detect, dynamic or importance run, or a score file (.json). head_sets : whose heads
     (languages of the heads run, 'union', 'intersection'); empty: every language of the heads run
-    that the NIAH grid also runs (the cross-lingual matrix), plus the union. shares : the shares of
+    that the NIAH grid also runs (the cross-lingual matrix). shares : the shares of
     KV heads kept whole (each one byte budget)."""
 
     heads: str
@@ -126,10 +126,7 @@ def chosen_sets(config: CompressConfig, scores: dict[str, np.ndarray]) -> dict[s
         stacked = np.stack([scores[code] for code in languages])
         combined = {"union": stacked.max(axis=0), "intersection": stacked.min(axis=0)}
     available = {**scores, **combined}
-    wanted = config.head_sets or (
-        [code for code in config.niah.languages if code in scores] + (["union"] if combined else [])
-        or list(scores)
-    )
+    wanted = config.head_sets or [code for code in config.niah.languages if code in scores] or list(scores)
     missing = [name for name in wanted if name not in available]
     if missing:
         raise BabelheadsError(
