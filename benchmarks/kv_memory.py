@@ -4,12 +4,12 @@
                                    [--device cuda --dtype bfloat16]
 
 For SmolLM2-135M (30 full-attention layers, 3 KV heads each) and Gemma 3 270M (one KV head per layer,
-15 of 18 layers sliding), on magic-word NIAH at each length: the bytes the cache holds once the prompt
-is in (as a share of ``full``) and the accuracy of ``full``, ``head-split`` (the heads run's English
-retrieval heads keep everything, the others sink 64 + window 256), ``window`` (every head the same
-window, equal bytes) and ``random-heads`` (as many random heads per layer). Without ``--*-heads`` a
-small detection run (English, 1000 tokens) is made first. On a GPU it also reports peak allocated
-memory. The last line reads, for SmolLM2 at the longest length,
+15 of 18 layers sliding), on NIAH with the built-in needles at each length: the bytes the cache
+holds once the prompt is in (as a share of ``full``) and the accuracy of ``full``, ``head-split``
+(the heads run's English retrieval heads keep everything, the others sink 64 + window 256),
+``window`` (every head the same window, equal bytes) and ``random-heads`` (as many random heads per
+layer). Without ``--*-heads`` a small detection run (English, 1000 tokens) is made first. On a GPU
+it also reports peak allocated memory. The last line reads, for SmolLM2 at the longest length,
 ``kv_bytes_ratio=R accuracy_full=A0 accuracy_headsplit=A1 accuracy_window=A2``.
 """
 
@@ -68,7 +68,6 @@ def main() -> None:
                 model=model,
                 niah=NiahSettings(
                     ("en",),
-                    needles="magic",
                     lengths=(length,),
                     depths=(0.25, 0.5, 0.75),
                     needles_per_cell=args.needles_per_cell,

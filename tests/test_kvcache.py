@@ -385,3 +385,19 @@ def test_the_compress_command_runs_resumes_reports_and_refuses_bad_input(
         monkeypatch, capsys, "compress", "--heads", str(tmp_path / "missing"), "--out", str(tmp_path / "z")
     )
     assert_one_line_error(code, err, "does not exist")
+
+
+def test_random_heads_are_drawn_over_the_model_when_every_layer_has_one_kv_head():
+    single = {5: 1, 11: 1, 17: 1}  # Gemma 3 270M's full-attention layers
+    assert policy.random_scope(single) == "model" and policy.random_scope(LAYERS) == "layer"
+    full = {(11, 0)}
+    drawn = [
+        {
+            layer
+            for layer, heads in policy.random_split(single, 20, full, SETTINGS, seed).items()
+            if len(heads[0]) == 20
+        }
+        for seed in range(6)
+    ]
+    assert all(len(chosen) == 1 for chosen in drawn)
+    assert len({frozenset(chosen) for chosen in drawn}) > 1  # not the head set redrawn every time

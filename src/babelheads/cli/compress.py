@@ -30,19 +30,21 @@ def compress_command(
         str, typer.Option(help=f"Some of {','.join(POLICIES)} (full is always run).")
     ] = ",".join(POLICIES),
     shares: Annotated[
-        str, typer.Option(help="Shares of KV heads (in full-attention layers) kept whole.")
-    ] = "0.25",
+        str, typer.Option(help="Shares of KV heads (in full-attention layers) kept whole, one budget each.")
+    ] = "0.25,0.5",
     sink: Annotated[int, typer.Option(help="Sink positions every compressed head keeps.")] = 64,
     window: Annotated[int, typer.Option(help="Recent positions a streaming head keeps.")] = 256,
     kv_mapping: Annotated[str, typer.Option(help="Query-head scores to KV heads: max or mean.")] = "max",
     floor: Annotated[float, typer.Option(help="head-budget: least budget as a share of the mean.")] = 0.2,
     token_rule: Annotated[str, typer.Option(help="head-budget: recent or key-norm.")] = "recent",
     random_seeds: Annotated[int, typer.Option(help="Random head sets per head set.")] = 2,
-    needles: Annotated[str, typer.Option(help="'magic', 'builtin', a JSON file or directory.")] = "magic",
+    needles: Annotated[
+        str, typer.Option(help="'builtin' (short answers: each policy decodes a few steps), 'magic', a file.")
+    ] = "builtin",
     lengths: Annotated[str, typer.Option(help="Prompt lengths in tokens.")] = "2000",
     depths: Annotated[str, typer.Option(help="Needle depths in [0, 1].")] = "0.25,0.5,0.75",
     needles_per_cell: Annotated[int, typer.Option()] = 2,
-    max_new_tokens: Annotated[int, typer.Option()] = 40,
+    max_new_tokens: Annotated[int, typer.Option()] = 24,
     replicates: Annotated[int, typer.Option(help="Bootstrap replicates.")] = 1000,
     out: Annotated[Path, typer.Option(help="Run directory (resumes).")] = Path("runs/compress"),
     seed: Annotated[int, typer.Option(help="Haystack seed: another than the heads run's.")] = 1,

@@ -43,23 +43,23 @@ HEAD_POLICIES = ("head-split", "random-heads", "head-budget")
 @dataclass(frozen=True)
 class CompressConfig:
     """heads : a detect, dynamic or importance run, or a score file (.json). head_sets : whose heads
-    (languages of the heads run, 'union', 'intersection'); empty: every language of the heads run
-    that the NIAH grid also runs (the cross-lingual matrix). shares : the shares of
+    every sample is compressed with (languages of the heads run, 'union', 'intersection': the
+    cross-lingual matrix); empty: each sample's own language's heads. shares : the shares of
     KV heads kept whole (each one byte budget)."""
 
     heads: str
     model: str | None = None
     niah: NiahSettings = field(
         default_factory=lambda: NiahSettings(
-            needles="magic", lengths=(2000,), depths=(0.25, 0.5, 0.75), needles_per_cell=2, seed=1
+            lengths=(2000,), depths=(0.25, 0.5, 0.75), needles_per_cell=2, seed=1
         )
     )
     policies: tuple[str, ...] = POLICIES
     head_sets: tuple[str, ...] = ()
-    shares: tuple[float, ...] = (0.25,)
+    shares: tuple[float, ...] = (0.25, 0.5)
     settings: PolicySettings = field(default_factory=PolicySettings)
     random_seeds: int = 2
-    max_new_tokens: int = 40
+    max_new_tokens: int = 24
     dtype: str = "auto"
     replicates: int = 1000
     seed: int = 0
@@ -126,11 +126,17 @@ def chosen_sets(config: CompressConfig, scores: dict[str, np.ndarray]) -> dict[s
         stacked = np.stack([scores[code] for code in languages])
         combined = {"union": stacked.max(axis=0), "intersection": stacked.min(axis=0)}
     available = {**scores, **combined}
-    wanted = config.head_sets or [code for code in config.niah.languages if code in scores] or list(scores)
+    if config.head_sets:
+        wanted = list(config.head_sets)
+    elif list(scores) == ["file"]:
+        wanted = ["file"]  # a score file: its one set for every language
+    else:
+        wanted = list(config.niah.languages)  # each sample's own language's heads
     missing = [name for name in wanted if name not in available]
     if missing:
         raise BabelheadsError(
-            f"{config.heads} has no head scores for {', '.join(missing)}. It has: {', '.join(available)}."
+            f"{config.heads} has no head scores for {', '.join(missing)} (not run there, or no sample "
+            f"answered right). It has: {', '.join(available)}. Name the heads to use with --head-sets."
         )
     return {name: available[name] for name in wanted}
 
@@ -196,9 +202,18 @@ def compress(config: CompressConfig, out: Path, execution: Execution = DEFAULT_E
     return store
 
 
+def _sets_for(config: CompressConfig, sets: dict[str, np.ndarray], language: str) -> dict[str, np.ndarray]:
+    """The head sets a sample is compressed with: every one named by --head-sets (the cross-lingual
+    matrix), or by default its own language's (a score file's one set for every language)."""
+    if config.head_sets or list(sets) == ["file"]:
+        return sets
+    return {language: sets[language]}
+
+
 def _conditions(
     config: CompressConfig,
     sets: dict[str, np.ndarray],
+    language: str,
     layout: HeadLayout,
     layers: dict[int, int],
     context: int,
@@ -215,7 +230,7 @@ def _conditions(
         keys = {index: layer.keys[0] for index, layer in compressed_layers(cache).items()}
     for share in config.shares:
         uniform_total = None
-        for name, query_scores in sets.items():
+        for name, query_scores in _sets_for(config, sets, language).items():
             scores = policies.kv_scores(query_scores, layout.num_kv_heads, settings.kv_mapping)
             full = policies.full_heads(scores, full_layers, share)
             split = policies.head_split(layers, context, full, settings)
@@ -227,7 +242,10 @@ def _conditions(
             if "random-heads" in config.policies:
                 for seed in range(config.random_seeds):
                     drawn = policies.random_split(layers, context, full, settings, seed)
-                    plans.append(({**base, "policy": "random-heads", "seed": seed}, drawn))
+                    scope = policies.random_scope(layers)
+                    plans.append(
+                        ({**base, "policy": "random-heads", "seed": seed, "random_scope": scope}, drawn)
+                    )
             if "head-budget" in config.policies:
                 budget = policies.head_budget(layers, context, scores, total, settings, keys)
                 plans.append(({**base, "policy": "head-budget", "seed": -1}, budget))
@@ -251,7 +269,9 @@ def _sample_rows(
     layers = {index: layer.keys.shape[1] for index, layer in compressed_layers(prefilled).items()}
     rows = []
     reference = None
-    for condition, keep in _conditions(config, sets, loaded.layout, layers, context_end, prefilled):
+    for condition, keep in _conditions(
+        config, sets, sample.condition, loaded.layout, layers, context_end, prefilled
+    ):
         result: CompressedDecode = compressed_decode_from(
             instrument, fork(prefilled), sample.input_ids, context_end, keep, config.max_new_tokens, stops
         )

@@ -104,12 +104,24 @@ def equal_window(
     return {layer: [positions] * count for layer, count in layers.items()}
 
 
+def random_scope(layers: dict[int, int]) -> str:
+    """'layer' (as many random heads per layer as the head set has there) when some layer has a choice
+    of KV heads; 'model' (the same count over all full-attention layers) when every layer has one KV
+    head (Gemma 3 270M), where matching per layer would redraw the head set itself."""
+    return "layer" if max(layers.values(), default=1) > 1 else "model"
+
+
 def random_split(
     layers: dict[int, int], context: int, full: set[tuple[int, int]], settings: PolicySettings, seed: int
 ) -> dict[int, list[torch.Tensor]]:
-    """Head-split with random full heads: per layer as many as ``full`` has there."""
+    """Head-split with random full heads, as many as ``full`` has, matched per layer or over the model
+    (:func:`random_scope`)."""
     rng = np.random.default_rng(seed)
-    drawn = set()
+    drawn: set[tuple[int, int]] = set()
+    if random_scope(layers) == "model":
+        pairs = [(layer, head) for layer, count in layers.items() for head in range(count)]
+        drawn = {pairs[index] for index in rng.choice(len(pairs), len(full), replace=False)}
+        return head_split(layers, context, drawn, settings)
     for layer, count in layers.items():
         wanted = sum(1 for chosen_layer, _ in full if chosen_layer == layer)
         drawn |= {(layer, int(head)) for head in rng.choice(count, wanted, replace=False)}
