@@ -401,3 +401,15 @@ def test_random_heads_are_drawn_over_the_model_when_every_layer_has_one_kv_head(
     ]
     assert all(len(chosen) == 1 for chosen in drawn)
     assert len({frozenset(chosen) for chosen in drawn}) > 1  # not the head set redrawn every time
+
+
+def test_head_budget_gives_what_a_capped_head_cannot_hold_to_the_others():
+    scores = np.zeros((4, 2))
+    scores[1] = [10.0, 1.0]
+    scores[3] = [1.0, 0.0]
+    total = 20 + 2 * 6 + 6  # more than any one head can hold with a context of 20
+    keep = policy.head_budget(LAYERS, 20, scores, total, PolicySettings(sink=2, floor=0.2))
+    sizes = [len(p) for layer in LAYERS for p in keep[layer]]
+    assert sizes[0] == 20  # capped at the context
+    assert total - len(sizes) <= sum(sizes) <= total  # the rest went to the others (rounding down)
+    assert sizes[1] == sizes[2] > sizes[3]  # in proportion to their scores, above the floor

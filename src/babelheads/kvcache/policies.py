@@ -128,6 +128,25 @@ def random_split(
     return head_split(layers, context, drawn, settings)
 
 
+def _proportional(weights: np.ndarray, total: int, floor: float, cap: int) -> np.ndarray:
+    """``total`` split over heads: ``floor`` x the mean each, the rest in proportion to ``weights``;
+    what a head cannot hold beyond ``cap`` goes to the others in the same proportions (so the total
+    is kept whenever the heads can hold it), rounded down."""
+    count = len(weights)
+    mean = total / count
+    budgets = np.full(count, min(floor * mean, cap), dtype=float)
+    spare = max(total - budgets.sum(), 0.0)
+    open_ = budgets < cap
+    while spare > 1e-9 and open_.any():
+        share = weights * open_
+        share = share / share.sum() if share.sum() > 0 else open_ / open_.sum()
+        budgets = budgets + share * spare
+        spare = float(np.clip(budgets - cap, 0, None).sum())
+        budgets = np.minimum(budgets, cap)
+        open_ = budgets < cap
+    return np.floor(budgets + 1e-9)
+
+
 def head_budget(
     layers: dict[int, int],
     context: int,
@@ -141,10 +160,7 @@ def head_budget(
     for the key-norm rule."""
     pairs = [(layer, head) for layer, count in layers.items() for head in range(count)]
     weights = np.array([max(float(scores[pair]), 0.0) for pair in pairs])
-    mean = total / len(pairs)
-    spare = max(total - settings.floor * mean * len(pairs), 0.0)
-    shares = weights / weights.sum() if weights.sum() > 0 else np.full(len(pairs), 1 / len(pairs))
-    budgets = np.minimum(np.floor(settings.floor * mean + shares * spare), context).astype(int)
+    budgets = _proportional(weights, total, settings.floor, context).astype(int)
     keep: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     for (layer, head), budget in zip(pairs, budgets, strict=True):
         sink = min(settings.sink, int(budget))

@@ -25,14 +25,14 @@ def accuracy_bytes_chart(scores: pd.DataFrame) -> Figure:
     axes = np.atleast_1d(figure.subplots(1, len(languages), sharey=True))
     for ax, language in zip(axes, languages, strict=True):
         rows = scores[scores["language"] == language]
-        for policy, (colour, marker) in POLICY_STYLES.items():
+        for index, (policy, (colour, marker)) in enumerate(POLICY_STYLES.items()):
             chosen = rows[rows["policy"] == policy]
             if chosen.empty:
                 continue
             values = chosen["accuracy"].to_numpy(float)
             low, high = chosen["accuracy_low"].to_numpy(float), chosen["accuracy_high"].to_numpy(float)
             ax.errorbar(
-                chosen["bytes_ratio"],
+                chosen["bytes_ratio"] + (index - 2) * 0.006,  # policies at equal bytes side by side
                 values,
                 yerr=np.nan_to_num([values - low, high - values]),
                 fmt=marker,
@@ -51,7 +51,8 @@ def accuracy_bytes_chart(scores: pd.DataFrame) -> Figure:
         "share of the full cache, per policy: the heads of a head set keep the whole context and the "
         "others a sink and a window (head-split); every head the same window at equal bytes (window); "
         "random heads kept whole, as many per layer (random-heads); a budget per head in proportion to "
-        "its score (head-budget). One point per head set and share; 95% intervals over samples. "
+        "its score (head-budget). One point per head set and share, policies at equal bytes drawn side by "
+        "side; 95% intervals over samples. "
         "Sliding-window layers keep their own window under every policy."
     )
     return Figure(
