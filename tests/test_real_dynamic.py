@@ -80,6 +80,27 @@ def test_head_guided_retrieval_answers_two_hop_questions_better_than_none(gemma,
     assert scores.loc["dynamic", "gold_found"] > 0.5 and scores.loc["none", "retrievals"] == 0
 
 
+def test_keeping_gemmas_retrieval_heads_whole_keeps_the_answers_at_fewer_bytes(gemma, tmp_path):
+    from babelheads.experiments.compress import CompressConfig, compress
+
+    task = NiahSettings(("en",), lengths=(2000,), depths=(0.3, 0.7), needles_per_cell=2, seed=1)
+    config = CompressConfig(
+        heads=str(gemma.root),
+        niah=task,
+        policies=("full", "head-split", "window"),
+        shares=(0.5,),
+        replicates=200,
+    )
+    samples = compress(config, tmp_path / "compress", QUIET).table("samples")
+    assert (samples["bytes"] == samples["bytes_storage"]).all()
+    wide = samples.pivot_table(index="sample_id", columns="policy", values="success", aggfunc="mean")
+    # Held here: layers 5 and 11 hold Gemma's two retrieval heads; kept whole (2 of its 3 full-attention
+    # KV heads), every answer is the full cache's, at 0.88 of its bytes.
+    assert (wide["head-split"] == wide["full"]).all() and wide["full"].mean() >= 0.75
+    split = samples[samples["policy"] == "head-split"]
+    assert split["bytes_ratio"].max() < 0.95 and (split["kv_heads_full"] == 2).all()
+
+
 def test_smollm2_heads_are_dynamic_too(tmp_path):
     task = NiahSettings(
         ("en",), needles="magic", lengths=(1000,), depths=(0.25, 0.5, 0.75), needles_per_cell=3
