@@ -255,7 +255,7 @@ from babelheads.kvcache import policies as policy  # noqa: E402
 from babelheads.kvcache.policies import PolicySettings  # noqa: E402
 
 LAYERS = {1: 2, 3: 2}  # two full-attention layers with two KV heads each
-SETTINGS = PolicySettings(sink=2, window=4, full_share=0.5)
+SETTINGS = PolicySettings(sink=2, window=4)
 
 
 def test_query_scores_map_to_kv_heads_by_max_or_mean():

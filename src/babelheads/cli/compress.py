@@ -76,7 +76,7 @@ def compress_command(
         policies=tuple(dict.fromkeys(("full", *_codes(policies)))),
         head_sets=_codes(head_sets),
         shares=_floats(shares, "shares"),
-        settings=PolicySettings(sink, window, 0.25, kv_mapping, floor, token_rule),
+        settings=PolicySettings(sink, window, kv_mapping, floor, token_rule),
         random_seeds=random_seeds,
         max_new_tokens=max_new_tokens,
         dtype=dtype,

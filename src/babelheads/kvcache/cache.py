@@ -5,11 +5,11 @@ KV head, the context positions to keep. KV heads that keep the same positions fo
 key and one value tensor of their own (copies, never views of the full tensors, so the evicted keys
 are freed). Every later token is appended to every bucket. Attention then receives a
 :class:`BucketedKV` instead of tensors, and babelheads' attention function computes each bucket
-exactly with the key positions it holds (see ``kvcache/attention.py``).
+exactly with the key positions it holds (``probe/buckets.py``).
 
-Sliding-window layers (Gemma 3's local layers) keep transformers' own layer and window. The logical
-length (every position seen) is what ``get_seq_length`` reports, so positions stay right after
-eviction.
+Sliding-window layers (Gemma 3's local layers) keep transformers' window, as a copy of their own.
+The logical length (every position seen) is what ``get_seq_length`` reports, so positions stay right
+after eviction.
 """
 
 from __future__ import annotations
@@ -140,7 +140,8 @@ def compressible_cache(model: torch.nn.Module) -> DynamicCache:
 
 def fork(cache: DynamicCache) -> DynamicCache:
     """A cache sharing ``cache``'s tensors with layers of its own: compressing or extending the fork
-    never touches the original (layers replace tensors, they never write into them)."""
+    never touches the original (layers replace tensors, they never write into them). Fork an
+    uncompressed cache: buckets would be shared."""
     forked = copy.copy(cache)
     forked.layers = [copy.copy(layer) for layer in cache.layers]
     return forked

@@ -5,7 +5,7 @@ query heads that read each KV head. Policies act on full-attention layers only; 
 keep their own window under every policy.
 
 - ``full``: everything (the reference).
-- ``head-split``: the ``full_share`` best-scored KV heads keep everything, the others ``sink`` +
+- ``head-split``: a share of the best-scored KV heads keep everything, the others ``sink`` +
   ``window`` positions (DuoAttention / RazorAttention).
 - ``window``: every KV head keeps sink + the same number of recent positions, sized so the total
   kept equals head-split's (equal bytes).
@@ -31,21 +31,20 @@ TOKEN_RULES = ("recent", "key-norm")
 
 @dataclass(frozen=True)
 class PolicySettings:
-    """sink, window : DuoAttention's NIAH setting (64, 256). full_share : the share of KV heads in
-    full-attention layers kept whole. floor : head-budget's least share of the mean budget."""
+    """sink, window : DuoAttention's NIAH setting (64, 256). floor : head-budget's least share of the
+    mean budget. (How many KV heads stay whole is the run's ``shares``.)"""
 
     sink: int = 64
     window: int = 256
-    full_share: float = 0.25
     kv_mapping: str = "max"
     floor: float = 0.2
     token_rule: str = "recent"
 
     def __post_init__(self) -> None:
-        if self.sink < 0 or self.window < 1 or not 0 <= self.full_share <= 1 or not 0 <= self.floor <= 1:
+        if self.sink < 0 or self.window < 1 or not 0 <= self.floor <= 1:
             raise BabelheadsError(
-                f"sink must be >= 0, window >= 1, full_share and floor in [0, 1]. Got {self.sink}, "
-                f"{self.window}, {self.full_share}, {self.floor}."
+                f"sink must be >= 0, window >= 1 and floor in [0, 1]. Got {self.sink}, {self.window}, "
+                f"{self.floor}."
             )
         if self.kv_mapping not in KV_MAPPINGS or self.token_rule not in TOKEN_RULES:
             raise BabelheadsError(
