@@ -185,13 +185,7 @@ def compress(config: CompressConfig, out: Path, execution: Execution = DEFAULT_E
         try:
             for sample in tqdm(samples, desc="compress", unit="sample", disable=not execution.progress):
                 if isinstance(sample, Skipped):
-                    row = {
-                        "sample_id": sample.sample_id,
-                        "language": sample.condition,
-                        "status": "skipped",
-                        "reason": sample.reason,
-                    }
-                    store.append(sample.sample_id, {"samples": pd.DataFrame([row])})
+                    store.append(sample.sample_id, {"samples": pd.DataFrame([sample.row()])})
                     continue
                 rows = _sample_rows(instrument, loaded, sample, task, sets, config, stops)
                 store.append(sample.sample_id, {"samples": pd.DataFrame(rows)})

@@ -135,13 +135,7 @@ def dynamic_ablate(
         try:
             for sample in tqdm(samples, desc="dynamic-ablate", unit="sample", disable=not execution.progress):
                 if isinstance(sample, Skipped):
-                    row = {
-                        "sample_id": sample.sample_id,
-                        "language": sample.condition,
-                        "status": "skipped",
-                        "reason": sample.reason,
-                    }
-                    store.append(sample.sample_id, {"samples": pd.DataFrame([row])})
+                    store.append(sample.sample_id, {"samples": pd.DataFrame([sample.row()])})
                     continue
                 store.append(
                     sample.sample_id,

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import pandas as pd
-
-from babelheads.report.dynamic_text import _number
+from babelheads.report.dynamic_text import _number, verdict
 from babelheads.runs import RunStore
 
 
@@ -30,16 +28,7 @@ def compress_summary(store: RunStore) -> str:
         for _, row in mine.iterrows():
             lines.append(
                 f"  {row['contrast']} ({row['heads']}, share {row['share']:.2f}): "
-                f"{_number(row['difference'])} [{_number(row['low'])}, {_number(row['high'])}]{_verdict(row)}"
+                f"{_number(row['difference'])} [{_number(row['low'])}, {_number(row['high'])}]"
+                + verdict(row["low"], row["high"])
             )
     return "\n".join(lines)
-
-
-def _verdict(row: pd.Series) -> str:
-    if pd.isna(row["low"]):
-        return "  (too few samples)"
-    if row["low"] > 0:
-        return "  (better)"
-    if row["high"] < 0:
-        return "  (worse)"
-    return "  (inconclusive)"

@@ -15,6 +15,17 @@ def _number(value: float, digits: int = 2) -> str:
     )
 
 
+def verdict(low: float, high: float, units: str = "samples") -> str:
+    """How a difference's 95 % interval reads: better, worse, inconclusive, or too few units."""
+    if pd.isna(low):
+        return f"  (too few {units})"
+    if low > 0:
+        return "  (better)"
+    if high < 0:
+        return "  (worse)"
+    return "  (inconclusive)"
+
+
 def _interval(row: pd.Series, value: str = "value", low: str = "low", high: str = "high") -> str:
     return f"{_number(row[value])} [{_number(row[low])}, {_number(row[high])}]"
 

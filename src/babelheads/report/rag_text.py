@@ -3,9 +3,7 @@ the retrieval trace of one question."""
 
 from __future__ import annotations
 
-import pandas as pd
-
-from babelheads.report.dynamic_text import _number
+from babelheads.report.dynamic_text import _number, verdict
 from babelheads.runs import RunStore
 
 
@@ -29,21 +27,12 @@ def rag_summary(store: RunStore) -> str:
         for _, row in mine.iterrows():
             lines.append(
                 f"  F1 {row['contrast']:<18} {_number(row['difference'], 3)} "
-                f"[{_number(row['low'], 3)}, {_number(row['high'], 3)}]{_verdict(row)}"
+                f"[{_number(row['low'], 3)}, {_number(row['high'], 3)}]"
+                + verdict(row["low"], row["high"], "questions")
             )
     lines.append("")
     lines.append(trace_text(store))
     return "\n".join(lines)
-
-
-def _verdict(row: pd.Series) -> str:
-    if pd.isna(row["low"]):
-        return "  (too few questions)"
-    if row["low"] > 0:
-        return "  (better)"
-    if row["high"] < 0:
-        return "  (worse)"
-    return "  (inconclusive)"
 
 
 def traced_question(store: RunStore) -> str | None:

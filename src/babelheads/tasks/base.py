@@ -50,6 +50,15 @@ class Skipped:
     reason: str
     meta: Mapping[str, object] = field(default_factory=dict)
 
+    def row(self) -> dict[str, object]:
+        """Its row of a run's samples table: recorded with the reason, counted nowhere."""
+        return {
+            "sample_id": self.sample_id,
+            "language": self.condition,
+            "status": "skipped",
+            "reason": self.reason,
+        }
+
 
 class Task(Protocol):
     """A task builds its samples for a loaded model and scores what the model wrote."""
