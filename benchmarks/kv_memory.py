@@ -6,7 +6,8 @@
 For SmolLM2-135M (30 full-attention layers, 3 KV heads each) and Gemma 3 270M (one KV head per layer,
 15 of 18 layers sliding), on NIAH with the built-in needles at each length: the bytes the cache
 holds once the prompt is in (as a share of ``full``) and the accuracy of ``full``, ``head-split``
-(the heads run's English retrieval heads keep everything, the others sink 64 + window 256),
+(the heads run's English retrieval heads keep everything: --share 0.25 of the KV heads in
+full-attention layers; the others sink 64 + window 256),
 ``window`` (every head the same window, equal bytes) and ``random-heads`` (as many random heads per
 layer). Without ``--*-heads`` a small detection run (English, 1000 tokens) is made first. On a GPU
 it also reports peak allocated memory. The last line reads, for SmolLM2 at the longest length,
@@ -43,6 +44,7 @@ def main() -> None:
     parser.add_argument("--gemma-heads")
     parser.add_argument("--lengths", default="2000,4000")
     parser.add_argument("--needles-per-cell", type=int, default=2)
+    parser.add_argument("--share", type=float, default=0.25, help="Share of KV heads kept whole.")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--out", default=None, help="Where the runs go (default: a temporary directory).")
@@ -75,6 +77,7 @@ def main() -> None:
                 ),
                 policies=("full", "head-split", "window", "random-heads"),
                 head_sets=("en",),
+                shares=(args.share,),
                 dtype=args.dtype,
                 replicates=500,
             )
