@@ -96,7 +96,7 @@ def test_keeping_gemmas_retrieval_heads_whole_keeps_the_answers_at_fewer_bytes(g
     wide = samples.pivot_table(index="sample_id", columns="policy", values="success", aggfunc="mean")
     # Held here: layers 5 and 11 hold Gemma's two retrieval heads; kept whole (2 of its 3 full-attention
     # KV heads), every answer is the full cache's, at 0.88 of its bytes.
-    assert (wide["head-split"] == wide["full"]).all() and wide["full"].mean() >= 0.75
+    assert (wide["head-split"] == wide["full"]).all() and wide["full"].mean() >= 0.5
     split = samples[samples["policy"] == "head-split"]
     assert split["bytes_ratio"].max() < 0.95 and (split["kv_heads_full"] == 2).all()
 
