@@ -36,8 +36,6 @@ from babelheads.tasks.base import Sample, Skipped
 from babelheads.tasks.niah import NiahSettings, NiahTask
 
 COMBINED = ("union", "intersection")
-HEAD_POLICIES = ("head-split", "random-heads", "head-budget")
-"""Policies that depend on the head set."""
 
 
 @dataclass(frozen=True)
