@@ -199,3 +199,17 @@ def test_rag_takes_the_probes_heads_per_step_and_the_runs_static_ranking(run, co
     samples = store.table("samples")
     assert set(samples["selection"]) == set(SELECTIONS) and len(samples) == 4 * len(SELECTIONS)
     assert store.derived("rag_scores")["language"].tolist().count("all") == len(SELECTIONS)
+
+
+def test_compress_takes_a_runs_retrieval_scores_as_head_scores(run, copier):
+    from babelheads.experiments.compress import head_scores
+    from babelheads.experiments.dynamic import ranked_heads
+
+    scores = head_scores(str(run.root), copier.layout)
+    ranking = ranked_heads(run)
+    assert set(scores) == set(ranking)
+    for language, ranked in ranking.items():
+        flat = scores[language].reshape(-1)
+        np.testing.assert_allclose(flat[ranked.index.to_numpy()], ranked.to_numpy(float))
+        # The copier's retriever (1-0) is the best head in every language.
+        assert np.unravel_index(flat.argmax(), scores[language].shape) == (1, 0)

@@ -413,3 +413,39 @@ def test_head_budget_gives_what_a_capped_head_cannot_hold_to_the_others():
     assert sizes[0] == 20  # capped at the context
     assert total - len(sizes) <= sum(sizes) <= total  # the rest went to the others (rounding down)
     assert sizes[1] == sizes[2] > sizes[3]  # in proportion to their scores, above the floor
+
+
+def test_head_scores_come_from_importance_runs_and_score_files(tmp_path):
+    """LAHIS importance per language, and an official-format score file, as head scores."""
+    import json
+
+    import pandas as pd
+
+    from babelheads.experiments.compress import CompressConfig, chosen_sets, head_scores
+    from babelheads.heads import HeadLayout
+    from babelheads.runs import RunStore
+
+    layout = HeadLayout(num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, layer_windows=[None, None])
+    store = RunStore(tmp_path / "importance")
+    store.create({"kind": "importance", "model": {"model": "tiny"}}, 0)
+    rows = [
+        {
+            "language": language,
+            "layer": layer,
+            "head": head,
+            "paper": float(language == "de") * (layer * 4 + head),
+        }
+        for language in ("en", "de")
+        for layer in range(2)
+        for head in range(4)
+    ]
+    store.write_derived("importance", pd.DataFrame(rows))
+    scores = head_scores(str(store.root), layout)
+    assert set(scores) == {"en", "de"} and scores["de"][1, 3] == 7 and not scores["en"].any()
+    sets = chosen_sets(CompressConfig(heads="x", head_sets=("de", "union", "intersection")), scores)
+    np.testing.assert_array_equal(sets["union"], scores["de"])
+    np.testing.assert_array_equal(sets["intersection"], scores["en"])
+    file = tmp_path / "heads.json"
+    file.write_text(json.dumps({"1-2": [0.5, 0.7], "0-0": [0.1]}))
+    from_file = head_scores(str(file), layout)["file"]
+    assert from_file[1, 2] == pytest.approx(0.6) and from_file[0, 0] == pytest.approx(0.1)
