@@ -201,9 +201,14 @@ def test_rag_takes_the_probes_heads_per_step_and_the_runs_static_ranking(run, co
     assert store.derived("rag_scores")["language"].tolist().count("all") == len(SELECTIONS)
 
 
-def test_compress_takes_a_runs_retrieval_scores_as_head_scores(run, copier):
-    from babelheads.experiments.compress import head_scores
+def test_compress_takes_a_runs_retrieval_scores_as_head_scores(run, copier, tmp_path):
+    from babelheads.errors import BabelheadsError
+    from babelheads.experiments.compress import CompressConfig, compress, head_scores
     from babelheads.experiments.dynamic import ranked_heads
+
+    # The heads run's own haystacks (its seed) are refused: heads are tested on other samples.
+    with pytest.raises(BabelheadsError, match="is the seed of"):
+        compress(CompressConfig(heads=str(run.root), niah=replace(TASK, seed=0)), tmp_path / "compress")
 
     scores = head_scores(str(run.root), copier.layout)
     ranking = ranked_heads(run)

@@ -113,6 +113,14 @@ def _run_oracle(model, ids, keep):
         model.set_attn_implementation(previous)
 
 
+def _normal_logits(model, ids):
+    """The question's logits over transformers' own cache: the reference when nothing is evicted."""
+    normal = DynamicCache(config=model.config)
+    with torch.no_grad():
+        _forward(model, normal, ids[:CONTEXT], 0)
+        return _forward(model, normal, ids[CONTEXT:], CONTEXT)
+
+
 def _ids(seed: int = 0) -> list[int]:
     return torch.randint(
         3, 500, (CONTEXT + QUESTION + STEPS,), generator=torch.Generator().manual_seed(seed)
@@ -126,11 +134,7 @@ def test_every_head_full_gives_exactly_the_normal_caches_logits(kind):
     every = set(range(describe_heads(model).num_kv_heads))
     cache, _, logits = _run_compressed(model, ids, every)
     assert not any(layer.compressed for layer in compressed_layers(cache).values())
-    normal = DynamicCache(config=model.config)
-    with torch.no_grad():
-        _forward(model, normal, ids[:CONTEXT], 0)
-        expected = _forward(model, normal, ids[CONTEXT:], CONTEXT)
-    assert torch.equal(logits, expected)
+    assert torch.equal(logits, _normal_logits(model, ids))
 
 
 @pytest.mark.parametrize("kind", ARCHITECTURES)
@@ -138,11 +142,7 @@ def test_a_window_as_long_as_the_context_gives_the_normal_logits(kind):
     model = tiny_model(kind)
     ids = _ids(1)
     _, _, logits = _run_compressed(model, ids, set(), sink=0, window=CONTEXT)
-    normal = DynamicCache(config=model.config)
-    with torch.no_grad():
-        _forward(model, normal, ids[:CONTEXT], 0)
-        expected = _forward(model, normal, ids[CONTEXT:], CONTEXT)
-    assert torch.equal(logits, expected)
+    assert torch.equal(logits, _normal_logits(model, ids))
 
 
 @pytest.mark.parametrize("kind", ARCHITECTURES)

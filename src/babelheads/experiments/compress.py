@@ -32,7 +32,7 @@ from babelheads.models import LoadedModel, resolved_precision
 from babelheads.probe import Instrument
 from babelheads.runner.stops import StopRule
 from babelheads.runs import RunStore
-from babelheads.tasks.base import Sample, Skipped
+from babelheads.tasks.base import Sample, Skipped, content_digest
 from babelheads.tasks.niah import NiahSettings, NiahTask
 
 COMBINED = ("union", "intersection")
@@ -147,11 +147,14 @@ def compress(config: CompressConfig, out: Path, execution: Execution = DEFAULT_E
     if heads_path.is_dir():
         manifest = RunStore(heads_path).manifest()
         source_model = manifest["spec"]["model"]["model"]
+        heads_identity = manifest["spec_digest"]
         if manifest.get("seed") == config.niah.seed:
             raise BabelheadsError(
                 f"--seed {config.niah.seed} is the seed of {config.heads}: the heads would be tested on the "
                 "haystacks that chose them. Use another --seed."
             )
+    else:
+        heads_identity = content_digest(heads_path.read_text(encoding="utf-8"))
     model = config.model or source_model
     if model is None:
         raise BabelheadsError("Give --model: a score file does not name its model.")
@@ -161,6 +164,7 @@ def compress(config: CompressConfig, out: Path, execution: Execution = DEFAULT_E
         "kind": "compress",
         "config": config.identity(model),
         "data": task.identity(),
+        "heads": heads_identity,
         "precision": resolved_precision(config.dtype, execution.device),
     }
     store.check_compatible(spec, ignore=("model",))
