@@ -248,6 +248,12 @@ def test_a_compressed_layer_refuses_a_batch_and_a_second_compression():
 
     with pytest.raises(BabelheadsError, match="one row"):
         layer.compress([torch.arange(2)])
+    single = HeadCompressedLayer()
+    single.update(torch.zeros(1, 2, 4, 8), torch.zeros(1, 2, 4, 8))
+    single.compress([torch.arange(4), torch.arange(2)])
+    assert single.compressed and single.kept_per_head() == [4, 2]
+    with pytest.raises(BabelheadsError, match="compressed once"):
+        single.compress([torch.arange(2), torch.arange(2)])
 
 
 # Policies: what each KV head keeps.
