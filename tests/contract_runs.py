@@ -180,7 +180,9 @@ def run_every_kind(model: Path, root: Path) -> dict[str, Path]:
     )
     scores = root / "scores.json"
     rng = np.random.default_rng(0)
-    scores.write_text(json.dumps({f"{l}-{h}": [float(rng.random())] for l in range(3) for h in range(4)}))
+    scores.write_text(
+        json.dumps({f"{layer}-{head}": [float(rng.random())] for layer in range(3) for head in range(4)})
+    )
     cli(
         "compress",
         "--heads",
