@@ -89,6 +89,12 @@ class Instrument:
         for module in self._modules:
             setattr(module, PROBE_ATTRIBUTE, self)
 
+    def __enter__(self) -> Instrument:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.detach()
+
     def detach(self) -> None:
         for module in self._modules:
             if getattr(module, PROBE_ATTRIBUTE, None) is self:

@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from babelheads.errors import BabelheadsError
 from babelheads.models import LoadedModel
 from babelheads.probe import HeadGates, Instrument, ProbeSettings
 from babelheads.runner.cache import kv_bytes_per_row
 from babelheads.runner.decode import DEFAULT_PREFILL_CHUNK, Decoded, Row, decode_rows
+from babelheads.runner.parts import Part, claimed, execute_parts, in_batches_of
 from babelheads.runner.prefix import DEFAULT_MAX_SNAPSHOTS, SharedPrefill, branch_points
 from babelheads.runner.stops import StopRule
 from babelheads.runs import RunStore
@@ -124,57 +124,74 @@ def run_jobs(
     A skipped sample is written as a samples row with status 'skipped' and its reason, so it shows in
     every summary and is not retried on resume.
     """
-    finished = store.finished()
-    jobs = list(jobs)
-    mine = [job for position, job in enumerate(jobs) if settings.shard.takes(position, len(jobs))]
-    todo = [job for job in mine if job.part_id not in finished]
-    if not todo:
+    parts = [Part(job.part_id, job, job.sample if isinstance(job.sample, Skipped) else None) for job in jobs]
+    if not claimed(store, parts, settings.shard):
         return
-    instrument = Instrument(loaded.model, loaded.layout, settings.probe or ProbeSettings())
     stops = StopRule.for_model(loaded)
-    bar = tqdm(total=len(todo), desc=description, unit="sample", disable=not progress, dynamic_ncols=True)
-    try:
-        for job in todo:
-            if isinstance(job.sample, Skipped):
-                store.append(job.part_id, _tables(job, loaded, score, settings, None))
-                bar.update()
-        for group in _groups([job for job in todo if not isinstance(job.sample, Skipped)]):
-            prefill = SharedPrefill(
-                loaded.model, settings.prefill_chunk, settings.share_prefix, settings.max_snapshots
-            )
-            keep = branch_points([job.sample.input_ids[:-1] for job in group])
-            longest = max(len(job.sample.input_ids) for job in group) + settings.max_new_tokens
-            element = next(loaded.model.parameters()).element_size()
-            size = settings.rows_per_batch(loaded.device, kv_bytes_per_row(loaded.layout, longest, element))
-            for start in range(0, len(group), size):
-                batch = group[start : start + size]
-                bar.set_postfix_str(batch[0].part_id, refresh=False)
-                rows = [
-                    Row(
-                        job.sample.input_ids,
-                        job.sample.max_new_tokens or settings.max_new_tokens,
-                        job.gates,
-                        region_labels(job.sample, settings.regions) if settings.regions else None,
-                    )
-                    for job in batch
-                ]
-                record = settings.probe is not None
-                results = decode_rows(
-                    instrument,
-                    prefill,
-                    rows,
-                    stops,
-                    record,
-                    keep[start : start + size],
-                    len(settings.regions) if record else 0,
-                    settings.hidden_states,
+    record = settings.probe is not None
+    element = next(loaded.model.parameters()).element_size()
+    with Instrument(loaded.model, loaded.layout, settings.probe or ProbeSettings()) as instrument:
+
+        def batches(todo: list[Part]) -> Iterable[list[Part]]:
+            for group in _groups([part.work for part in todo]):
+                prefill = SharedPrefill(
+                    loaded.model, settings.prefill_chunk, settings.share_prefix, settings.max_snapshots
                 )
-                for job, decoded in zip(batch, results, strict=True):
-                    store.append(job.part_id, _tables(job, loaded, score, settings, decoded))
-                    bar.update()
-    finally:
-        bar.close()
-        instrument.detach()
+                keep = branch_points([job.sample.input_ids[:-1] for job in group])
+                longest = max(len(job.sample.input_ids) for job in group) + settings.max_new_tokens
+                size = settings.rows_per_batch(
+                    loaded.device, kv_bytes_per_row(loaded.layout, longest, element)
+                )
+                planned = [
+                    Part(job.part_id, _Planned(job, prefill, kept))
+                    for job, kept in zip(group, keep, strict=True)
+                ]
+                yield from in_batches_of(size)(planned)
+
+        def compute(batch: list[Part]) -> Iterable[tuple[Part, dict[str, pd.DataFrame]]]:
+            plans: list[_Planned] = [part.work for part in batch]
+            rows = [
+                Row(
+                    plan.job.sample.input_ids,
+                    plan.job.sample.max_new_tokens or settings.max_new_tokens,
+                    plan.job.gates,
+                    region_labels(plan.job.sample, settings.regions) if settings.regions else None,
+                )
+                for plan in plans
+            ]
+            results = decode_rows(
+                instrument,
+                plans[0].prefill,
+                rows,
+                stops,
+                record,
+                [plan.keep for plan in plans],
+                len(settings.regions) if record else 0,
+                settings.hidden_states,
+            )
+            for part, plan, decoded in zip(batch, plans, results, strict=True):
+                yield part, _tables(plan.job, loaded, score, settings, decoded)
+
+        execute_parts(
+            store,
+            parts,
+            compute,
+            shard=settings.shard,
+            batches=batches,
+            progress=progress,
+            description=description,
+            skipped=lambda part: _tables(part.work, loaded, score, settings, None),
+        )
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """A job in its batch: the shared prefill of its group, and the prefix lengths where later prompts
+    branch off its prompt (the prefill snapshots it leaves behind for them)."""
+
+    job: Job
+    prefill: SharedPrefill
+    keep: set[int]
 
 
 def region_labels(sample: Sample, regions: tuple[str, ...]) -> list[int]:

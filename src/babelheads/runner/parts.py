@@ -1,0 +1,102 @@
+"""The one executor of a run's parts, whatever a part computes (decoded rows, teacher-forced losses,
+one forced step, a compressed cache, a trained mask): claim, shard, batch, skip with a reason, append,
+resume. Experiments say what a batch of parts computes; this module decides which parts run and when.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from babelheads.runs import RunStore
+from babelheads.tasks.base import Skipped
+
+Tables = dict[str, pd.DataFrame]
+
+
+@dataclass(frozen=True)
+class Part:
+    """One unit of a run's work and of its resumption: ``part_id`` names its rows in the store;
+    ``work`` is whatever the experiment computes it from (a sample, a window, a question, a plan).
+    A part with ``skipped`` set (a sample that could not be built) is written as a skipped row with
+    its reason, never computed."""
+
+    part_id: str
+    work: object
+    skipped: Skipped | None = None
+
+    @classmethod
+    def of(cls, part_id: str, work: object) -> Part:
+        """A part whose work may itself be a skipped sample."""
+        return cls(part_id, work, work if isinstance(work, Skipped) else None)
+
+
+Batches = Callable[[list[Part]], Iterable[list[Part]]]
+"""Orders and groups the parts to run into batches (e.g. by shared prompt prefix, under a memory cap)."""
+
+
+def in_batches_of(size: int) -> Batches:
+    """Consecutive batches of ``size`` parts, in the given order."""
+
+    def batches(parts: list[Part]) -> Iterable[list[Part]]:
+        for start in range(0, len(parts), max(size, 1)):
+            yield parts[start : start + size]
+
+    return batches
+
+
+def skipped_row(part: Part) -> Tables:
+    """A skipped part's samples row: recorded with the reason, counted nowhere."""
+    return {"samples": pd.DataFrame([part.skipped.row()])}
+
+
+def claimed(store: RunStore, parts: Sequence[Part], shard) -> list[Part]:
+    """The parts this worker runs: its shard's block of the whole list, less those already finished.
+    The block is taken over the whole list, so every worker of a run agrees on it."""
+    finished = store.finished()
+    return [
+        part
+        for position, part in enumerate(parts)
+        if shard.takes(position, len(parts)) and part.part_id not in finished
+    ]
+
+
+def execute_parts(
+    store: RunStore,
+    parts: Sequence[Part],
+    compute: Callable[[list[Part]], Iterable[tuple[Part, Tables]]],
+    *,
+    shard,
+    batches: Batches,
+    progress: bool = True,
+    description: str = "run",
+    unit: str = "sample",
+    skipped: Callable[[Part], Tables] = skipped_row,
+    claim: bool = True,
+) -> None:
+    """Run every part of ``parts`` this worker owns that has not finished, and append its tables.
+
+    ``compute(batch)`` yields (part, tables) for each part of a batch, in any order; each part is
+    appended as soon as it is yielded (the samples table last: the commit), so a killed run loses at
+    most the batch in flight. ``claim=False`` runs ``parts`` as given: for a caller that claimed them
+    itself, e.g. to build only the claimed parts' samples.
+    """
+    todo = claimed(store, parts, shard) if claim else list(parts)
+    if not todo:
+        return
+    bar = tqdm(total=len(todo), desc=description, unit=unit, disable=not progress, dynamic_ncols=True)
+    try:
+        for part in todo:
+            if part.skipped is not None:
+                store.append(part.part_id, skipped(part))
+                bar.update()
+        for batch in batches([part for part in todo if part.skipped is None]):
+            bar.set_postfix_str(batch[0].part_id, refresh=False)
+            for part, tables in compute(batch):
+                store.append(part.part_id, tables)
+                bar.update()
+    finally:
+        bar.close()
