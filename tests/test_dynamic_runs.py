@@ -81,7 +81,7 @@ def test_hidden_states_are_stored_per_step_and_the_probes_write_their_baselines(
     assert set(probe["predictor"]) >= {"probe", "static prior", "shuffled labels"}
     # The fitted probe is kept: it maps any final hidden state to one probability per head.
     from babelheads.analysis.head_probes import hidden_states
-    from babelheads.experiments.dynamic import load_probe
+    from babelheads.sources import load_probe
 
     _, states = hidden_states(hidden)
     assert load_probe(run.root, "all").probabilities(states).shape == (len(states), 4)
@@ -182,18 +182,23 @@ def test_the_ablation_command_and_the_report_end_to_end(run, tmp_path, monkeypat
 
 
 def test_rag_takes_the_probes_heads_per_step_and_the_runs_static_ranking(run, copier, tmp_path):
-    from babelheads.experiments.dynamic import load_probe, ranked_heads
     from babelheads.experiments.rag import RagConfig, _load_heads, rag
+    from babelheads.sources import load_probe, open_source
     from babelheads.rag.loop import SELECTIONS
 
-    config = RagConfig(heads=str(run.root), languages=("en", "de"), count=2, replicates=50)
-    heads = _load_heads(run, config, copier)
-    ranking = ranked_heads(run)
-    assert heads.choose("static", "de", None)[0] == ranking["de"].index[:5].tolist()
+    from babelheads.rag.loop import LoopSettings
+
+    # The copier has 4 heads: a query from 3 of them leaves a head out of every choice.
+    config = RagConfig(
+        heads=str(run.root), languages=("en", "de"), count=2, replicates=50, loop=LoopSettings(heads=3)
+    )
+    heads = _load_heads(open_source(run.root, ("dynamic",), "--heads"), config)
+    ranking = open_source(run.root, ("dynamic",), "--heads").rankings()
+    assert heads.choose("static", "de", None)[0] == ranking["de"][:3].tolist()
     state = np.random.default_rng(0).normal(size=copier.model.config.hidden_size).astype(np.float32)
     probabilities = load_probe(run.root).probabilities(state[None])[0]
     chosen, scores = heads.choose("dynamic", "en", state)
-    assert chosen == np.argsort(-probabilities, kind="stable")[:5].tolist()
+    assert chosen == np.argsort(-probabilities, kind="stable")[:3].tolist()
     assert scores == sorted(scores, reverse=True)
     store = rag(config, tmp_path / "rag", Execution(progress=False))
     samples = store.table("samples")
@@ -203,15 +208,15 @@ def test_rag_takes_the_probes_heads_per_step_and_the_runs_static_ranking(run, co
 
 def test_compress_takes_a_runs_retrieval_scores_as_head_scores(run, copier, tmp_path):
     from babelheads.errors import BabelheadsError
+    from babelheads.analysis.dynamic_heads import retrieval_rankings
     from babelheads.experiments.compress import CompressConfig, compress, head_scores
-    from babelheads.experiments.dynamic import ranked_heads
 
     # The heads run's own haystacks (its seed) are refused: heads are tested on other samples.
     with pytest.raises(BabelheadsError, match="is the seed of"):
         compress(CompressConfig(heads=str(run.root), niah=replace(TASK, seed=0)), tmp_path / "compress")
 
     scores = head_scores(str(run.root), copier.layout)
-    ranking = ranked_heads(run)
+    ranking = retrieval_rankings(run.table("samples"), run.table("head_scores"), copier.layout.num_heads)
     assert set(scores) == set(ranking)
     for language, ranked in ranking.items():
         flat = scores[language].reshape(-1)

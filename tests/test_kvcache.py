@@ -427,13 +427,15 @@ def test_head_scores_come_from_importance_runs_and_score_files(tmp_path):
 
     import pandas as pd
 
+    from dataclasses import asdict
+
     from babelheads.experiments.compress import CompressConfig, chosen_sets, head_scores
     from babelheads.heads import HeadLayout
     from babelheads.runs import RunStore
 
     layout = HeadLayout(num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, layer_windows=[None, None])
     store = RunStore(tmp_path / "importance")
-    store.create({"kind": "importance", "model": {"model": "tiny"}}, 0)
+    store.create({"kind": "importance", "model": {"model": "tiny"}}, 0, {"layout": asdict(layout)})
     rows = [
         {
             "language": language,
@@ -446,6 +448,7 @@ def test_head_scores_come_from_importance_runs_and_score_files(tmp_path):
         for head in range(4)
     ]
     store.write_derived("importance", pd.DataFrame(rows))
+    store.write_json("selection.json", {})  # what a finished importance run writes last
     scores = head_scores(str(store.root), layout)
     assert set(scores) == {"en", "de"} and scores["de"][1, 3] == 7 and not scores["en"].any()
     sets = chosen_sets(CompressConfig(heads="x", head_sets=("de", "union", "intersection")), scores)

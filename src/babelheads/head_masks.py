@@ -13,6 +13,9 @@ from babelheads.errors import BabelheadsError
 from babelheads.heads import HeadLayout
 
 FORMAT = "babelheads-head-mask"
+MASK_METHODS = {"gate": "scale", "uniform": "uniform"}
+"""How a masked head is silenced (--method): 'gate' zeroes its output before o_proj; 'uniform' makes
+it attend uniformly (the official code's masking). Values are the instrument's gate modes."""
 
 
 def write_head_mask(path: Path, values: torch.Tensor, about: dict) -> Path:
@@ -62,6 +65,27 @@ def read_head_mask(path: Path, layout: HeadLayout | None = None) -> torch.Tensor
             f"{layout.num_layers} layers x {layout.num_heads} heads. Use a mask made for this model."
         )
     return values
+
+
+def check_mask_fits(path: str | Path, layout: HeadLayout | None) -> None:
+    """Refuse a mask of another shape than the model's before anything loads or is written; with no
+    layout known yet (a model not inspectable without loading it), the file alone is checked."""
+    read_head_mask(Path(path), layout)
+
+
+def check_mask_for_run(path: str | Path, run: str | Path) -> None:
+    """A mask applied under a source run's model (ablate's detection run, language-test's importance
+    run): that run's manifest records the model's head layout, so no model is loaded to check it."""
+    from babelheads.runs import RunStore
+
+    store = RunStore(Path(run))
+    layout = store.manifest().get("layout") if store.exists() else None
+    check_mask_fits(path, layout_from_manifest(layout) if isinstance(layout, dict) else None)
+
+
+def layout_from_manifest(layout: dict) -> HeadLayout:
+    """The HeadLayout a run's manifest records (JSON turned its tuple into a list)."""
+    return HeadLayout(**{**layout, "layer_windows": tuple(layout.get("layer_windows") or ())})
 
 
 def head_mask_gates(path: str | Path | None, layout: HeadLayout):

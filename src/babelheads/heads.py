@@ -78,6 +78,26 @@ class HeadLayout:
             HeadAddress(layer, head) for layer in range(self.num_layers) for head in range(self.num_heads)
         ]
 
+    def flat(self, address: HeadAddress) -> int:
+        """The head's index in layer-major order (the order of a (layers, heads) array flattened)."""
+        self.check(address)
+        return address.layer * self.num_heads + address.head
+
+    def address(self, flat: int) -> HeadAddress:
+        """The head at layer-major index ``flat``."""
+        if not 0 <= flat < self.total_heads:
+            raise ValueError(f"Head index {flat} is outside this model's {self.total_heads} heads.")
+        return HeadAddress(int(flat) // self.num_heads, int(flat) % self.num_heads)
+
+    def label(self, flat: int) -> str:
+        """The ``L-H`` form of the head at layer-major index ``flat``."""
+        return str(self.address(flat))
+
+    @classmethod
+    def from_manifest(cls, layout: dict) -> HeadLayout:
+        """The layout a run's manifest recorded (JSON turns its tuple of windows into a list)."""
+        return cls(**{**layout, "layer_windows": tuple(layout.get("layer_windows") or ())})
+
     def check(self, address: HeadAddress) -> None:
         if not (0 <= address.layer < self.num_layers and 0 <= address.head < self.num_heads):
             raise ValueError(

@@ -163,13 +163,42 @@ def load_model(
 
 def describe_heads(model: torch.nn.Module) -> HeadLayout:
     """The model's head geometry, read from its config (text config for multimodal wrappers)."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return _layout_of(model.config, type(model).__name__)
+
+
+def config_layout(spec: str) -> HeadLayout | None:
+    """The head geometry of ``spec`` from its config alone, so that input which must fit the model (a
+    head mask, a score file) is checked before the weights load. None where only loading tells: a
+    GGUF file, a built-in not converted yet, a hub id not in the local cache (never the network)."""
+    from transformers import AutoConfig
+
+    path = Path(spec).expanduser()
+    if spec in BUILTINS:
+        try:
+            source = str(_builtin_target(BUILTINS[spec]))
+        except ModelLoadError:
+            return None
+    elif path.is_dir():
+        source = str(path)
+    elif path.is_file() or spec.endswith(".gguf") or spec.startswith((".", "/", "~")):
+        return None
+    else:
+        source = spec
+    try:
+        config = AutoConfig.from_pretrained(source, local_files_only=True)
+        return _layout_of(config, spec)
+    except Exception:  # no config, an unknown architecture, ...: loading the model will say what
+        return None
+
+
+def _layout_of(config, owner: str) -> HeadLayout:
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
     try:
         num_layers = config.num_hidden_layers
         num_heads = config.num_attention_heads
     except AttributeError as error:
         raise UnsupportedModelError(
-            f"{type(model).__name__} has no num_hidden_layers/num_attention_heads in its config; "
+            f"{owner} has no num_hidden_layers/num_attention_heads in its config; "
             "babelheads needs a decoder-only transformer."
         ) from error
     num_kv_heads = getattr(config, "num_key_value_heads", None) or num_heads
@@ -272,11 +301,16 @@ def _package_id(builtin: BuiltinModel) -> str:
         ) from error
 
 
+def _builtin_target(builtin: BuiltinModel) -> Path:
+    """Where the built-in's de-quantized copy lives (whether or not it was written yet)."""
+    key = hashlib.sha256(_package_id(builtin).encode()).hexdigest()[:12]
+    return cache_root() / "models" / f"{builtin.name}-{key}"
+
+
 def _builtin_directory(builtin: BuiltinModel) -> Path:
     """A de-quantized copy of the built-in, written once, so later loads skip the GGUF conversion."""
     package = _package_id(builtin)
-    key = hashlib.sha256(package.encode()).hexdigest()[:12]
-    target = cache_root() / "models" / f"{builtin.name}-{key}"
+    target = _builtin_target(builtin)
     if (target / "model.safetensors").exists():
         return target
     try:

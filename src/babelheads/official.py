@@ -60,7 +60,14 @@ def read_official(path: Path, variant: str | None = None) -> pd.DataFrame:
             address = HeadAddress.parse(key)
         except ValueError as error:
             raise BabelheadsError(f"{path}: {error}") from error
-        values = [float(value) for value in (values if isinstance(values, list) else [values])]
+        listed = values if isinstance(values, list) else [values]
+        # float() would take "nan" or "1e3" as text and raise a bare ValueError on "high"; a score is
+        # a JSON number (bool is an int to Python, but not a score).
+        if any(isinstance(value, bool) or not isinstance(value, int | float) for value in listed):
+            raise BabelheadsError(
+                f"{path}: the scores of head {key!r} must be numbers (or a list of numbers). Got {values!r}."
+            )
+        values = [float(value) for value in listed]
         rows.append(
             {
                 "layer": address.layer,
@@ -70,4 +77,5 @@ def read_official(path: Path, variant: str | None = None) -> pd.DataFrame:
                 "variant": variant,
             }
         )
-    return pd.DataFrame(rows).sort_values(["layer", "head"]).reset_index(drop=True)
+    columns = ["layer", "head", "score", "samples", "variant"]
+    return pd.DataFrame(rows, columns=columns).sort_values(["layer", "head"]).reset_index(drop=True)

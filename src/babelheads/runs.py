@@ -55,15 +55,20 @@ class RunStore:
         if not self.exists():
             raise RunStoreError(f"{self.root} is not a babelheads run (no {MANIFEST}). Check the path.")
         try:
-            return json.loads(self.manifest_path.read_text())
-        except json.JSONDecodeError as error:
+            manifest = json.loads(self.manifest_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as error:
             raise RunStoreError(
                 f"{self.manifest_path} is corrupted ({error}). Restore it or start a new run."
             ) from error
+        check_manifest(manifest, self.manifest_path)
+        return manifest
 
-    def check_compatible(self, spec: dict, ignore: tuple[str, ...] = ()) -> None:
+    def check_compatible(
+        self, spec: dict, ignore: tuple[str, ...] = (), loose: tuple[str, ...] = ()
+    ) -> None:
         """Refuse to mix: an existing run must have been made with exactly this spec (the top-level
-        entries in ``ignore`` aside, e.g. the model identity before the model is loaded)."""
+        entries in ``ignore`` aside, e.g. the model identity before the model is loaded; and the config
+        fields in ``loose``, analysis settings that older versions still recorded as identity)."""
         if self.root.exists() and not self.root.is_dir():
             raise RunStoreError(f"{self.root} is a file, not a run directory. Choose another --out.")
         if not self.exists():
@@ -74,12 +79,29 @@ class RunStore:
             return
         existing = {key: value for key, value in self.manifest()["spec"].items() if key not in ignore}
         spec = {key: value for key, value in _as_json(spec).items() if key not in ignore}
+        if existing.get("kind") != spec.get("kind"):
+            raise RunStoreError(
+                f"{self.root} holds a {existing.get('kind')} run, not a {spec.get('kind')} run. "
+                "Use another --out."
+            )
+        if isinstance(existing.get("config"), dict):
+            existing["config"] = {k: v for k, v in existing["config"].items() if k not in loose}
         if existing != spec:
             changed = sorted(_differences(existing, spec))
             raise RunStoreError(
                 f"{self.root} holds a run made with a different {', '.join(changed[:4])}. "
                 "Use another --out, or delete that run to start over."
             )
+
+    def recorded_parts(self) -> list[str] | None:
+        """The parts the run was created with (None: a run of a version that did not record them)."""
+        manifest = self.manifest()
+        if "parts" in manifest:
+            return list(manifest["parts"])
+        if "windows" in manifest:  # importance runs before the experiment contract
+            return list(manifest["windows"])
+        legacy = self.root / "parts.json"  # language-test runs before the experiment contract
+        return list(json.loads(legacy.read_text())) if legacy.is_file() else None
 
     def create(self, spec: dict, seed: int, facts: dict | None = None) -> None:
         """Write the manifest. ``facts`` are recorded, never compared (e.g. the model's head layout)."""
@@ -190,6 +212,17 @@ class RunStore:
         if not path.exists():
             raise RunStoreError(f"{self.root} has no {name} table yet. Finish the run (run detect again).")
         return read_parquet(path, hint="run the same detect command again to rewrite it")
+
+
+def check_manifest(manifest: object, path: Path) -> None:
+    """Every reader indexes ``manifest["spec"]["kind"]``; a manifest without them (edited by hand, or
+    written by something else) is refused here in one line instead of a KeyError deep in a command."""
+    spec = manifest.get("spec") if isinstance(manifest, dict) else None
+    if not isinstance(spec, dict) or not isinstance(spec.get("kind"), str):
+        raise RunStoreError(
+            f"{path} is not a babelheads run manifest: it needs a 'spec' object with a 'kind'. "
+            "Restore it from a backup or start a new run."
+        )
 
 
 def read_parquet(path: Path, hint: str) -> pd.DataFrame:

@@ -62,11 +62,18 @@ def replay_run(run: Path, command: str, fields: set[str]) -> dict[str, object]:
     manifest_path = Path(run) / "manifest.json"
     if not manifest_path.is_file():
         raise BabelheadsError(f"--from {run}: not a babelheads run (no manifest.json). Check the path.")
-    manifest = json.loads(manifest_path.read_text())
-    kind = manifest["spec"].get("kind")
+    from babelheads.runs import RunStore
+
+    # The store's reader refuses a truncated manifest or one without a spec, in one line.
+    manifest = RunStore(Path(run)).manifest()
+    kind = manifest["spec"]["kind"]
     if command not in REPLAYED_KINDS or command != kind:
         raise BabelheadsError(
             f"--from {run}: that is a {kind} run; `babelheads {command}` replays {command} runs."
+        )
+    if not isinstance(manifest["spec"].get("config"), dict):
+        raise BabelheadsError(
+            f"--from {run}: its manifest.json records no config to replay. Give the flags instead."
         )
     config = dict(manifest["spec"]["config"])
     nested = {}  # detect's NIAH settings, importance's texts, dynamic's NIAH or two-hop settings
@@ -88,8 +95,14 @@ def replay_run(run: Path, command: str, fields: set[str]) -> dict[str, object]:
     values = {**nested, **config, **manifest.get("analysis", {})}
     selection = Path(run) / "selection.json"  # importance: how its heads were last selected
     if kind == "importance" and selection.is_file():
-        recorded = json.loads(selection.read_text())
-        values.update({key: recorded[key] for key in ("formula", "percentile", "min_languages", "share")})
+        try:
+            recorded = json.loads(selection.read_text())
+            values.update({key: recorded[key] for key in ("formula", "percentile", "min_languages", "share")})
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise BabelheadsError(
+                f"--from {run}: {selection} is damaged ({error}). Run its importance command again to "
+                "rewrite it."
+            ) from None
     if "runs" in manifest["spec"]:  # a compare run: the detection runs it read
         values["runs"] = list(manifest["spec"]["runs"])
     values.pop("needle_ids", None)

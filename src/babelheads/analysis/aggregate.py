@@ -125,3 +125,4 @@ def official_scores(
         str(HeadAddress(int(layer), int(head))): [float(value) for value in per_head.get((layer, head), [])]
         for layer, head in heads.sort_values(["layer", "head"]).itertuples(index=False)
     }
+

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from babelheads.analysis.aggregate import ThinDataWarning
+from babelheads.analysis.aggregate import AggregateSettings, ThinDataWarning, aggregate
 
 STEP_COLUMNS = ("needle_copy", "copy")
 MIN_SAMPLES = 2
@@ -181,3 +181,28 @@ def dynamism(steps: StepHeads, static: np.ndarray, replicates: int = 1000, seed:
             stacklevel=2,
         )
     return pd.DataFrame(rows)
+
+
+def retrieval_rankings(
+    samples: pd.DataFrame, head_scores: pd.DataFrame, num_heads: int
+) -> dict[str, pd.Series]:
+    """Per language, every head's mean retrieval score (the paper's variant, successful samples)
+    indexed by layer-major head index, best first, ties by head order. A language with no successful
+    sample has no ranking (a warning), never an arbitrary one."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ThinDataWarning)  # reported below, per language
+        scores = aggregate(samples, head_scores, AggregateSettings())[0]
+    ranking = {}
+    for language, group in scores.groupby("language"):
+        flat = pd.Series(
+            group["score"].to_numpy(), index=group["layer"].to_numpy() * num_heads + group["head"].to_numpy()
+        )
+        if flat.isna().all():
+            warnings.warn(
+                f"{language}: no successful sample to rank heads by, so no static heads: NaN.",
+                ThinDataWarning,
+                stacklevel=2,
+            )
+            continue
+        ranking[language] = flat[static_top(flat, len(flat))]
+    return ranking

@@ -160,8 +160,11 @@ def retrieval_overlap(
             specific = heads(
                 language_heads[(language_heads["role"] == "specific") & (language_heads["language"] == code)]
             )
-            merged = retrieval[retrieval["language"] == code].merge(
-                importance[importance["language"] == code], on=["layer", "head"]
+            # Only the two columns compared: both tables also carry a 'paper' column (the retrieval
+            # variant and the LAHIS formula), which a full merge would rename to paper_x / paper_y.
+            merged = retrieval.loc[retrieval["language"] == code, ["layer", "head", "score"]].merge(
+                importance.loc[importance["language"] == code, ["layer", "head", formula]],
+                on=["layer", "head"],
             )
             varied = len(merged) > 2 and merged["score"].nunique() > 1 and merged[formula].nunique() > 1
             rho = spearmanr(merged["score"], merged[formula]).statistic if varied else np.nan

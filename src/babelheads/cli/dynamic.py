@@ -140,16 +140,10 @@ def dynamic_stats(
     """How dynamic a run's retrieval heads are (Table 1 statistics), from its stored events: nothing is
     decoded. Writes dynamic_stats and static_heads into the run."""
     from babelheads.experiments.dynamic import DynamicAnalysis, dynamic_statistics
-    from babelheads.experiments.dynamic_ablate import FINISHED_TABLE
     from babelheads.report.dynamic_text import statistics_text
-    from babelheads.runs import RunStore
+    from babelheads.sources import open_source
 
-    store = RunStore(run)
-    kind = store.manifest()["spec"]["kind"]
-    if kind not in FINISHED_TABLE:
-        raise BabelheadsError(f"{run} is a {kind} run; dynamic-stats reads detect and dynamic runs.")
-    if not store.has_derived(FINISHED_TABLE[kind]):
-        raise BabelheadsError(f"{run} is not finished. Run its command again to finish it first.")
+    store = open_source(run, ("detect", "dynamic"), "RUN").store
     try:
         stats, static, _ = dynamic_statistics(
             store, DynamicAnalysis(static_k, static_share, span, replicates, False, seed=seed)

@@ -135,9 +135,10 @@ def summary(
     from dataclasses import replace
 
     from babelheads.experiments.detect import finalize, recorded_analysis
-    from babelheads.report.text import detection_summary
+    from babelheads.report.text import check_summary_options, detection_summary
     from babelheads.runs import RunStore
 
+    check_summary_options(top, threshold)  # before --write rewrites anything
     store = RunStore(run)
     store.validate()
     if store.manifest()["spec"].get("kind") != "detect":

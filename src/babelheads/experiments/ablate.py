@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -11,7 +12,8 @@ from babelheads.analysis.ablation import HEAD_SETS, HeadSet, effects, select_hea
 from babelheads.analysis.aggregate import completed
 from babelheads.errors import BabelheadsError
 from babelheads.execution import DEFAULT_EXECUTION, Execution
-from babelheads.head_masks import head_mask_gates, mask_digest
+from babelheads.head_masks import MASK_METHODS as METHODS
+from babelheads.head_masks import check_mask_for_run, head_mask_gates, mask_digest
 from babelheads.models import resolved_precision
 from babelheads.probe import HeadGates
 from babelheads.runner import Job, run_jobs
@@ -19,7 +21,6 @@ from babelheads.runs import RunStore
 from babelheads.tasks.cot import CotSettings, CotTask
 from babelheads.tasks.niah import NiahSettings, NiahTask
 
-METHODS = {"gate": "scale", "uniform": "uniform"}
 PHASE_CHOICES = {"all": ("prefill", "decode"), "decode": ("decode",)}
 TASKS = ("niah", "cot")
 HOLDOUTS = ("seed", "needles", "none")
@@ -74,6 +75,14 @@ class AblateConfig:
             )
         if self.holdout not in HOLDOUTS:
             raise BabelheadsError(f"Unknown holdout {self.holdout!r}. Use one of: {', '.join(HOLDOUTS)}.")
+        if not math.isfinite(self.threshold):
+            raise BabelheadsError(f"--threshold must be a finite score, e.g. 0.1. Got {self.threshold}.")
+        if not 0 <= self.success_threshold < 1:  # NaN fails this too
+            raise BabelheadsError(f"success_threshold must lie in [0, 1). Got {self.success_threshold}.")
+        if self.replicates < 1:
+            raise BabelheadsError(f"replicates must be at least 1 (bootstrap draws). Got {self.replicates}.")
+        if self.head_mask is not None:  # the detection run's manifest knows the model's shape
+            check_mask_for_run(self.head_mask, self.run)
 
 
 def evaluation_task(

@@ -9,6 +9,7 @@ but would pull every trained gate toward 0 in float32.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -58,8 +59,24 @@ class AdaptConfig:
     def __post_init__(self) -> None:
         if self.head_choice not in HEAD_CHOICES:
             raise BabelheadsError(f"Unknown --head-choice {self.head_choice!r}. Use top or specific.")
-        if self.epochs < 1 or self.lr <= 0:
-            raise BabelheadsError(f"--epochs must be >= 1 and --lr > 0. Got {self.epochs} and {self.lr}.")
+        if self.epochs < 1:
+            raise BabelheadsError(f"--epochs must be at least 1. Got {self.epochs}.")
+        # isfinite first: NaN passes every comparison and AdamW would only refuse it with a traceback.
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise BabelheadsError(f"--lr must be a finite learning rate > 0, e.g. 1e-2. Got {self.lr}.")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise BabelheadsError(
+                f"--weight-decay must be a finite number >= 0 (default 0). Got {self.weight_decay}."
+            )
+        if self.train_questions < 0 or self.eval_questions < 0:
+            raise BabelheadsError(
+                "--train-questions and --eval-questions must be >= 0 (0: the whole half). Got "
+                f"{self.train_questions} and {self.eval_questions}."
+            )
+        if self.random_seeds < 1:
+            raise BabelheadsError(f"--random-seeds must be at least 1. Got {self.random_seeds}.")
+        if self.replicates < 1:
+            raise BabelheadsError(f"--replicates must be at least 1 (bootstrap). Got {self.replicates}.")
 
 
 def chosen_heads(config: AdaptConfig, source: RunStore) -> list[tuple[int, int]]:

@@ -17,25 +17,29 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from babelheads.analysis.aggregate import ThinDataWarning, completed
 from babelheads.analysis.scores import mean_interval
 from babelheads.errors import BabelheadsError
 from babelheads.execution import DEFAULT_EXECUTION, Execution
+from babelheads.experiments.base import Experiment, ModelChoice, Prepared, run_experiment
 from babelheads.heads import HeadLayout
 from babelheads.kvcache import policies
 from babelheads.kvcache.cache import compressed_layers, fork
 from babelheads.kvcache.decode import CompressedDecode, compressed_decode_from, prefill_context
 from babelheads.kvcache.policies import POLICIES, PolicySettings
-from babelheads.models import LoadedModel, resolved_precision
+from babelheads.models import LoadedModel, config_layout, resolved_precision
 from babelheads.probe import Instrument
+from babelheads.runner.parts import Part, claimed, execute_parts, in_batches_of
 from babelheads.runner.stops import StopRule
 from babelheads.runs import RunStore
-from babelheads.tasks.base import Sample, Skipped, content_digest
+from babelheads.sources import Source, open_source
+from babelheads.tasks.base import Sample, content_digest
 from babelheads.tasks.niah import NiahSettings, NiahTask
 
 COMBINED = ("union", "intersection")
+HEAD_KINDS = ("detect", "dynamic", "importance")
+"""The runs whose scores choose heads to keep whole."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,19 @@ class CompressConfig:
             )
         if not self.shares or any(not 0 <= share <= 1 for share in self.shares) or self.random_seeds < 1:
             raise BabelheadsError("shares must lie in [0, 1] and random_seeds be >= 1.")
+        if self.replicates < 1 or self.max_new_tokens < 1:
+            raise BabelheadsError(
+                f"--replicates and --max-new-tokens must be at least 1. Got {self.replicates}, "
+                f"{self.max_new_tokens}."
+            )
+        path = Path(self.heads)
+        if path.suffix == ".json" and path.is_file():
+            # A score file is read only after the model loads; check it (and its heads against the
+            # model's config, where that is readable without the weights) before.
+            frame = score_file(path)
+            layout = config_layout(self.model) if self.model else None
+            if layout is not None:
+                check_heads_fit(frame, layout, path)
 
     def identity(self, model: str) -> dict:
         config = asdict(self)
@@ -78,42 +95,54 @@ class CompressConfig:
         return {**config, "model": model}
 
 
-def head_scores(source: str, layout: HeadLayout) -> dict[str, np.ndarray]:
+def head_scores(heads: str | Source, layout: HeadLayout) -> dict[str, np.ndarray]:
     """Per language, a (layers, query heads) score array from a run or a score file."""
-    path = Path(source)
+    if isinstance(heads, Source):
+        return heads.score_arrays()
+    path = Path(heads)
     if path.suffix == ".json":
-        from babelheads.official import read_official
-
-        frame = read_official(path)
-        return {"file": _array(frame, layout)}
-    store = RunStore(path)
-    kind = store.manifest()["spec"]["kind"]
-    if kind in ("detect", "dynamic"):
-        from babelheads.experiments.dynamic import ranked_heads
-
-        ranked = ranked_heads(store)
-        arrays = {}
-        for language, scores in ranked.items():
-            array = np.zeros(layout.total_heads)
-            array[scores.index.to_numpy()] = scores.to_numpy(float)
-            arrays[language] = array.reshape(layout.num_layers, layout.num_heads)
-        return arrays
-    if kind == "importance":
-        table = store.derived("importance")
-        return {
-            language: _array(group.rename(columns={"paper": "score"}), layout)
-            for language, group in table.groupby("language")
-        }
-    raise BabelheadsError(
-        f"{source} is a {kind} run; --heads takes a detect, dynamic or importance run or a .json file."
-    )
+        return {"file": _array(score_file(path), layout, path)}
+    return open_source(path, HEAD_KINDS, "--heads").score_arrays()
 
 
-def _array(frame: pd.DataFrame, layout: HeadLayout) -> np.ndarray:
+def score_file(path: Path) -> pd.DataFrame:
+    """A score file {"L-H": score or [scores]} as layer, head, score; refused, naming the file and the
+    head, when it holds no head or a score that is not a finite number (NaN would rank nowhere)."""
+    from babelheads.official import read_official
+
+    frame = read_official(path)
+    if frame.empty:
+        raise BabelheadsError(
+            f'{path} holds no head scores. Give {{"L-H": score, ...}} with at least one head, e.g. '
+            '{"11-2": 0.9}.'
+        )
+    bad = frame[~np.isfinite(frame["score"].to_numpy(float))]
+    if len(bad):
+        row = bad.iloc[0]
+        raise BabelheadsError(
+            f"{path}: head '{int(row['layer'])}-{int(row['head'])}' has no finite score (got "
+            f"{row['score']}; an empty list or NaN). Every score must be a finite number."
+        )
+    return frame
+
+
+def check_heads_fit(frame: pd.DataFrame, layout: HeadLayout, path: Path | str) -> None:
+    """A head outside the model would be dropped without a word; refuse it, naming the model's shape."""
+    outside = frame[(frame["layer"] >= layout.num_layers) | (frame["head"] >= layout.num_heads)]
+    if len(outside):
+        heads = ", ".join(f"{int(r.layer)}-{int(r.head)}" for r in outside.head(3).itertuples())
+        raise BabelheadsError(
+            f"{path} scores head {heads}, outside this model ({layout.num_layers} layers x "
+            f"{layout.num_heads} heads: layers 0-{layout.num_layers - 1}, heads 0-{layout.num_heads - 1}). "
+            "Use a score file made for this model."
+        )
+
+
+def _array(frame: pd.DataFrame, layout: HeadLayout, source: Path | str) -> np.ndarray:
+    check_heads_fit(frame, layout, source)
     array = np.zeros((layout.num_layers, layout.num_heads))
     for _, row in frame.iterrows():
-        if row["layer"] < layout.num_layers and row["head"] < layout.num_heads:
-            array[int(row["layer"]), int(row["head"])] = float(row["score"])
+        array[int(row["layer"]), int(row["head"])] = float(row["score"])
     return array
 
 
@@ -139,63 +168,90 @@ def chosen_sets(config: CompressConfig, scores: dict[str, np.ndarray]) -> dict[s
     return {name: available[name] for name in wanted}
 
 
-def compress(config: CompressConfig, out: Path, execution: Execution = DEFAULT_EXECUTION) -> RunStore:
-    heads_path = Path(config.heads)
-    if not heads_path.exists():
-        raise BabelheadsError(f"--heads {config.heads} does not exist. Give a detect run or a score file.")
-    source_model = None
-    if heads_path.is_dir():
-        manifest = RunStore(heads_path).manifest()
-        source_model = manifest["spec"]["model"]["model"]
-        heads_identity = manifest["spec_digest"]
-        if manifest.get("seed") == config.niah.seed:
+class Compression(Experiment):
+    """Every NIAH sample's context prefilled once, then compressed and answered under every policy and
+    head set; one part per sample."""
+
+    kind = "compress"
+
+    def __init__(self, config: CompressConfig):
+        self.config = config
+        path = Path(config.heads)
+        if not path.exists():
             raise BabelheadsError(
-                f"--seed {config.niah.seed} is the seed of {config.heads}: the heads would be tested on the "
-                "haystacks that chose them. Use another --seed."
+                f"--heads {config.heads} does not exist. Give a detect run or a score file."
             )
-    else:
-        heads_identity = content_digest(heads_path.read_text(encoding="utf-8"))
-    model = config.model or source_model
-    if model is None:
-        raise BabelheadsError("Give --model: a score file does not name its model.")
-    task = NiahTask(config.niah)
-    store = RunStore(out)
-    spec = {
-        "kind": "compress",
-        "config": config.identity(model),
-        "data": task.identity(),
-        "heads": heads_identity,
-        "precision": resolved_precision(config.dtype, execution.device),
-    }
-    store.check_compatible(spec, ignore=("model",))
-    if store.exists():
-        store.validate()
-    todo = [sample_id for sample_id in task.sample_ids() if sample_id not in store.finished()]
-    if todo:
-        loaded = execution.load(model, config.dtype)
-        if heads_path.is_dir() and RunStore(heads_path).manifest()["spec"]["model"] != loaded.identity:
-            raise BabelheadsError(
-                f"{config.heads} was run on another model; its heads do not apply to {model}."
-            )
-        spec = {**spec, "model": loaded.identity}
-        store.check_compatible(spec)
-        sets = chosen_sets(config, head_scores(config.heads, loaded.layout))
-        store.create(spec, config.seed, {"layout": asdict(loaded.layout), "head_sets": list(sets)})
-        instrument = Instrument(loaded.model, loaded.layout)
+        self.heads = (
+            open_source(path, HEAD_KINDS, "--heads", other_seed=config.niah.seed) if path.is_dir() else None
+        )
+        self.heads_identity = (
+            self.heads.digest if self.heads else content_digest(path.read_text(encoding="utf-8"))
+        )
+        self.model_name = config.model or (self.heads.model_name if self.heads else None)
+        if self.model_name is None:
+            raise BabelheadsError("Give --model: a score file does not name its model.")
+        self.task = NiahTask(config.niah)
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+    def identity(self, execution: Execution) -> dict:
+        return {
+            "config": self.config.identity(self.model_name),
+            "data": self.task.identity(),
+            "heads": self.heads_identity,
+            "precision": resolved_precision(self.config.dtype, execution.device),
+        }
+
+    def model(self) -> ModelChoice:
+        return ModelChoice(self.model_name, self.config.dtype)
+
+    def sources(self) -> list[Source]:
+        return [self.heads] if self.heads else []
+
+    def part_ids(self) -> list[str]:
+        return self.task.sample_ids()
+
+    def prepare(self, loaded: LoadedModel) -> Prepared:
+        sets = chosen_sets(self.config, head_scores(self.heads or self.config.heads, loaded.layout))
+        facts = {"layout": asdict(loaded.layout), "head_sets": list(sets)}
+        return Prepared(self.part_ids(), facts, sets)
+
+    def execute(self, store: RunStore, loaded: LoadedModel, prepared: Prepared, execution: Execution) -> None:
+        todo = claimed(store, [Part(part_id, None) for part_id in prepared.parts], execution.shard)
+        if not todo:
+            return
+        wanted = {part.part_id for part in todo}
+        samples = [sample for sample in self.task.build(loaded) if sample.sample_id in wanted]
         stops = StopRule.for_model(loaded)
-        samples = [sample for sample in task.build(loaded) if sample.sample_id in set(todo)]
-        try:
-            for sample in tqdm(samples, desc="compress", unit="sample", disable=not execution.progress):
-                if isinstance(sample, Skipped):
-                    store.append(sample.sample_id, {"samples": pd.DataFrame([sample.row()])})
-                    continue
-                rows = _sample_rows(instrument, loaded, sample, task, sets, config, stops)
-                store.append(sample.sample_id, {"samples": pd.DataFrame(rows)})
-        finally:
-            instrument.detach()
-    if set(task.sample_ids()) <= store.finished():
-        finalize(store, config)
-    return store
+        with Instrument(loaded.model, loaded.layout) as instrument:
+
+            def compute(batch: list[Part]):
+                for part in batch:
+                    rows = _sample_rows(
+                        instrument, loaded, part.work, self.task, prepared.state, self.config, stops
+                    )
+                    yield part, {"samples": pd.DataFrame(rows)}
+
+            execute_parts(
+                store,
+                [Part.of(sample.sample_id, sample) for sample in samples],
+                compute,
+                shard=execution.shard,
+                batches=in_batches_of(1),
+                progress=execution.progress,
+                description="compress",
+                claim=False,
+            )
+
+    def finalize(self, store: RunStore) -> None:
+        finalize(store, self.config)
+
+
+def compress(config: CompressConfig, out: Path, execution: Execution = DEFAULT_EXECUTION) -> RunStore:
+    """Run (or resume) the compression into ``out``; its scores and contrasts once every sample is done."""
+    return run_experiment(Compression(config), out, execution)
 
 
 def _sets_for(config: CompressConfig, sets: dict[str, np.ndarray], language: str) -> dict[str, np.ndarray]:

@@ -9,8 +9,9 @@ from pathlib import Path
 from babelheads.analysis.aggregate import AggregateSettings, aggregate
 from babelheads.errors import TaskError
 from babelheads.execution import DEFAULT_EXECUTION, Execution
-from babelheads.head_masks import head_mask_gates, mask_digest
-from babelheads.models import DEFAULT_MODEL, resolved_precision
+from babelheads.experiments.base import Experiment, ModelChoice, Prepared, run_experiment
+from babelheads.head_masks import check_mask_fits, head_mask_gates, mask_digest
+from babelheads.models import DEFAULT_MODEL, LoadedModel, config_layout, resolved_precision
 from babelheads.official import export_official
 from babelheads.probe import ProbeSettings
 from babelheads.runner import Job, run_jobs
@@ -46,6 +47,10 @@ class DetectConfig:
             )
         if self.max_new_tokens < 1:
             raise TaskError(f"max_new_tokens must be at least 1. Got {self.max_new_tokens}.")
+        if self.head_mask is not None:
+            # The model's config gives its shape without its weights: a mask of another model is
+            # refused before the run directory exists (then a corrected mask resumes cleanly).
+            check_mask_fits(self.head_mask, config_layout(self.model))
 
     @property
     def seed(self) -> int:
@@ -62,39 +67,54 @@ class DetectConfig:
         return config
 
 
-def detect(config: DetectConfig, out: Path, execution: Execution = DEFAULT_EXECUTION) -> RunStore:
-    """Run (or resume) detection into ``out``; returns the store, with its derived tables written once
-    every sample has finished (a shard that is not the last leaves them to the last)."""
-    store = RunStore(out)
-    task = NiahTask(config.task, config.analysis.success_threshold)
-    spec = {
-        "kind": "detect",
-        "config": config.identity(),
-        "data": task.identity(),
-        "precision": resolved_precision(config.dtype, execution.device),
-    }
-    store.check_compatible(spec, ignore=("model",))
-    if store.exists():
-        store.validate()
-    if not (store.exists() and set(task.sample_ids()) <= store.finished()):
-        loaded = execution.load(
-            config.model, config.dtype, chat={"auto": None, "chat": True, "plain": False}[config.task.prompt]
-        )
-        spec = {**spec, "model": loaded.identity}
-        store.check_compatible(spec)
-        samples = task.build(loaded)
-        store.create(
-            spec, config.seed, {"layout": asdict(loaded.layout), "analysis": asdict(config.analysis)}
-        )
+class Detection(Experiment):
+    """NIAH samples decoded with the instrument recording every head's attention peaks."""
+
+    kind = "detect"
+
+    def __init__(self, config: DetectConfig):
+        self.config = config
+        self.task = NiahTask(config.task, config.analysis.success_threshold)
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+    def identity(self, execution: Execution) -> dict:
+        return {
+            "config": self.config.identity(),
+            "data": self.task.identity(),
+            "precision": resolved_precision(self.config.dtype, execution.device),
+        }
+
+    def model(self) -> ModelChoice:
+        chat = {"auto": None, "chat": True, "plain": False}[self.config.task.prompt]
+        return ModelChoice(self.config.model, self.config.dtype, chat)
+
+    def part_ids(self) -> list[str]:
+        return self.task.sample_ids()
+
+    def prepare(self, loaded: LoadedModel) -> Prepared:
+        facts = {"layout": asdict(loaded.layout), "analysis": asdict(self.config.analysis)}
+        return Prepared(self.task.sample_ids(), facts, self.task.build(loaded))
+
+    def execute(self, store: RunStore, loaded: LoadedModel, prepared: Prepared, execution: Execution) -> None:
+        config = self.config
         settings = execution.run_settings(
             config.max_new_tokens, ProbeSettings(config.top_k, config.sink_tokens)
         )
         gates = head_mask_gates(config.head_mask, loaded.layout)
-        jobs = [Job(sample.sample_id, sample, gates) for sample in samples]
-        run_jobs(store, loaded, jobs, task.score, settings, execution.progress, "detect")
-    if set(task.sample_ids()) <= store.finished():
-        finalize(store, config.analysis)
-    return store
+        jobs = [Job(sample.sample_id, sample, gates) for sample in prepared.state]
+        run_jobs(store, loaded, jobs, self.task.score, settings, execution.progress, "detect")
+
+    def finalize(self, store: RunStore) -> None:
+        finalize(store, self.config.analysis)
+
+
+def detect(config: DetectConfig, out: Path, execution: Execution = DEFAULT_EXECUTION) -> RunStore:
+    """Run (or resume) detection into ``out``; returns the store, with its derived tables written once
+    every sample has finished (a shard that is not the last leaves them to the last)."""
+    return run_experiment(Detection(config), out, execution)
 
 
 def finalize(store: RunStore, settings: AggregateSettings) -> list[str]:

@@ -7,7 +7,6 @@ heads are chosen on one half of each language's samples and the statistics compu
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -15,12 +14,11 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from babelheads.analysis.aggregate import AggregateSettings, ThinDataWarning, aggregate, completed
-from babelheads.analysis.dynamic_heads import StepHeads, dynamism, static_top, step_heads
+from babelheads.analysis.aggregate import completed
+from babelheads.analysis.dynamic_heads import StepHeads, dynamism, retrieval_rankings, step_heads
 from babelheads.analysis.head_probes import (
     ProbeSettings,
     StepData,
-    TrainedProbe,
     cca_sweep,
     hidden_states,
     probe_heads,
@@ -29,17 +27,18 @@ from babelheads.analysis.head_probes import (
 )
 from babelheads.errors import BabelheadsError, TaskError
 from babelheads.execution import DEFAULT_EXECUTION, Execution
-from babelheads.models import DEFAULT_MODEL, resolved_precision
+from babelheads.experiments.base import Experiment, ModelChoice, Prepared, run_experiment
+from babelheads.models import DEFAULT_MODEL, LoadedModel, config_layout, resolved_precision
 from babelheads.probe import ProbeSettings as RecordSettings
 from babelheads.runner import Job, run_jobs
 from babelheads.runs import RunStore
+from babelheads.sources import ALL, probe_path
 from babelheads.tasks.multihop import MultihopSettings, MultihopTask
 from babelheads.tasks.niah import NiahSettings, NiahTask
 
 TASKS = ("niah", "multihop")
 SPANS = {"needle": "needle_copy", "answer": "copy"}
 REGIONS = ("context", "support")
-ALL = "all"
 
 
 @dataclass(frozen=True)
@@ -64,9 +63,21 @@ class DynamicAnalysis:
             raise TaskError(
                 f"static_k must be >= 0 and static_share in (0, 1]. Got {self.static_k}, {self.static_share}."
             )
+        if self.replicates < 1:
+            raise TaskError(f"--replicates must be at least 1 (bootstrap draws). Got {self.replicates}.")
 
     def k_of(self, total_heads: int) -> int:
         return self.static_k or max(1, round(self.static_share * total_heads))
+
+    def check_heads(self, layout: dict, run: Path | str) -> None:
+        """--static-k above the model's heads would be cut to all of them without a word (and every
+        statistic would then compare against every head); the run's manifest knows how many there are."""
+        total = int(layout["num_layers"]) * int(layout["num_heads"])
+        if self.static_k > total:
+            raise TaskError(
+                f"--static-k must be between 0 and the model's {total} heads ({layout['num_layers']} layers "
+                f"x {layout['num_heads']} heads, from {run}). Got {self.static_k}."
+            )
 
 
 @dataclass(frozen=True)
@@ -87,6 +98,11 @@ class DynamicConfig:
             raise TaskError(f"Unknown task {self.task!r}. Use one of: {', '.join(TASKS)}.")
         if self.max_new_tokens < 1 or self.top_k < 1:
             raise TaskError("max_new_tokens and top_k must be at least 1.")
+        if self.analysis.static_k:
+            # The statistics run only after every sample is decoded; the model's config tells now.
+            layout = config_layout(self.model)
+            if layout is not None:
+                self.analysis.check_heads(asdict(layout), self.model)
 
     @property
     def seed(self) -> int:
@@ -102,32 +118,51 @@ class DynamicConfig:
         return NiahTask(self.niah) if self.task == "niah" else MultihopTask(self.multihop)
 
 
-def dynamic(config: DynamicConfig, out: Path, execution: Execution = DEFAULT_EXECUTION) -> RunStore:
-    """Record (or resume) the run into ``out``, then write its analyses once every sample is done."""
-    store = RunStore(out)
-    task = config.build_task()
-    spec = {
-        "kind": "dynamic",
-        "config": config.identity(),
-        "data": task.identity(),
-        "precision": resolved_precision(config.dtype, execution.device),
-    }
-    store.check_compatible(spec, ignore=("model",))
-    if store.exists():
-        store.validate()
-    if not (store.exists() and set(task.sample_ids()) <= store.finished()):
-        loaded = execution.load(config.model, config.dtype)
-        spec = {**spec, "model": loaded.identity}
-        store.check_compatible(spec)
-        samples = task.build(loaded)
-        store.create(spec, config.seed, {"layout": asdict(loaded.layout)})
+class DynamicRecording(Experiment):
+    """NIAH or two-hop samples decoded with each step's attention peaks (and, for two-hop, masses on
+    the context and the supporting facts) and final hidden state recorded; analysed once finished."""
+
+    kind = "dynamic"
+
+    def __init__(self, config: DynamicConfig, progress: bool = True):
+        self.config = config
+        self.task = config.build_task()
+        self.progress = progress
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+    def identity(self, execution: Execution) -> dict:
+        return {
+            "config": self.config.identity(),
+            "data": self.task.identity(),
+            "precision": resolved_precision(self.config.dtype, execution.device),
+        }
+
+    def model(self) -> ModelChoice:
+        return ModelChoice(self.config.model, self.config.dtype)
+
+    def part_ids(self) -> list[str]:
+        return self.task.sample_ids()
+
+    def prepare(self, loaded: LoadedModel) -> Prepared:
+        return Prepared(self.task.sample_ids(), {"layout": asdict(loaded.layout)}, self.task.build(loaded))
+
+    def execute(self, store: RunStore, loaded: LoadedModel, prepared: Prepared, execution: Execution) -> None:
+        config = self.config
         settings = execution.run_settings(config.max_new_tokens, RecordSettings(config.top_k))
         settings = replace(settings, regions=REGIONS if config.task == "multihop" else (), hidden_states=True)
-        jobs = [Job(sample.sample_id, sample) for sample in samples]
-        run_jobs(store, loaded, jobs, task.score, settings, execution.progress, "dynamic")
-    if set(task.sample_ids()) <= store.finished():
-        analyse(store, config.analysis, progress=execution.progress)
-    return store
+        jobs = [Job(sample.sample_id, sample) for sample in prepared.state]
+        run_jobs(store, loaded, jobs, self.task.score, settings, execution.progress, "dynamic")
+
+    def finalize(self, store: RunStore) -> None:
+        analyse(store, self.config.analysis, progress=self.progress)
+
+
+def dynamic(config: DynamicConfig, out: Path, execution: Execution = DEFAULT_EXECUTION) -> RunStore:
+    """Record (or resume) the run into ``out``, then write its analyses once every sample is done."""
+    return run_experiment(DynamicRecording(config, execution.progress), out, execution)
 
 
 def split_halves(samples: pd.DataFrame, seed: int) -> dict[str, str]:
@@ -143,32 +178,13 @@ def split_halves(samples: pd.DataFrame, seed: int) -> dict[str, str]:
     return halves
 
 
-def ranked_heads(store: RunStore, select: set[str] | None = None) -> dict[str, pd.Series]:
-    """Per language, every head's mean retrieval score (the paper's variant, successful samples of
-    ``select``, all when None) indexed by flat head, best first, ties by head order. A language with no
-    successful sample has no ranking (a warning), never an arbitrary one."""
-    num_heads = store.manifest()["layout"]["num_heads"]
+def _rankings(store: RunStore, select: set[str]) -> dict[str, pd.Series]:
     samples, head_scores = store.table("samples"), store.table("head_scores")
-    if select is not None:
-        samples = samples[samples["sample_id"].isin(select)]
-        head_scores = head_scores[head_scores["sample_id"].isin(select)]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ThinDataWarning)  # reported below, per language
-        scores = aggregate(samples, head_scores, AggregateSettings())[0]
-    ranking = {}
-    for language, group in scores.groupby("language"):
-        flat = pd.Series(
-            group["score"].to_numpy(), index=group["layer"].to_numpy() * num_heads + group["head"].to_numpy()
-        )
-        if flat.isna().all():
-            warnings.warn(
-                f"{language}: no successful sample to rank heads by, so no static heads: NaN.",
-                ThinDataWarning,
-                stacklevel=2,
-            )
-            continue
-        ranking[language] = flat[static_top(flat, len(flat))]
-    return ranking
+    return retrieval_rankings(
+        samples[samples["sample_id"].isin(select)],
+        head_scores[head_scores["sample_id"].isin(select)],
+        store.manifest()["layout"]["num_heads"],
+    )
 
 
 def static_heads(store: RunStore, analysis: DynamicAnalysis, select: set[str], layout: dict) -> pd.DataFrame:
@@ -182,7 +198,7 @@ def static_heads(store: RunStore, analysis: DynamicAnalysis, select: set[str], l
             "flat": int(head),
             "score": float(score),
         }
-        for language, ranked in ranked_heads(store, select).items()
+        for language, ranked in _rankings(store, select).items()
         for rank, (head, score) in enumerate(ranked.iloc[:k].items())
     ]
     return pd.DataFrame(rows, columns=["language", "rank", "head", "flat", "score"])
@@ -194,6 +210,7 @@ def dynamic_statistics(
     """The Table 1 statistics per language of any run with events (detect or dynamic); ``events`` :
     the run's events table when the caller has read it already."""
     manifest = store.manifest()
+    analysis.check_heads(manifest["layout"], store.root)
     samples = completed(store.table("samples"))
     if samples.empty:
         raise BabelheadsError(f"{store.root} has no completed sample to analyse.")
@@ -241,24 +258,6 @@ def eq2_scores(events: pd.DataFrame, steps: StepHeads) -> np.ndarray:
         return np.where(context > 1e-6, support / np.where(context > 1e-6, context, 1.0), np.nan)
 
 
-PROBES_DIRECTORY = "probes"
-
-
-def probe_path(store: RunStore, language: str) -> Path:
-    return store.root / PROBES_DIRECTORY / f"{language}.pt"
-
-
-def load_probe(run: Path, language: str = ALL) -> TrainedProbe:
-    """The probe a dynamic run fitted for ``language`` ('all': every language pooled)."""
-    path = probe_path(RunStore(run), language)
-    if not path.is_file():
-        raise BabelheadsError(
-            f"{run} has no probe for {language!r} (too little data, or run without --probes). "
-            f"Probes it has: {', '.join(sorted(p.stem for p in path.parent.glob('*.pt'))) or 'none'}."
-        )
-    return TrainedProbe.load(path)
-
-
 def analyse(store: RunStore, analysis: DynamicAnalysis, progress: bool = True) -> list[str]:
     """Write the dynamic-heads tables of a finished run; returns the analyses written."""
     events = store.table("events")
@@ -290,7 +289,7 @@ def analyse(store: RunStore, analysis: DynamicAnalysis, progress: bool = True) -
         results["cca"].append(cca_sweep(scores, analysis.probe).assign(language=language))
         probe, curves, trained = probe_heads(binary, analysis.probe)
         if trained is not None:
-            trained.save(probe_path(store, language))
+            trained.save(probe_path(store.root, language))
         results["probe"].append(probe.assign(language=language, samples=len(ids)))
         results["probe_curves"].append(curves.assign(language=language))
         if eq2 is not None:

@@ -22,29 +22,29 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from babelheads.analysis.aggregate import ThinDataWarning, completed
 from babelheads.analysis.scores import mean_interval
 from babelheads.errors import BabelheadsError
 from babelheads.execution import DEFAULT_EXECUTION, Execution
-from babelheads.experiments.ablate import METHODS
-from babelheads.experiments.dynamic import ranked_heads
+from babelheads.experiments.base import Experiment, ModelChoice, Prepared, run_experiment
+from babelheads.experiments.dynamic import DynamicAnalysis
+from babelheads.head_masks import MASK_METHODS as METHODS
 from babelheads.heads import HeadAddress, HeadLayout
 from babelheads.models import LoadedModel, resolved_precision
 from babelheads.probe import HeadGates, Instrument, ProbeSettings
 from babelheads.runner.decode import DEFAULT_PREFILL_CHUNK, Row, decode_rows
 from babelheads.runner.jobs import DEFAULT_BATCH_SIZE, region_labels
+from babelheads.runner.parts import Part, claimed, execute_parts, in_batches_of
 from babelheads.runner.prefix import SharedPrefill, branch_points
 from babelheads.runner.stops import StopRule
 from babelheads.runs import RunStore
 from babelheads.scoring import copy_events
-from babelheads.tasks.base import Sample, Skipped
+from babelheads.sources import Source, open_source
+from babelheads.tasks.base import Sample
 from babelheads.tasks.niah import NiahSettings, NiahTask
 
 CONDITIONS = ("clean", "dynamic", "static", "random", "progressive")
-FINISHED_TABLE = {"detect": "scores", "dynamic": "dynamic_stats"}
-"""The derived table a run writes once every sample is done."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,20 @@ class DynamicAblateConfig:
             raise BabelheadsError(f"method must be one of {', '.join(METHODS)}. Got {self.method!r}.")
         if self.random_seeds < 1 or not self.progressive or min(self.progressive) < 1:
             raise BabelheadsError("random_seeds must be >= 1 and every progressive k >= 1.")
+        if self.static_k < 0 or not 0 < self.static_share <= 1:  # NaN fails the share's test too
+            raise BabelheadsError(
+                f"--static-k must be >= 0 and --static-share in (0, 1]. Got {self.static_k}, "
+                f"{self.static_share}."
+            )
+        if self.replicates < 1 or self.max_new_tokens < 1:
+            raise BabelheadsError(
+                f"--replicates and --max-new-tokens must be at least 1. Got {self.replicates}, "
+                f"{self.max_new_tokens}."
+            )
+        heads_run = RunStore(Path(self.heads))
+        layout = heads_run.manifest().get("layout") if heads_run.exists() else None
+        if self.static_k and isinstance(layout, dict):  # the heads run's manifest knows the model
+            DynamicAnalysis(static_k=self.static_k).check_heads(layout, self.heads)
 
     def identity(self, model: str) -> dict:
         config = asdict(self)
@@ -82,70 +96,86 @@ class DynamicAblateConfig:
         return {**config, "model": model}
 
 
+class DynamicAblation(Experiment):
+    """Per held-out sample, one clean pass and every (step, condition) of one-step masked decodes."""
+
+    kind = "dynamic-ablate"
+
+    def __init__(self, config: DynamicAblateConfig):
+        self.config = config
+        self.heads = open_source(config.heads, ("detect", "dynamic"), "--heads", other_seed=config.niah.seed)
+        self.ranking = self.heads.rankings()
+        missing = [code for code in config.niah.languages if code not in self.ranking]
+        if missing:
+            raise BabelheadsError(
+                f"{config.heads} has no head ranking for {', '.join(missing)} (not run there, or no sample "
+                "answered right). Use a run whose model retrieves in those languages."
+            )
+        self.model_name = config.model or self.heads.model_name
+        self.task = NiahTask(config.niah)
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+    def identity(self, execution: Execution) -> dict:
+        return {
+            "config": self.config.identity(self.model_name),
+            "data": self.task.identity(),
+            "heads": self.heads.digest,
+            "precision": resolved_precision(self.config.dtype, execution.device),
+        }
+
+    def model(self) -> ModelChoice:
+        return ModelChoice(self.model_name, self.config.dtype)
+
+    def sources(self) -> list[Source]:
+        return [self.heads]
+
+    def part_ids(self) -> list[str]:
+        return self.task.sample_ids()
+
+    def prepare(self, loaded: LoadedModel) -> Prepared:
+        return Prepared(self.task.sample_ids(), {"layout": asdict(loaded.layout)})
+
+    def execute(self, store: RunStore, loaded: LoadedModel, prepared: Prepared, execution: Execution) -> None:
+        todo = claimed(store, [Part(part_id, None) for part_id in prepared.parts], execution.shard)
+        if not todo:
+            return
+        wanted = {part.part_id for part in todo}
+        samples = [sample for sample in self.task.build(loaded) if sample.sample_id in wanted]
+        size = execution.batch_size or DEFAULT_BATCH_SIZE.get(loaded.device.type, 8)
+        settings = ProbeSettings(top_k=4, mass_sink=0, mass_window=0)
+        with Instrument(loaded.model, loaded.layout, settings) as instrument:
+
+            def compute(batch: list[Part]):
+                for part in batch:
+                    sample = part.work
+                    ranking = self.ranking[sample.condition]
+                    yield (
+                        part,
+                        _ablate_sample(instrument, loaded, sample, self.task, ranking, self.config, size),
+                    )
+
+            execute_parts(
+                store,
+                [Part.of(sample.sample_id, sample) for sample in samples],
+                compute,
+                shard=execution.shard,
+                batches=in_batches_of(1),
+                progress=execution.progress,
+                description="dynamic-ablate",
+                claim=False,
+            )
+
+    def finalize(self, store: RunStore) -> None:
+        finalize(store, self.config)
+
+
 def dynamic_ablate(
     config: DynamicAblateConfig, out: Path, execution: Execution = DEFAULT_EXECUTION
 ) -> RunStore:
-    heads_run = RunStore(Path(config.heads))
-    manifest = heads_run.manifest()
-    if manifest["spec"]["kind"] not in ("detect", "dynamic"):
-        raise BabelheadsError(
-            f"{config.heads} is a {manifest['spec']['kind']} run; --heads needs a detect or dynamic run."
-        )
-    if config.niah.seed == manifest.get("seed"):
-        raise BabelheadsError(
-            f"--seed {config.niah.seed} is the seed of {config.heads}, so the heads would be tested on the "
-            "haystacks that chose them. Use another --seed."
-        )
-    if not heads_run.has_derived(FINISHED_TABLE[manifest["spec"]["kind"]]):
-        raise BabelheadsError(
-            f"{config.heads} is not finished, so its head ranking would come from part of its samples. "
-            "Run its command again to finish it."
-        )
-    model = config.model or manifest["spec"]["model"]["model"]
-    ranking = {language: ranked.index.to_numpy() for language, ranked in ranked_heads(heads_run).items()}
-    missing = [code for code in config.niah.languages if code not in ranking]
-    if missing:
-        raise BabelheadsError(
-            f"{config.heads} has no head ranking for {', '.join(missing)} (not run there, or no sample "
-            "answered right). Use a run whose model retrieves in those languages."
-        )
-    task = NiahTask(config.niah)
-    store = RunStore(out)
-    spec = {
-        "kind": "dynamic-ablate",
-        "config": config.identity(model),
-        "data": task.identity(),
-        "heads": manifest["spec_digest"],
-        "precision": resolved_precision(config.dtype, execution.device),
-    }
-    store.check_compatible(spec, ignore=("model",))
-    if store.exists():
-        store.validate()
-    todo = [sample_id for sample_id in task.sample_ids() if sample_id not in store.finished()]
-    if todo:
-        loaded = execution.load(model, config.dtype)
-        spec = {**spec, "model": loaded.identity}
-        store.check_compatible(spec)
-        store.create(spec, config.seed, {"layout": asdict(loaded.layout)})
-        samples = [sample for sample in task.build(loaded) if sample.sample_id in set(todo)]
-        instrument = Instrument(
-            loaded.model, loaded.layout, ProbeSettings(top_k=4, mass_sink=0, mass_window=0)
-        )
-        size = execution.batch_size or DEFAULT_BATCH_SIZE.get(loaded.device.type, 8)
-        try:
-            for sample in tqdm(samples, desc="dynamic-ablate", unit="sample", disable=not execution.progress):
-                if isinstance(sample, Skipped):
-                    store.append(sample.sample_id, {"samples": pd.DataFrame([sample.row()])})
-                    continue
-                store.append(
-                    sample.sample_id,
-                    _ablate_sample(instrument, loaded, sample, task, ranking[sample.condition], config, size),
-                )
-        finally:
-            instrument.detach()
-    if set(task.sample_ids()) <= store.finished():
-        finalize(store, config)
-    return store
+    return run_experiment(DynamicAblation(config), out, execution)
 
 
 def _masks(flat: list[int], layout: HeadLayout, method: str) -> HeadGates | None:

@@ -12,7 +12,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from babelheads.analysis.language_heads import FORMULAS, importance_scores, select_language_heads
+from babelheads.analysis.language_heads import (
+    FORMULAS,
+    default_min_languages,
+    importance_scores,
+    select_language_heads,
+)
 from babelheads.errors import BabelheadsError
 from babelheads.execution import DEFAULT_EXECUTION, Execution
 from babelheads.heads import HeadLayout
@@ -42,8 +47,29 @@ class Selection:
     def __post_init__(self) -> None:
         if self.formula not in FORMULAS:
             raise BabelheadsError(f"Unknown formula {self.formula!r}. Use one of: {', '.join(FORMULAS)}.")
-        if not 0 < self.share < 1:
+        # Written so that NaN fails too: every comparison with NaN is False.
+        if not (math.isfinite(self.percentile) and 0 < self.percentile < 100):
+            raise BabelheadsError(
+                f"--percentile must lie in (0, 100) (candidates lie strictly above it; LAHIS: 96). "
+                f"Got {self.percentile}."
+            )
+        if self.min_languages is not None and self.min_languages < 1:
+            raise BabelheadsError(
+                f"--min-languages must be at least 1 (or left out for 80 % of the languages). "
+                f"Got {self.min_languages}."
+            )
+        if not (math.isfinite(self.share) and 0 < self.share < 1):
             raise BabelheadsError(f"--share must lie in (0, 1). Got {self.share}.")
+
+    def check_languages(self, languages: int) -> None:
+        """min_languages (given, or the 80 % default) must be reachable with this many languages."""
+        needed = default_min_languages(languages) if self.min_languages is None else self.min_languages
+        if not 1 <= needed <= languages:
+            given = "" if self.min_languages is not None else " (the default: 80 % of them, at least 2)"
+            raise BabelheadsError(
+                f"--min-languages must be between 1 and the number of languages ({languages}). Got "
+                f"{needed}{given}. Give --min-languages 1 to {languages}, or more --languages."
+            )
 
 
 @dataclass(frozen=True)
@@ -61,6 +87,8 @@ class ImportanceConfig:
     def __post_init__(self) -> None:
         if self.texts.half != "scoring":
             raise BabelheadsError("Importance is computed on the scoring half of the texts.")
+        # Refused now, not after every gradient has been computed (the selection runs last).
+        self.selection.check_languages(len(self.texts.languages))
 
     def identity(self) -> dict:
         config = asdict(self)

@@ -30,7 +30,7 @@ from babelheads.analysis.language_heads import heads_of, retrieval_overlap
 from babelheads.errors import BabelheadsError
 from babelheads.execution import DEFAULT_EXECUTION, Execution
 from babelheads.experiments.importance import ImportanceRun
-from babelheads.head_masks import mask_digest, read_head_mask
+from babelheads.head_masks import check_mask_for_run, mask_digest, read_head_mask
 from babelheads.heads import HeadLayout
 from babelheads.models import LoadedModel
 from babelheads.probe import HeadGates, Instrument
@@ -83,6 +83,24 @@ class LanguageTestConfig:
             raise BabelheadsError(f"--random-seeds must be at least 1. Got {self.random_seeds}.")
         if (self.experiment == "retrieval") != (self.detect is not None):
             raise BabelheadsError("--detect RUN goes with --exp retrieval, and --exp retrieval needs it.")
+        if self.replicates < 1:
+            raise BabelheadsError(f"--replicates must be at least 1 (bootstrap). Got {self.replicates}.")
+        # NaN must fail explicitly: a NaN factor turns every gated output into NaN, read as empty answers.
+        if not (math.isfinite(self.amplify) and self.amplify > 0):
+            raise BabelheadsError(f"--amplify must be a finite factor > 0 (LAHIS: 3). Got {self.amplify}.")
+        if not math.isfinite(self.threshold):
+            raise BabelheadsError(f"--threshold must be a finite score, e.g. 0.1. Got {self.threshold}.")
+        counts = {
+            "--questions": (self.questions, 0),
+            "--prompts": (self.prompts, 1),
+            "--summary-tokens": (self.summary_tokens, 1),
+            "--per-pair": (self.per_pair, 1),
+        }
+        for flag, (value, least) in counts.items():
+            if value < least:
+                raise BabelheadsError(f"{flag} must be at least {least}. Got {value}.")
+        if self.head_mask is not None:
+            check_mask_for_run(self.head_mask, self.heads)
 
 
 @dataclass(frozen=True)

@@ -25,16 +25,17 @@ from babelheads.data.languages import Language, load_language
 from babelheads.data.multihop import TwoHop, load_two_hop
 from babelheads.errors import BabelheadsError
 from babelheads.execution import DEFAULT_EXECUTION, Execution
-from babelheads.experiments.dynamic import ALL, load_probe, ranked_heads
-from babelheads.experiments.dynamic_ablate import FINISHED_TABLE
+from babelheads.experiments.base import Experiment, ModelChoice, Prepared, run_experiment
 from babelheads.models import LoadedModel, resolved_precision
 from babelheads.probe import Instrument, ProbeSettings
 from babelheads.rag.collection import build_collection, cached_index
 from babelheads.rag.loop import HEAD_GUIDED, SELECTIONS, Branch, LoopSettings, Question, RetrievalLoop
 from babelheads.rag.trigger import load_stop_words
 from babelheads.runner.jobs import DEFAULT_BATCH_SIZE
+from babelheads.runner.parts import Part, execute_parts, in_batches_of
 from babelheads.runs import RunStore
 from babelheads.scoring import check_answer, exact_match, first_line, token_f1
+from babelheads.sources import ALL, Source, load_probe, open_source
 from babelheads.tasks.base import content_digest, safe_id
 from babelheads.tasks.multihop import MultihopSettings, MultihopTask
 from babelheads.tasks.niah import check_prompt_format
@@ -82,6 +83,8 @@ class RagConfig:
             raise BabelheadsError(f"probe must be one of {', '.join(PROBES)}. Got {self.probe!r}.")
         if self.count < 0 or not self.languages:
             raise BabelheadsError("count must be >= 0 and at least one language given.")
+        if self.replicates < 1:
+            raise BabelheadsError(f"--replicates must be at least 1 (bootstrap). Got {self.replicates}.")
         if self.heads is None and {"dynamic", "static"} & set(self.selections):
             raise BabelheadsError(
                 "The dynamic and static selections need --heads RUN (a dynamic run; a detect run for static)."
@@ -115,97 +118,157 @@ class _Heads:
         return top.tolist(), [round(float(probabilities[head]), 4) for head in top]
 
 
+class RetrievalAugmented(Experiment):
+    """Two-hop questions answered by the retrieval loop under every selection; one part per question."""
+
+    kind = "rag"
+
+    def __init__(self, config: RagConfig):
+        self.config = config
+        self.heads = _heads_run(config)
+        heads_manifest = self.heads.manifest if self.heads else None
+        self.model_name = config.model or (self.heads.model_name if self.heads else None)
+        if self.model_name is None:
+            raise BabelheadsError("Give --model (or --heads RUN, whose model is then used).")
+        self.items = {code: _questions(config, code, heads_manifest) for code in config.languages}
+        self.languages = {code: load_language(code, config.root) for code in config.languages}
+        self.collections = {
+            code: build_collection(
+                load_two_hop(config.questions, code, config.root), config.corpus, code, config.root
+            )
+            for code in config.languages
+        }
+        self.stop_words = {code: load_stop_words(code, config.root) for code in config.languages}
+        self.questions = [
+            Question(safe_id(f"{code}-{item.id}"), code, item)
+            for code in config.languages
+            for item in self.items[code]
+        ]
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+    def identity(self, execution: Execution) -> dict:
+        items, collections = self.items, self.collections
+        return {
+            "config": self.config.identity(self.model_name),
+            "data": {
+                **{
+                    f"questions:{code}": content_digest([asdict(item) for item in items[code]])
+                    for code in items
+                },
+                **{
+                    f"collection:{code}": content_digest([asdict(doc) for doc in docs])
+                    for code, docs in collections.items()
+                },
+                **{
+                    f"language:{code}": content_digest(asdict(language))
+                    for code, language in self.languages.items()
+                },
+                **{
+                    f"stop_words:{code}": content_digest(sorted(words))
+                    for code, words in self.stop_words.items()
+                },
+            },
+            "heads": self.heads.digest if self.heads else None,
+            "precision": resolved_precision(self.config.dtype, execution.device),
+        }
+
+    def model(self) -> ModelChoice:
+        return ModelChoice(self.model_name, self.config.dtype)
+
+    def sources(self) -> list[Source]:
+        return [self.heads] if self.heads else []
+
+    def part_ids(self) -> list[str]:
+        return [question.sample_id for question in self.questions]
+
+    def prepare(self, loaded: LoadedModel) -> Prepared:
+        heads = _load_heads(self.heads, self.config)
+        indexes = {
+            code: cached_index(self.collections[code], self.languages[code].answer_tokenizer)
+            for code in self.config.languages
+        }
+        facts = {
+            "layout": asdict(loaded.layout),
+            "collection_size": {code: len(docs) for code, docs in self.collections.items()},
+        }
+        return Prepared(self.part_ids(), facts, (heads, indexes))
+
+    def execute(self, store: RunStore, loaded: LoadedModel, prepared: Prepared, execution: Execution) -> None:
+        config = self.config
+        heads, indexes = prepared.state
+        chat = {"auto": loaded.is_chat, "chat": True, "plain": False}[config.prompt]
+        size = execution.batch_size or DEFAULT_BATCH_SIZE.get(loaded.device.type, 8)
+        settings = ProbeSettings(top_k=1, mass_sink=0, mass_window=0)
+        with Instrument(loaded.model, loaded.layout, settings) as instrument:
+            loop = RetrievalLoop(
+                loaded,
+                instrument,
+                self.languages,
+                indexes,
+                self.stop_words,
+                heads.choose,
+                config.loop,
+                chat,
+                size,
+            )
+
+            def compute(batch: list[Part]):
+                # every selection of ``size`` questions decodes together: the first round fills a batch
+                chunk = [part.work for part in batch]
+                branches = loop.answer(chunk, config.selections)
+                for part, question in zip(batch, chunk, strict=True):
+                    own = [branch for branch in branches if branch.question is question]
+                    yield part, _tables(own, loaded, self.languages[question.language], loop)
+
+            execute_parts(
+                store,
+                [Part(question.sample_id, question) for question in self.questions],
+                compute,
+                shard=execution.shard,
+                batches=in_batches_of(size),
+                progress=execution.progress,
+                description="rag",
+                unit="question",
+            )
+
+    def finalize(self, store: RunStore) -> None:
+        finalize(store, self.config)
+
+
 def rag(config: RagConfig, out: Path, execution: Execution = DEFAULT_EXECUTION) -> RunStore:
     """Answer (or resume answering) every question under every selection into ``out``; write the
     scores and contrasts once every question is done."""
-    heads_run, heads_manifest = _heads_run(config)
-    model = config.model or (heads_manifest["spec"]["model"]["model"] if heads_manifest else None)
-    if model is None:
-        raise BabelheadsError("Give --model (or --heads RUN, whose model is then used).")
-    items = {code: _questions(config, code, heads_manifest) for code in config.languages}
-    languages = {code: load_language(code, config.root) for code in config.languages}
-    collections = {
-        code: build_collection(
-            load_two_hop(config.questions, code, config.root), config.corpus, code, config.root
-        )
-        for code in config.languages
-    }
-    stop_words = {code: load_stop_words(code, config.root) for code in config.languages}
-    store = RunStore(out)
-    spec = {
-        "kind": "rag",
-        "config": config.identity(model),
-        "data": {
-            **{f"questions:{code}": content_digest([asdict(item) for item in items[code]]) for code in items},
-            **{
-                f"collection:{code}": content_digest([asdict(doc) for doc in docs])
-                for code, docs in collections.items()
-            },
-            **{f"language:{code}": content_digest(asdict(languages[code])) for code in languages},
-            **{f"stop_words:{code}": content_digest(sorted(words)) for code, words in stop_words.items()},
-        },
-        "heads": heads_manifest["spec_digest"] if heads_manifest else None,
-        "precision": resolved_precision(config.dtype, execution.device),
-    }
-    store.check_compatible(spec, ignore=("model",))
-    if store.exists():
-        store.validate()
-    questions = [
-        Question(safe_id(f"{code}-{item.id}"), code, item)
-        for code in config.languages
-        for item in items[code]
-    ]
-    todo = [question for question in questions if question.sample_id not in store.finished()]
-    if todo:
-        loaded = execution.load(model, config.dtype)
-        spec = {**spec, "model": loaded.identity}
-        store.check_compatible(spec)
-        heads = _load_heads(heads_run, config, loaded)
-        indexes = {
-            code: cached_index(collections[code], languages[code].answer_tokenizer)
-            for code in config.languages
-        }
-        store.create(
-            spec,
-            config.seed,
-            {
-                "layout": asdict(loaded.layout),
-                "collection_size": {code: len(docs) for code, docs in collections.items()},
-            },
-        )
-        chat = {"auto": loaded.is_chat, "chat": True, "plain": False}[config.prompt]
-        instrument = Instrument(
-            loaded.model, loaded.layout, ProbeSettings(top_k=1, mass_sink=0, mass_window=0)
-        )
-        size = execution.batch_size or DEFAULT_BATCH_SIZE.get(loaded.device.type, 8)
-        loop = RetrievalLoop(
-            loaded, instrument, languages, indexes, stop_words, heads.choose, config.loop, chat, size
-        )
-        try:
-            _answer_all(store, loop, loaded, todo, config, languages, execution.progress, size)
-        finally:
-            instrument.detach()
-    if {question.sample_id for question in questions} <= store.finished():
-        finalize(store, config)
-    return store
+    return run_experiment(RetrievalAugmented(config), out, execution)
 
 
-def _heads_run(config: RagConfig) -> tuple[RunStore | None, dict | None]:
+def _heads_run(config: RagConfig) -> Source | None:
     if config.heads is None:
-        return None, None
-    store = RunStore(Path(config.heads))
-    manifest = store.manifest()
-    kind = manifest["spec"]["kind"]
-    if kind not in FINISHED_TABLE:
-        raise BabelheadsError(f"{config.heads} is a {kind} run; --heads needs a dynamic (or detect) run.")
-    if "dynamic" in config.selections and kind != "dynamic":
+        return None
+    source = open_source(config.heads, ("dynamic", "detect"), "--heads")
+    if "dynamic" in config.selections and source.kind != "dynamic":
         raise BabelheadsError(
-            f"{config.heads} is a {kind} run, which has no probe; the dynamic selection needs a dynamic "
-            "run (babelheads dynamic), or leave dynamic out of --selections."
+            f"{config.heads} is a {source.kind} run, which has no probe; the dynamic selection needs a "
+            "dynamic run (babelheads dynamic), or leave dynamic out of --selections."
         )
-    if not store.has_derived(FINISHED_TABLE[kind]):
-        raise BabelheadsError(f"{config.heads} is not finished. Run its command again to finish it first.")
-    return store, manifest
+    _check_head_count(config, source.manifest)
+    return source
+
+
+def _check_head_count(config: RagConfig, manifest: dict) -> None:
+    """The heads run's manifest records its model's heads: a count above them would be cut to all
+    heads without a word (the query then averages every head), so refuse it before anything loads."""
+    layout = manifest.get("layout")
+    if not isinstance(layout, dict) or not {"dynamic", "static"} & set(config.selections):
+        return
+    total = int(layout["num_layers"]) * int(layout["num_heads"])
+    if config.loop.heads > total:
+        raise BabelheadsError(
+            f"--head-count must be between 1 and the model's {total} heads ({layout['num_layers']} layers "
+            f"x {layout['num_heads']} heads, from {config.heads}). Got {config.loop.heads}."
+        )
 
 
 def _questions(config: RagConfig, code: str, heads_manifest: dict | None) -> list[TwoHop]:
@@ -229,55 +292,24 @@ def _questions(config: RagConfig, code: str, heads_manifest: dict | None) -> lis
     return [free[index] for index in chosen]
 
 
-def _load_heads(heads_run: RunStore | None, config: RagConfig, loaded: LoadedModel) -> _Heads:
+def _load_heads(heads_run: Source | None, config: RagConfig) -> _Heads:
     probes: dict[str, TrainedProbe] = {}
     static: dict[str, np.ndarray] = {}
     if heads_run is None:
         return _Heads(probes, static, config.loop.heads)
-    if heads_run.manifest()["spec"]["model"] != loaded.identity:
-        raise BabelheadsError(
-            f"{config.heads} was run on another model than {config.model}; its heads do not apply. Use "
-            "a heads run of the same model."
-        )
     if "static" in config.selections:
-        ranking = ranked_heads(heads_run)
+        ranking = heads_run.rankings()
         missing = [code for code in config.languages if code not in ranking]
         if missing:
             raise BabelheadsError(
                 f"{config.heads} has no head ranking for {', '.join(missing)} (not run there, or no sample "
                 "answered right). Use a heads run that covers those languages."
             )
-        static = {code: ranking[code].index.to_numpy() for code in config.languages}
+        static = {code: ranking[code] for code in config.languages}
     if "dynamic" in config.selections:
         for code in config.languages:
             probes[code] = load_probe(Path(config.heads), ALL if config.probe == ALL else code)
     return _Heads(probes, static, config.loop.heads)
-
-
-def _answer_all(
-    store: RunStore,
-    loop: RetrievalLoop,
-    loaded: LoadedModel,
-    questions: list[Question],
-    config: RagConfig,
-    languages: dict[str, Language],
-    progress: bool,
-    size: int,
-) -> None:
-    """Questions in groups (every selection of a group decodes together); each question is written as
-    soon as its group is done."""
-    from tqdm.auto import tqdm
-
-    group = size  # every selection of ``size`` questions: the first round fills a batch
-    bar = tqdm(total=len(questions), desc="rag", unit="question", disable=not progress)
-    for start in range(0, len(questions), group):
-        chunk = questions[start : start + group]
-        branches = loop.answer(chunk, config.selections)
-        for question in chunk:
-            own = [branch for branch in branches if branch.question is question]
-            store.append(question.sample_id, _tables(own, loaded, languages[question.language], loop))
-        bar.update(len(chunk))
-    bar.close()
 
 
 TRACE_COLUMNS = [

@@ -23,6 +23,7 @@ prompts (every selection's first round) are decoded once.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -65,6 +66,11 @@ class LoopSettings:
     widen: int = 1
 
     def __post_init__(self) -> None:
+        # NaN passes `< 0` and then no RIND ever exceeds it: the loop would silently never retrieve.
+        if not math.isfinite(self.threshold):
+            raise BabelheadsError(
+                f"--threshold must be a finite RIND >= 0 (default 0.15). Got {self.threshold}."
+            )
         if self.threshold < 0 or self.max_new_tokens < 1 or self.retrievals < 1 or self.documents < 1:
             raise BabelheadsError(
                 "threshold must be >= 0; max_new_tokens, retrievals and documents >= 1. Got "

@@ -121,13 +121,30 @@ def read_runs(paths: list[Path]) -> list[Run]:
 
 def build_report(runs: list[Path], output: Path, min_samples: int = figures.MIN_SAMPLES) -> Path:
     """Write the report of ``runs`` to ``output`` (one self-contained HTML file) and return its path."""
+    if min_samples < 1:
+        raise BabelheadsError(
+            f"--min-samples must be at least 1 (successful samples a language needs to be charted). "
+            f"Got {min_samples}."
+        )
+    output = Path(output)
+    # Checked before the figures are drawn: a directory cannot be replaced by the page's file.
+    if output.is_dir():
+        raise BabelheadsError(
+            f"-o {output} is a directory; the report is one HTML file. Give a file path, e.g. "
+            f"-o {output / 'report.html'}."
+        )
     opened = read_runs(runs)
     page = render(opened, report_sections(opened, min_samples))
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
     temporary = output.with_name(output.name + ".tmp")
-    temporary.write_text(page, encoding="utf-8")
-    os.replace(temporary, output)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        temporary.write_text(page, encoding="utf-8")
+        os.replace(temporary, output)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise BabelheadsError(
+            f"Cannot write the report to {output} ({error.strerror or error}). Choose another -o."
+        ) from None
     return output
 
 

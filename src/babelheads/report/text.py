@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
 from babelheads.analysis.aggregate import AggregateSettings, aggregate, with_success
@@ -12,9 +14,20 @@ from babelheads.analysis.distribution import (
     retrieval_head_share,
     top_heads,
 )
+from babelheads.errors import BabelheadsError
 from babelheads.experiments.detect import recorded_analysis
 from babelheads.heads import HeadAddress
 from babelheads.runs import RunStore
+
+
+def check_summary_options(top: int, retrieval_threshold: float) -> None:
+    """``summary``'s own options, refused before anything is read or rewritten."""
+    if top < 1:
+        raise BabelheadsError(f"--top must be at least 1 (heads listed per language). Got {top}.")
+    if not math.isfinite(retrieval_threshold) or retrieval_threshold < 0:
+        raise BabelheadsError(
+            f"--threshold must be a finite score >= 0 (e.g. 0.1). Got {retrieval_threshold}."
+        )
 
 
 def detection_summary(
@@ -26,6 +39,7 @@ def detection_summary(
     """Per language: samples, retrieval, the Wu et al. distribution and the top heads. With ``settings``
     the stored per-sample scores are re-aggregated under them (nothing is re-run); without, the run's
     own aggregation is read."""
+    check_summary_options(top, retrieval_threshold)
     manifest = store.manifest()
     spec = manifest["spec"]
     raw = store.table("samples")
