@@ -1,4 +1,4 @@
-"""The library's error types. Only the CLI turns them into one-line messages."""
+"""The library's error types, and its warning. Only the CLI turns them into one-line messages."""
 
 
 class BabelheadsError(Exception):
@@ -19,3 +19,9 @@ class TaskError(BabelheadsError):
 
 class RunStoreError(BabelheadsError):
     """A run directory is inconsistent, belongs to another config, or holds a damaged table."""
+
+
+class ThinDataWarning(UserWarning):
+    """A language or condition has too few samples to give a number; it gets NaN instead.
+
+    Here, not beside the aggregation that warns most, so the CLI can filter it without loading pandas."""

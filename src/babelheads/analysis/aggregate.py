@@ -12,15 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from babelheads.errors import BabelheadsError
+from babelheads.errors import BabelheadsError, ThinDataWarning
 from babelheads.scoring import SCORE_VARIANTS
 
 SCORE_ON = ("success", "all")
 KEYS = ["language", "layer", "head", "kv_head"]
-
-
-class ThinDataWarning(UserWarning):
-    """A language or condition has too few samples to give a number; it gets NaN instead."""
 
 
 @dataclass(frozen=True)
@@ -125,4 +121,3 @@ def official_scores(
         str(HeadAddress(int(layer), int(head))): [float(value) for value in per_head.get((layer, head), [])]
         for layer, head in heads.sort_values(["layer", "head"]).itertuples(index=False)
     }
-

@@ -36,7 +36,7 @@ INTERRUPTED = 130
 def main() -> None:
     import warnings
 
-    from babelheads.analysis.aggregate import ThinDataWarning
+    from babelheads.errors import ThinDataWarning
 
     # Summaries print these notes themselves, as one line each; Python's form would add source lines.
     warnings.simplefilter("ignore", ThinDataWarning)

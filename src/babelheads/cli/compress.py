@@ -9,7 +9,7 @@ import typer
 
 from babelheads.cli.app import app
 from babelheads.cli.options import ConfigFile, FromRun, _codes, _execution, _floats, _ints
-from babelheads.kvcache.policies import POLICIES
+from babelheads.kvcache.names import POLICIES
 
 
 @app.command("compress")

@@ -10,7 +10,7 @@ import typer
 
 from babelheads.cli.app import app
 from babelheads.cli.options import BatchSize, ConfigFile, FromRun, _codes, _execution
-from babelheads.rag.loop import SELECTIONS
+from babelheads.rag.selections import SELECTIONS
 
 
 @app.command("rag")

@@ -23,10 +23,8 @@ import numpy as np
 import torch
 
 from babelheads.errors import BabelheadsError
-
-POLICIES = ("full", "head-split", "window", "random-heads", "head-budget")
-KV_MAPPINGS = ("max", "mean")
-TOKEN_RULES = ("recent", "key-norm")
+from babelheads.kvcache.names import KV_MAPPINGS, TOKEN_RULES
+from babelheads.kvcache.names import POLICIES as POLICIES  # re-exported: the experiment imports it here
 
 
 @dataclass(frozen=True)

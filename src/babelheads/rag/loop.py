@@ -36,14 +36,13 @@ from babelheads.errors import BabelheadsError
 from babelheads.models import LoadedModel
 from babelheads.probe import Instrument, StepRecords
 from babelheads.rag.collection import Bm25Index, Document
+from babelheads.rag.selections import HEAD_GUIDED
+from babelheads.rag.selections import SELECTIONS as SELECTIONS  # re-exported: the experiment imports it here
 from babelheads.rag.trigger import content_flags, query_windows, rind, token_importance, whole_words
 from babelheads.runner.decode import DEFAULT_PREFILL_CHUNK, Decoded, Row, decode_rows
 from babelheads.runner.prefix import SharedPrefill, branch_points
 from babelheads.runner.stops import StopRule
 from babelheads.tasks.niah import token_span
-
-SELECTIONS = ("dynamic", "static", "dragin", "question", "none")
-HEAD_GUIDED = ("dynamic", "static", "dragin")
 
 HeadChooser = Callable[[str, str, np.ndarray], tuple[list[int], list[float]]]
 """(selection, language, final hidden state of the step) -> (flat heads, a score per head)."""
