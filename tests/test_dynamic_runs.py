@@ -173,6 +173,11 @@ def test_the_ablation_command_and_the_report_end_to_end(run, tmp_path, monkeypat
     steps = RunStore(ablate).table("steps")
     clean = steps[steps["condition"] == "clean"]
     assert clean["kept"].all()  # teacher-forced without a mask reproduces every token
+    # Replaying the run's settings (its haystack seed too, not the heads run's) finds it finished.
+    code, _, err = run_cli(
+        monkeypatch, capsys, "dynamic-ablate", "--from", str(ablate), "--out", str(ablate), "--quiet"
+    )
+    assert code == 0, err
     report = tmp_path / "report.html"
     code, _, err = run_cli(monkeypatch, capsys, "report", str(run.root), str(ablate), "--output", str(report))
     assert code == 0, err

@@ -106,7 +106,7 @@ def test_each_experiment_runs_resumes_and_reports(
     if "random_minus_none" in result:  # every contrast has its random baseline, pairs of languages too
         assert result["random_minus_none"].notna().all(), result
     finished = store.finished()
-    assert finished == set(store.read_json("parts.json"))
+    assert finished == set(store.recorded_parts())
     # A finished run answers from its tables; a lost part is recomputed alone, to the same value.
     victim = sorted(finished)[0]
     before = store.table("samples").drop(columns=["output"], errors="ignore")

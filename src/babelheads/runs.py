@@ -63,9 +63,7 @@ class RunStore:
         check_manifest(manifest, self.manifest_path)
         return manifest
 
-    def check_compatible(
-        self, spec: dict, ignore: tuple[str, ...] = (), loose: tuple[str, ...] = ()
-    ) -> None:
+    def check_compatible(self, spec: dict, ignore: tuple[str, ...] = (), loose: tuple[str, ...] = ()) -> None:
         """Refuse to mix: an existing run must have been made with exactly this spec (the top-level
         entries in ``ignore`` aside, e.g. the model identity before the model is loaded; and the config
         fields in ``loose``, analysis settings that older versions still recorded as identity)."""

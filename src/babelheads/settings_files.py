@@ -6,23 +6,12 @@ Both give values for a command's flags, by the flags' own names (``needles-per-c
 
 from __future__ import annotations
 
-import json
 import tomllib
 from pathlib import Path
 
 from babelheads.errors import BabelheadsError
+from babelheads.kinds import REGISTRY
 
-REPLAYED_KINDS = (
-    "detect",
-    "ablate",
-    "compare",
-    "importance",
-    "language-test",
-    "adapt",
-    "dynamic",
-    "rag",
-    "compress",
-)
 LIST_FIELDS = ("runs",)
 """Flags that take several values as a list (an argument given many times), not comma-separated text."""
 
@@ -67,7 +56,8 @@ def replay_run(run: Path, command: str, fields: set[str]) -> dict[str, object]:
     # The store's reader refuses a truncated manifest or one without a spec, in one line.
     manifest = RunStore(Path(run)).manifest()
     kind = manifest["spec"]["kind"]
-    if command not in REPLAYED_KINDS or command != kind:
+    entry = REGISTRY.get(kind)
+    if entry is None or entry.replay is None or entry.command != command:
         raise BabelheadsError(
             f"--from {run}: that is a {kind} run; `babelheads {command}` replays {command} runs."
         )
@@ -75,36 +65,7 @@ def replay_run(run: Path, command: str, fields: set[str]) -> dict[str, object]:
         raise BabelheadsError(
             f"--from {run}: its manifest.json records no config to replay. Give the flags instead."
         )
-    config = dict(manifest["spec"]["config"])
-    nested = {}  # detect's NIAH settings, importance's texts, dynamic's NIAH or two-hop settings
-    for key in ("task", "texts", "niah", "multihop"):
-        if isinstance(config.get(key), dict):
-            nested.update(config.pop(key))
-    if kind == "dynamic" and config.get("task") == "multihop":  # the two-hop settings' own names
-        nested["count"], nested["questions"] = nested.pop("questions"), nested.pop("source")
-        nested["lengths"] = [nested.pop("length")]
-    if kind == "rag":  # the loop's settings; its head count is --head-count beside --heads RUN
-        loop = dict(config.pop("loop"))
-        loop["head_count"] = loop.pop("heads")
-        nested.update(loop)
-    if kind == "compress":  # the policies' settings are flags; --seed is the haystacks' seed
-        nested.update(config.pop("settings"))
-        config.pop("seed")
-    if isinstance(config.get("head_mask"), dict):
-        config["head_mask"] = config["head_mask"]["file"]
-    values = {**nested, **config, **manifest.get("analysis", {})}
-    selection = Path(run) / "selection.json"  # importance: how its heads were last selected
-    if kind == "importance" and selection.is_file():
-        try:
-            recorded = json.loads(selection.read_text())
-            values.update({key: recorded[key] for key in ("formula", "percentile", "min_languages", "share")})
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
-            raise BabelheadsError(
-                f"--from {run}: {selection} is damaged ({error}). Run its importance command again to "
-                "rewrite it."
-            ) from None
-    if "runs" in manifest["spec"]:  # a compare run: the detection runs it read
-        values["runs"] = list(manifest["spec"]["runs"])
+    values = entry.replay(manifest, Path(run))
     values.pop("needle_ids", None)
     if "data_dir" in values:
         values["data"] = values.pop("data_dir")

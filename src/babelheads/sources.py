@@ -7,24 +7,21 @@ Heads travel as layer-major indices into ``layout`` (see :meth:`HeadLayout.flat`
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from babelheads.analysis.aggregate import AggregateSettings
 from babelheads.errors import BabelheadsError
 from babelheads.heads import HeadLayout
+from babelheads.kinds import REGISTRY
 from babelheads.runs import RunStore
 
-FINALIZED = {
-    "detect": "scores.parquet",
-    "dynamic": "dynamic_stats.parquet",
-    "importance": "selection.json",
-}
-"""What a finished run of a kind that others read has written last (its finalize's output): the
-ranking of an unfinished run would come from part of its samples."""
-
+ANALYSIS_FILE = "analysis.json"
+"""A detect run's analysis settings its score tables were last written with, and their notes."""
 ALL = "all"
 """The language code of what pools every language (a dynamic run's pooled probe, pooled scores)."""
 PROBES_DIRECTORY = "probes"
@@ -167,8 +164,7 @@ def open_source(
 
 
 def is_finished(store: RunStore, kind: str) -> bool:
-    marker = FINALIZED.get(kind)
-    return marker is not None and (store.root / marker).exists()
+    return kind in REGISTRY and REGISTRY[kind].is_finished(store.root)
 
 
 def scores_array(frame: pd.DataFrame, layout: HeadLayout) -> np.ndarray:
@@ -178,3 +174,11 @@ def scores_array(frame: pd.DataFrame, layout: HeadLayout) -> np.ndarray:
         if row["layer"] < layout.num_layers and row["head"] < layout.num_heads:
             array[int(row["layer"]), int(row["head"])] = float(row["score"])
     return array
+
+
+def recorded_analysis(store: RunStore) -> tuple[AggregateSettings, list[str]]:
+    """The analysis settings a run's score tables were last written with, and their notes."""
+    path = store.root / ANALYSIS_FILE
+    recorded = json.loads(path.read_text()) if path.exists() else store.manifest().get("analysis", {})
+    notes = list(recorded.pop("notes", []))
+    return AggregateSettings(**recorded), notes

@@ -11,10 +11,13 @@ With gates fixed at 1 (the default) m_h = 1; the released code's drifting gates 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
 from babelheads.errors import BabelheadsError
+from babelheads.heads import HeadLayout
 
 FORMULAS = ("paper", "code")
 ROLES = ("general", "specific")
@@ -184,3 +187,20 @@ def retrieval_overlap(
                 }
             )
     return pd.DataFrame(rows)
+
+
+def random_head_sets(
+    layout: HeadLayout, count: int, avoid: set[tuple[int, int]], draws: int, label: str
+) -> list[tuple[tuple[int, int], ...]]:
+    """``draws`` sets of ``count`` heads from outside ``avoid``, distinct from one another while the pool
+    allows (two seeds that mask the same heads would count one baseline twice)."""
+    pool = [(a.layer, a.head) for a in layout.addresses() if (a.layer, a.head) not in avoid]
+    size = min(count, len(pool))
+    rng = np.random.default_rng(list(label.encode()))
+    possible = math.comb(len(pool), size)
+    sets: list[tuple[tuple[int, int], ...]] = []
+    while len(sets) < draws:
+        chosen = tuple(sorted(pool[int(i)] for i in rng.choice(len(pool), size=size, replace=False)))
+        if chosen not in sets or len(set(sets)) >= possible:
+            sets.append(chosen)
+    return sets

@@ -12,12 +12,14 @@ from babelheads.analysis.ablation import HEAD_SETS, HeadSet, effects, select_hea
 from babelheads.analysis.aggregate import completed
 from babelheads.errors import BabelheadsError
 from babelheads.execution import DEFAULT_EXECUTION, Execution
+from babelheads.experiments.base import Experiment, ModelChoice, Prepared, run_experiment, source_model
 from babelheads.head_masks import MASK_METHODS as METHODS
 from babelheads.head_masks import check_mask_for_run, head_mask_gates, mask_digest
-from babelheads.models import resolved_precision
+from babelheads.models import LoadedModel, resolved_precision
 from babelheads.probe import HeadGates
 from babelheads.runner import Job, run_jobs
 from babelheads.runs import RunStore
+from babelheads.sources import open_source
 from babelheads.tasks.cot import CotSettings, CotTask
 from babelheads.tasks.niah import NiahSettings, NiahTask
 
@@ -156,65 +158,81 @@ def _unused_needles(settings: NiahSettings, used: list[str]) -> list[str]:
     return unused
 
 
-def ablate(config: AblateConfig, out: Path, execution: Execution = DEFAULT_EXECUTION) -> RunStore:
-    """Run (or resume) the ablation into ``out``. Decode-only masks share each prompt's prefill: every
-    head set of a prompt decodes from one prefill, in one batch."""
-    detection = RunStore(Path(config.run))
-    spec_detect = detection.manifest()["spec"]
-    if spec_detect.get("kind") != "detect":
-        raise BabelheadsError(f"{config.run} is not a detection run; ablate picks heads from one.")
-    detected = completed(detection.table("samples"))
-    task, overlap = evaluation_task(config, spec_detect, detected)
-    languages = list(config.languages or spec_detect["config"]["task"]["languages"])
-    sets = select_head_sets(
-        detection.derived("scores"),
-        languages,
-        list(config.k),
-        list(config.head_sets),
-        config.random_seeds,
-        config.threshold,
-        config.seed,
-    )
-    store = RunStore(out)
-    spec = {
-        "kind": "ablate",
-        "config": _identity(config),
-        "data": task.identity(),
-        "precision": spec_detect.get(
-            "precision", resolved_precision(spec_detect["config"]["dtype"], execution.device)
-        ),
-        "model": spec_detect["model"],
-        "detection": detection.manifest()["spec_digest"],
-    }
-    store.check_compatible(spec)
-    unique: dict[str, HeadSet] = {}
-    for head_set in sets:  # sets with the same heads (an empty agnostic set and 'none') run once
-        unique.setdefault(head_set.mask_id, head_set)
-    part_ids = {f"{mask}--{sample_id}" for mask in unique for sample_id in task.sample_ids()}
-    if not part_ids <= store.finished():
-        detected_config = spec_detect["config"]
-        loaded = execution.load(detected_config["model"], detected_config["dtype"])
-        if loaded.identity != spec["model"]:
-            raise BabelheadsError(
-                f"The model loaded now differs from the detection run's ({loaded.identity})."
-            )
-        store.create(spec, config.seed, {"overlap_with_detection": overlap})
-        samples = task.build(loaded)
+class Ablation(Experiment):
+    """Sets of heads chosen from a detection run, masked while the model answers held-out samples; one
+    part per (head set, sample)."""
+
+    kind = "ablate"
+    analysis_fields = ("replicates",)
+
+    def __init__(self, config: AblateConfig):
+        self.config = config
+        self.detection = open_source(config.run, ("detect",), "RUN")
+        spec = self.detection.manifest["spec"]
+        self.task, self.overlap = evaluation_task(
+            config, spec, completed(self.detection.store.table("samples"))
+        )
+        languages = list(config.languages or spec["config"]["task"]["languages"])
+        self.sets = select_head_sets(
+            self.detection.store.derived("scores"),
+            languages,
+            list(config.k),
+            list(config.head_sets),
+            config.random_seeds,
+            config.threshold,
+            config.seed,
+        )
+        self.unique: dict[str, HeadSet] = {}
+        for head_set in self.sets:  # sets with the same heads (an empty agnostic set and 'none') run once
+            self.unique.setdefault(head_set.mask_id, head_set)
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+    def identity(self, execution: Execution) -> dict:
+        spec = self.detection.manifest["spec"]
+        identity = _identity(self.config)
+        for name in self.analysis_fields:
+            identity.pop(name)
+        return {
+            "config": identity,
+            "data": self.task.identity(),
+            "precision": spec.get("precision", resolved_precision(spec["config"]["dtype"], execution.device)),
+            "detection": self.detection.digest,
+        }
+
+    def model(self) -> ModelChoice:
+        return source_model(self.detection)
+
+    def part_ids(self) -> list[str]:
+        return [f"{mask}--{sample_id}" for mask in self.unique for sample_id in self.task.sample_ids()]
+
+    def prepare(self, loaded: LoadedModel) -> Prepared:
+        return Prepared(self.part_ids(), {"overlap_with_detection": self.overlap}, self.task.build(loaded))
+
+    def execute(self, store: RunStore, loaded: LoadedModel, prepared: Prepared, execution: Execution) -> None:
         jobs = [
             Job(
                 f"{mask_id}--{sample.sample_id}",
                 sample,
-                _gates(loaded.layout, head_set, config),
+                _gates(loaded.layout, head_set, self.config),
                 (("mask_id", mask_id),),
             )
-            for mask_id, head_set in unique.items()
-            for sample in samples
+            for mask_id, head_set in self.unique.items()
+            for sample in prepared.state
         ]
-        settings = execution.run_settings(config.max_new_tokens)
-        run_jobs(store, loaded, jobs, task.score, settings, execution.progress, "ablate")
-    if part_ids <= store.finished():
-        finalize(store, config, sets)
-    return store
+        settings = execution.run_settings(self.config.max_new_tokens)
+        run_jobs(store, loaded, jobs, self.task.score, settings, execution.progress, "ablate")
+
+    def finalize(self, store: RunStore) -> None:
+        finalize(store, self.config, self.sets)
+
+
+def ablate(config: AblateConfig, out: Path, execution: Execution = DEFAULT_EXECUTION) -> RunStore:
+    """Run (or resume) the ablation into ``out``. Decode-only masks share each prompt's prefill: every
+    head set of a prompt decodes from one prefill, in one batch."""
+    return run_experiment(Ablation(config), out, execution)
 
 
 def _gates(layout, head_set: HeadSet, config: AblateConfig) -> HeadGates | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,18 +20,19 @@ import torch
 from tqdm.auto import tqdm
 
 from babelheads.analysis import language_effects as effects
-from babelheads.analysis.language_heads import heads_of
+from babelheads.analysis.language_heads import heads_of, random_head_sets
 from babelheads.errors import BabelheadsError
 from babelheads.execution import DEFAULT_EXECUTION, Execution
-from babelheads.experiments.importance import ImportanceRun, check_differentiable
-from babelheads.experiments.language_tests import QA_TOKENS, random_head_sets
+from babelheads.experiments.base import Experiment, ModelChoice, Prepared, run_experiment, source_model
 from babelheads.head_masks import read_head_mask, write_head_mask
 from babelheads.models import LoadedModel
 from babelheads.probe import HeadGates, Instrument
-from babelheads.runner import Job, run_jobs
-from babelheads.runner.losses import frozen_weights, row_losses
+from babelheads.runner import Job, Shard, run_jobs
+from babelheads.runner.losses import check_differentiable, frozen_weights, row_losses
+from babelheads.runner.parts import Part, execute_parts, in_batches_of
 from babelheads.runs import RunStore
-from babelheads.tasks.qa import QaSettings, QaTask
+from babelheads.sources import open_source
+from babelheads.tasks.qa import QA_TOKENS, QaSettings, QaTask
 
 HEAD_CHOICES = ("top", "specific")
 MASK_FILE = "head_mask.json"
@@ -136,50 +138,76 @@ def train_gates(
     return values.double(), losses
 
 
-def adapt(config: AdaptConfig, out: Path, execution: Execution = DEFAULT_EXECUTION) -> RunStore:
-    """Train (or resume) the masks and evaluate them into ``out``. The language's learned mask is
-    RUN/head_mask.json, for ``--head-mask`` in every other command."""
-    scored_run = ImportanceRun.open(config.heads)
-    source, manifest = scored_run.store, scored_run.manifest
-    heads = chosen_heads(config, source)
-    layout = scored_run.layout
-    texts = manifest["spec"]["config"]["texts"]
-    settings = {
-        "languages": (config.language,),
-        "source": config.qa,
-        "data_dir": texts["data_dir"],
-        "seed": texts["seed"],
-    }
-    train = QaTask(QaSettings(**settings, half="scoring", questions=config.train_questions))
-    held_out = QaTask(QaSettings(**settings, half="evaluation", questions=config.eval_questions))
-    table = source.derived("language_heads")
-    selected = set(zip(table["layer"].astype(int), table["head"].astype(int), strict=True))
-    head_sets = {"adapted": heads}
-    draws = random_head_sets(
-        layout, len(heads), set(heads) | selected, config.random_seeds, f"adapt-{config.language}"
-    )
-    for seed, drawn in enumerate(draws):
-        head_sets[f"random-adapted:{seed}"] = list(drawn)
-    store = RunStore(out)
-    spec = {
-        "kind": "adapt",
-        "config": asdict(config),
-        "data": {**train.identity(), **{f"held_out:{k}": v for k, v in held_out.identity().items()}},
-        "model": manifest["spec"]["model"],
-        "precision": manifest["spec"]["precision"],
-        "importance": manifest["spec_digest"],
-        "heads": {name: [f"{layer}-{head}" for layer, head in chosen] for name, chosen in head_sets.items()},
-    }
-    store.check_compatible(spec)
-    parts = [f"train--{name}" for name in head_sets] + [
-        f"{name}--{sample_id}" for name in ("original", *head_sets) for sample_id in held_out.sample_ids()
-    ]
-    if not set(parts) <= store.finished():
-        loaded = scored_run.load_model(execution)
+class Adaptation(Experiment):
+    """Soft masks trained on a language's heads and on random heads (one part each), then every mask
+    and the original model on held-out QA (one part per mask and question)."""
+
+    kind = "adapt"
+    analysis_fields = ("replicates",)
+
+    def __init__(self, config: AdaptConfig):
+        self.config = config
+        self.source = open_source(config.heads, ("importance",), "RUN")
+        store = self.source.store
+        heads = chosen_heads(config, store)
+        texts = self.source.manifest["spec"]["config"]["texts"]
+        settings = {
+            "languages": (config.language,),
+            "source": config.qa,
+            "data_dir": texts["data_dir"],
+            "seed": texts["seed"],
+        }
+        self.train = QaTask(QaSettings(**settings, half="scoring", questions=config.train_questions))
+        self.held_out = QaTask(QaSettings(**settings, half="evaluation", questions=config.eval_questions))
+        table = store.derived("language_heads")
+        selected = set(zip(table["layer"].astype(int), table["head"].astype(int), strict=True))
+        self.head_sets = {"adapted": heads}
+        draws = random_head_sets(
+            self.source.layout,
+            len(heads),
+            set(heads) | selected,
+            config.random_seeds,
+            f"adapt-{config.language}",
+        )
+        for seed, drawn in enumerate(draws):
+            self.head_sets[f"random-adapted:{seed}"] = list(drawn)
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+    def identity(self, execution: Execution) -> dict:
+        config = {k: v for k, v in asdict(self.config).items() if k not in self.analysis_fields}
+        return {
+            "config": config,
+            "data": {
+                **self.train.identity(),
+                **{f"held_out:{k}": v for k, v in self.held_out.identity().items()},
+            },
+            "precision": self.source.manifest["spec"]["precision"],
+            "importance": self.source.digest,
+            "heads": {
+                name: [f"{layer}-{head}" for layer, head in chosen] for name, chosen in self.head_sets.items()
+            },
+        }
+
+    def model(self) -> ModelChoice:
+        return source_model(self.source)
+
+    def part_ids(self) -> list[str]:
+        return [f"train--{name}" for name in self.head_sets] + [
+            f"{name}--{sample_id}"
+            for name in ("original", *self.head_sets)
+            for sample_id in self.held_out.sample_ids()
+        ]
+
+    def prepare(self, loaded: LoadedModel) -> Prepared:
         check_differentiable(loaded)
-        store.create(spec, config.seed, {"layout": manifest["layout"]})
-        learned = _train_all(store, loaded, train, head_sets, config, execution)
-        samples = held_out.build(loaded)
+        return Prepared(self.part_ids(), {"layout": self.source.manifest["layout"]})
+
+    def execute(self, store: RunStore, loaded: LoadedModel, prepared: Prepared, execution: Execution) -> None:
+        learned = _train_all(store, loaded, self.train, self.head_sets, self.config, execution)
+        samples = self.held_out.build(loaded)
         gates = {"original": None, **{name: HeadGates(values) for name, values in learned.items()}}
         jobs = [
             Job(
@@ -191,53 +219,72 @@ def adapt(config: AdaptConfig, out: Path, execution: Execution = DEFAULT_EXECUTI
             for name, gate in gates.items()
             for sample in samples
         ]
-        run_jobs(
-            store,
-            loaded,
-            jobs,
-            held_out.score,
-            execution.run_settings(QA_TOKENS),
-            execution.progress,
-            "evaluate",
-        )
-    if set(parts) <= store.finished():
-        finalize(store, config)
-    return store
+        settings = execution.run_settings(QA_TOKENS)
+        run_jobs(store, loaded, jobs, self.held_out.score, settings, execution.progress, "evaluate")
+
+    def finalize(self, store: RunStore) -> None:
+        finalize(store, self.config)
+
+
+def adapt(config: AdaptConfig, out: Path, execution: Execution = DEFAULT_EXECUTION) -> RunStore:
+    """Train (or resume) the masks and evaluate them into ``out``. The language's learned mask is
+    RUN/head_mask.json, for ``--head-mask`` in every other command."""
+    return run_experiment(Adaptation(config), out, execution)
 
 
 def _train_all(
-    store: RunStore, loaded, task: QaTask, head_sets: dict, config: AdaptConfig, execution
+    store: RunStore, loaded, task: QaTask, head_sets: dict, config: AdaptConfig, execution: Execution
 ) -> dict:
-    """Each head set's learned values: trained now, or read back from the run (masks/<name>.json)."""
+    """Each head set's learned values: trained now, or read back from the run (masks/<name>.json).
+    Every worker of a sharded run trains the masks not yet written (the evaluation of its block needs
+    them all); the training is deterministic, so two workers write the same mask."""
     learned = {}
-    finished = store.finished()
-    for name, heads in head_sets.items():
-        path = store.root / "masks" / f"{name.replace(':', '-')}.json"
-        if f"train--{name}" in finished:
-            learned[name] = read_head_mask(path, loaded.layout)
-            continue
-        values, losses = train_gates(loaded, task, config.language, heads, config, name, execution.progress)
-        about = {
-            "language": config.language,
-            "head_set": name,
-            "heads": [f"{h}-{d}" for h, d in heads],
-            "model": loaded.identity,
-            "epoch_losses": losses,
-        }
-        write_head_mask(path, values, about)
-        if name == "adapted":
-            write_head_mask(store.root / MASK_FILE, values, about)
-        row = {
-            "sample_id": f"train--{name}",
-            "condition": name,
-            "task": "train",
-            "status": "ok",
-            "success": True,
-            **{f"loss_epoch{epoch + 1}": loss for epoch, loss in enumerate(losses)},
-        }
-        store.append(f"train--{name}", {"samples": pd.DataFrame([row])})
-        learned[name] = values
-    return learned
+
+    def compute(batch: list[Part]) -> Iterator[tuple[Part, dict[str, pd.DataFrame]]]:
+        for part in batch:
+            name = part.work
+            heads = head_sets[name]
+            values, losses = train_gates(
+                loaded, task, config.language, heads, config, name, execution.progress
+            )
+            about = {
+                "language": config.language,
+                "head_set": name,
+                "heads": [f"{h}-{d}" for h, d in heads],
+                "model": loaded.identity,
+                "epoch_losses": losses,
+            }
+            write_head_mask(_mask_path(store, name), values, about)
+            if name == "adapted":
+                write_head_mask(store.root / MASK_FILE, values, about)
+            row = {
+                "sample_id": f"train--{name}",
+                "condition": name,
+                "task": "train",
+                "status": "ok",
+                "success": True,
+                **{f"loss_epoch{epoch + 1}": loss for epoch, loss in enumerate(losses)},
+            }
+            learned[name] = values
+            yield part, {"samples": pd.DataFrame([row])}
+
+    execute_parts(
+        store,
+        [Part(f"train--{name}", name) for name in head_sets],
+        compute,
+        shard=Shard(),
+        batches=in_batches_of(1),
+        progress=False,
+        description="train",
+    )
+    for name in head_sets:
+        if name not in learned:
+            learned[name] = read_head_mask(_mask_path(store, name), loaded.layout)
+    return {name: learned[name] for name in head_sets}
+
+
+def _mask_path(store: RunStore, name: str) -> Path:
+    return store.root / "masks" / f"{name.replace(':', '-')}.json"
 
 
 def finalize(store: RunStore, config: AdaptConfig) -> None:

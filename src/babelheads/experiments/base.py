@@ -25,6 +25,7 @@ from typing import ClassVar
 
 from babelheads.errors import BabelheadsError
 from babelheads.execution import DEFAULT_EXECUTION, Execution
+from babelheads.kinds import FINALIZED
 from babelheads.models import LoadedModel
 from babelheads.runs import RunStore
 from babelheads.sources import Source
@@ -74,7 +75,9 @@ class Experiment(ABC):
         digests, precision, and the digests of the source runs."""
 
     @abstractmethod
-    def model(self) -> ModelChoice: ...
+    def model(self) -> ModelChoice | None:
+        """The model the parts run on; None for a run that only analyses its sources' tables (its
+        identity then names the model)."""
 
     def sources(self) -> Sequence[Source]:
         """The runs this one reads; each must be of the loaded model."""
@@ -86,11 +89,13 @@ class Experiment(ABC):
         return None
 
     @abstractmethod
-    def prepare(self, loaded: LoadedModel) -> Prepared:
+    def prepare(self, loaded: LoadedModel | None) -> Prepared:
         """Build what the parts need with the model loaded; may still refuse (nothing is written yet)."""
 
     @abstractmethod
-    def execute(self, store: RunStore, loaded: LoadedModel, prepared: Prepared, execution: Execution) -> None:
+    def execute(
+        self, store: RunStore, loaded: LoadedModel | None, prepared: Prepared, execution: Execution
+    ) -> None:
         """Compute the parts of ``prepared`` not yet finished (through :mod:`babelheads.runner.parts`)."""
 
     @abstractmethod
@@ -105,26 +110,22 @@ def run_experiment(experiment: Experiment, out: Path, execution: Execution = DEF
     store = RunStore(Path(out))
     choice = experiment.model()
     spec = {"kind": experiment.kind, **experiment.identity(execution)}
-    if choice.identity is not None:
+    if choice is not None and choice.identity is not None:
         spec["model"] = choice.identity
-    store.check_compatible(
-        spec, ignore=() if "model" in spec else ("model",), loose=experiment.analysis_fields
-    )
+    loose = experiment.analysis_fields
+    store.check_compatible(spec, ignore=() if "model" in spec else ("model",), loose=loose)
     if store.exists():
         store.validate()
     if not finished(store, experiment):
-        loaded = execution.load(choice.name, choice.dtype, chat=choice.chat)
-        if choice.identity is not None and loaded.identity != choice.identity:
-            raise BabelheadsError(
-                f"The model loaded now differs from the one {choice.source} ran on ({loaded.identity}); "
-                "its files changed since. Use the model that run used, or run it again."
-            )
-        spec["model"] = loaded.identity
-        store.check_compatible(spec, loose=experiment.analysis_fields)
-        for source in experiment.sources():
-            source.require_model(loaded.identity)
+        loaded = None if choice is None else _load(choice, execution)
+        if loaded is not None:
+            spec["model"] = loaded.identity
+            store.check_compatible(spec, loose=loose)
+            for source in experiment.sources():
+                source.require_model(loaded.identity)
         prepared = experiment.prepare(loaded)
-        if store.exists() and store.recorded_parts() not in (None, prepared.parts):
+        recorded = store.recorded_parts() if store.exists() else None
+        if recorded is not None and recorded != prepared.parts:
             raise BabelheadsError(
                 f"{store.root} holds a run of other parts than these settings give. Use another --out."
             )
@@ -132,7 +133,24 @@ def run_experiment(experiment: Experiment, out: Path, execution: Execution = DEF
         experiment.execute(store, loaded, prepared, execution)
     if finished(store, experiment):
         experiment.finalize(store)
+        store.write_json(FINALIZED, {"parts": len(store.finished())})
     return store
+
+
+def _load(choice: ModelChoice, execution: Execution) -> LoadedModel:
+    loaded = execution.load(choice.name, choice.dtype, chat=choice.chat)
+    if choice.identity is not None and loaded.identity != choice.identity:
+        raise BabelheadsError(
+            f"The model loaded now differs from the one {choice.source} ran on ({loaded.identity}); "
+            "its files changed since. Use the model that run used, or run it again."
+        )
+    return loaded
+
+
+def source_model(source: Source) -> ModelChoice:
+    """The model a source run ran on, which a run testing its heads must load unchanged."""
+    config = source.manifest["spec"]["config"]
+    return ModelChoice(config["model"], config["dtype"], identity=source.model, source=str(source.path))
 
 
 def finished(store: RunStore, experiment: Experiment) -> bool:

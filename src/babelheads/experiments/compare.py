@@ -20,9 +20,9 @@ from babelheads.analysis.scores import (
     score_matrix,
 )
 from babelheads.errors import BabelheadsError
-from babelheads.experiments.detect import recorded_analysis
 from babelheads.heads import HeadAddress
 from babelheads.runs import RunStore
+from babelheads.sources import recorded_analysis
 
 TRANSLATION_TOP_HEADS = 10
 

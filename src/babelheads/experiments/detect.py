@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -16,9 +15,8 @@ from babelheads.official import export_official
 from babelheads.probe import ProbeSettings
 from babelheads.runner import Job, run_jobs
 from babelheads.runs import RunStore
+from babelheads.sources import ANALYSIS_FILE
 from babelheads.tasks.niah import NiahSettings, NiahTask
-
-ANALYSIS_FILE = "analysis.json"
 
 
 @dataclass(frozen=True)
@@ -126,11 +124,3 @@ def finalize(store: RunStore, settings: AggregateSettings) -> list[str]:
     export_official(store, samples, heads, settings)
     store.write_json(ANALYSIS_FILE, {**asdict(settings), "notes": notes})
     return notes
-
-
-def recorded_analysis(store: RunStore) -> tuple[AggregateSettings, list[str]]:
-    """The analysis settings a run's score tables were last written with, and their notes."""
-    path = store.root / ANALYSIS_FILE
-    recorded = json.loads(path.read_text()) if path.exists() else store.manifest().get("analysis", {})
-    notes = list(recorded.pop("notes", []))
-    return AggregateSettings(**recorded), notes

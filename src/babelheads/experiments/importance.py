@@ -3,14 +3,13 @@ through a gate of ones on every query head's output; then the language heads it 
 
 from __future__ import annotations
 
-import json
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from babelheads.analysis.language_heads import (
     FORMULAS,
@@ -20,10 +19,11 @@ from babelheads.analysis.language_heads import (
 )
 from babelheads.errors import BabelheadsError
 from babelheads.execution import DEFAULT_EXECUTION, Execution
-from babelheads.heads import HeadLayout
+from babelheads.experiments.base import Experiment, ModelChoice, Prepared, run_experiment
 from babelheads.models import LoadedModel, resolved_precision
 from babelheads.probe import HeadGates, Instrument
-from babelheads.runner.losses import Scored, frozen_weights, row_losses, rows_per_pass
+from babelheads.runner.losses import Scored, check_differentiable, frozen_weights, row_losses, rows_per_pass
+from babelheads.runner.parts import Part, execute_parts, in_batches_of
 from babelheads.runs import RunStore
 from babelheads.tasks.lm_texts import TextSettings, TextWindow, TextWindows
 
@@ -96,15 +96,6 @@ class ImportanceConfig:
         return config
 
 
-def check_differentiable(loaded: LoadedModel) -> None:
-    parameter = next(loaded.model.parameters())
-    if not parameter.dtype.is_floating_point:
-        raise BabelheadsError(
-            f"The model's weights are {parameter.dtype}, which cannot carry gradients. "
-            "Load it in float32 or bfloat16 (--dtype float32)."
-        )
-
-
 def gate_gradients(
     loaded: LoadedModel,
     instrument: Instrument,
@@ -129,93 +120,105 @@ def gate_gradients(
     return gradient, losses.detach().double().cpu()
 
 
+class Importance(Experiment):
+    """Gate gradients of every text window, one part per window, every language."""
+
+    kind = "importance"
+
+    def __init__(self, config: ImportanceConfig, shard_count: int = 1):
+        if config.drift and shard_count > 1:
+            raise BabelheadsError(
+                "--drift scores a language's texts in sequence (each on the gates the last one moved), "
+                "so it cannot be split into shards. Leave out --shard or --drift."
+            )
+        self.config = config
+        self.task = TextWindows(config.texts)
+
+    @property
+    def seed(self) -> int:
+        return self.config.texts.seed
+
+    def identity(self, execution: Execution) -> dict:
+        return {
+            "config": self.config.identity(),
+            "data": self.task.identity(),
+            "precision": resolved_precision(self.config.dtype, execution.device),
+        }
+
+    def model(self) -> ModelChoice:
+        return ModelChoice(self.config.model, self.config.dtype)
+
+    def prepare(self, loaded: LoadedModel) -> Prepared:
+        check_differentiable(loaded)
+        windows = self.task.build(loaded)
+        return Prepared([w.window_id for w in windows], {"layout": asdict(loaded.layout)}, windows)
+
+    def execute(self, store: RunStore, loaded: LoadedModel, prepared: Prepared, execution: Execution) -> None:
+        parts = [Part(window.window_id, window) for window in prepared.state]
+        with Instrument(loaded.model, loaded.layout) as instrument:
+            if self.config.drift:
+                batches, compute = _by_language, _drifting(loaded, instrument)
+            else:
+                batches = in_batches_of(rows_per_pass(execution.batch_size, loaded.device))
+                compute = _gradients(loaded, instrument)
+            execute_parts(
+                store,
+                parts,
+                compute,
+                shard=execution.shard,
+                batches=batches,
+                progress=execution.progress,
+                description="importance",
+                unit="text",
+            )
+
+    def finalize(self, store: RunStore) -> None:
+        finalize(store, self.config)
+
+
 def importance(config: ImportanceConfig, out: Path, execution: Execution = DEFAULT_EXECUTION) -> RunStore:
     """Run (or resume) importance scoring into ``out``; one part per text, every language."""
-    task = TextWindows(config.texts)
-    store = RunStore(out)
-    spec = {
-        "kind": "importance",
-        "config": config.identity(),
-        "data": task.identity(),
-        "precision": resolved_precision(config.dtype, execution.device),
-    }
-    store.check_compatible(spec, ignore=("model",))
-    expected = _expected_ids(store)
-    if expected is None or not expected <= store.finished():
-        loaded = execution.load(config.model, config.dtype)
-        check_differentiable(loaded)
-        spec["model"] = loaded.identity
-        store.check_compatible(spec)
-        windows = task.build(loaded)
-        store.create(
-            spec,
-            config.texts.seed,
-            {"layout": asdict(loaded.layout), "windows": [w.window_id for w in windows]},
-        )
-        _score(store, loaded, windows, config, execution)
-    if _expected_ids(store) <= store.finished():
-        finalize(store, config)
-    return store
+    return run_experiment(Importance(config, execution.shard.count), out, execution)
 
 
-def _expected_ids(store: RunStore) -> set[str] | None:
-    return set(store.manifest()["windows"]) if store.exists() else None
+def _gradients(loaded: LoadedModel, instrument: Instrument):
+    def compute(batch: list[Part]) -> Iterator[tuple[Part, dict[str, pd.DataFrame]]]:
+        windows = [part.work for part in batch]
+        gradient, losses = gate_gradients(loaded, instrument, windows)
+        ones = torch.ones_like(gradient[0])
+        for index, (part, window) in enumerate(zip(batch, windows, strict=True)):
+            yield part, _tables(window, gradient[index], ones, float(losses[index]))
+
+    return compute
 
 
-def _score(
-    store: RunStore,
-    loaded: LoadedModel,
-    windows: list[TextWindow],
-    config: ImportanceConfig,
-    execution: Execution,
-) -> None:
-    finished = store.finished()
-    todo = [window for window in windows if window.window_id not in finished]
-    instrument = Instrument(loaded.model, loaded.layout)
-    bar = tqdm(
-        total=len(todo), desc="importance", unit="text", disable=not execution.progress, dynamic_ncols=True
-    )
-    try:
-        if config.drift:
-            for code in config.texts.languages:
-                _drifting(store, loaded, instrument, [w for w in todo if w.language == code], bar)
-        else:
-            size = rows_per_pass(execution.batch_size, loaded.device)
-            for start in range(0, len(todo), size):
-                batch = todo[start : start + size]
-                gradient, losses = gate_gradients(loaded, instrument, batch)
-                ones = torch.ones_like(gradient[0])
-                for index, window in enumerate(batch):
-                    store.append(
-                        window.window_id, _tables(window, gradient[index], ones, float(losses[index]))
-                    )
-                bar.update(len(batch))
-    finally:
-        bar.close()
-        instrument.detach()
+def _by_language(parts: list[Part]) -> Iterator[list[Part]]:
+    languages: dict[str, list[Part]] = {}
+    for part in parts:
+        languages.setdefault(part.work.language, []).append(part)
+    for group in languages.values():
+        yield sorted(group, key=lambda part: part.part_id)
 
 
-def _drifting(
-    store: RunStore, loaded: LoadedModel, instrument: Instrument, windows: list[TextWindow], bar
-) -> None:
+def _drifting(loaded: LoadedModel, instrument: Instrument):
     """The released code's scoring: one text at a time, an AdamW step on the gates after each. The
     optimiser's state is not stored, so a language is written only once all its texts are done."""
-    if not windows:
-        return
-    layout = loaded.layout
-    gate = torch.nn.Parameter(torch.ones(layout.num_layers, layout.num_heads))
-    optimiser = torch.optim.AdamW([gate], lr=DRIFT_LR, weight_decay=DRIFT_WEIGHT_DECAY)
-    parts = []
-    for window in sorted(windows, key=lambda w: w.window_id):
-        current = gate.detach().clone()
-        gradient, losses = gate_gradients(loaded, instrument, [window], current)
-        parts.append((window.window_id, _tables(window, gradient[0], current.double(), float(losses[0]))))
-        gate.grad = gradient[0].float()
-        optimiser.step()
-        optimiser.zero_grad()
-        bar.update()
-    for window_id, tables in parts:
-        store.append(window_id, tables)
+
+    def compute(batch: list[Part]) -> Iterator[tuple[Part, dict[str, pd.DataFrame]]]:
+        layout = loaded.layout
+        gate = torch.nn.Parameter(torch.ones(layout.num_layers, layout.num_heads))
+        optimiser = torch.optim.AdamW([gate], lr=DRIFT_LR, weight_decay=DRIFT_WEIGHT_DECAY)
+        done = []
+        for part in batch:
+            current = gate.detach().clone()
+            gradient, losses = gate_gradients(loaded, instrument, [part.work], current)
+            done.append((part, _tables(part.work, gradient[0], current.double(), float(losses[0]))))
+            gate.grad = gradient[0].float()
+            optimiser.step()
+            optimiser.zero_grad()
+        yield from done
+
+    return compute
 
 
 def _tables(
@@ -256,41 +259,3 @@ def finalize(store: RunStore, config: ImportanceConfig) -> None:
     store.write_derived("language_heads", heads)
     store.write_csv("language_heads", heads)
     store.write_json(SELECTION_FILE, {**asdict(selection), **heads.attrs})
-
-
-def recorded_selection(store: RunStore) -> dict:
-    """The selection the language_heads table was last written with (n and min_languages resolved)."""
-    return json.loads((store.root / SELECTION_FILE).read_text())
-
-
-@dataclass(frozen=True)
-class ImportanceRun:
-    """A finished importance run as the experiments on its heads read it."""
-
-    store: RunStore
-    manifest: dict
-
-    @classmethod
-    def open(cls, path: str | Path) -> ImportanceRun:
-        store = RunStore(Path(path))
-        manifest = store.manifest()
-        if manifest["spec"].get("kind") != "importance":
-            raise BabelheadsError(f"{path} is not an importance run; run babelheads importance first.")
-        if not (store.root / SELECTION_FILE).exists():
-            raise BabelheadsError(f"{path} has not finished; run its babelheads importance command again.")
-        return cls(store, manifest)
-
-    @property
-    def layout(self) -> HeadLayout:
-        layout = self.manifest["layout"]
-        return HeadLayout(**{**layout, "layer_windows": tuple(layout["layer_windows"])})
-
-    def load_model(self, execution: Execution) -> LoadedModel:
-        """The model the heads were scored on, refused if the files changed since."""
-        config = self.manifest["spec"]["config"]
-        loaded = execution.load(config["model"], config["dtype"])
-        if loaded.identity != self.manifest["spec"]["model"]:
-            raise BabelheadsError(
-                f"The model loaded now differs from the importance run's ({loaded.identity})."
-            )
-        return loaded

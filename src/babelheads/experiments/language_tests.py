@@ -17,34 +17,34 @@ intervals resample both the seeds and the texts.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from babelheads.analysis import language_effects as effects
-from babelheads.analysis.language_heads import heads_of, retrieval_overlap
+from babelheads.analysis.language_heads import heads_of, random_head_sets, retrieval_overlap
 from babelheads.errors import BabelheadsError
 from babelheads.execution import DEFAULT_EXECUTION, Execution
-from babelheads.experiments.importance import ImportanceRun
+from babelheads.experiments.base import Experiment, ModelChoice, Prepared, run_experiment, source_model
 from babelheads.head_masks import check_mask_for_run, mask_digest, read_head_mask
 from babelheads.heads import HeadLayout
 from babelheads.models import LoadedModel
 from babelheads.probe import HeadGates, Instrument
 from babelheads.runner import Job, run_jobs
 from babelheads.runner.losses import Scored, row_losses, rows_per_pass
+from babelheads.runner.parts import Part, execute_parts, in_batches_of
 from babelheads.runs import RunStore
+from babelheads.sources import open_source
 from babelheads.tasks.lm_texts import TextSettings, TextWindow, TextWindows
 from babelheads.tasks.off_target import OffTargetSettings, OffTargetTask
-from babelheads.tasks.qa import QaSettings, QaTask
+from babelheads.tasks.qa import QA_TOKENS, QaSettings, QaTask
 from babelheads.tasks.transfer import TransferSettings, TransferTask
 
 EXPERIMENTS = ("ppl", "ppl-cross", "general", "off-target", "attn-transfer", "retrieval")
 RANDOM_POOL = "outside every language head, distinct draws"
-QA_TOKENS = 10
 TRANSFER_TOKENS = 5
 
 
@@ -124,23 +124,6 @@ class Condition:
         return HeadGates(values)
 
 
-def random_head_sets(
-    layout: HeadLayout, count: int, avoid: set[tuple[int, int]], draws: int, label: str
-) -> list[tuple[tuple[int, int], ...]]:
-    """``draws`` sets of ``count`` heads from outside ``avoid``, distinct from one another while the pool
-    allows (two seeds that mask the same heads would count one baseline twice)."""
-    pool = [(a.layer, a.head) for a in layout.addresses() if (a.layer, a.head) not in avoid]
-    size = min(count, len(pool))
-    rng = np.random.default_rng(list(label.encode()))
-    possible = math.comb(len(pool), size)
-    sets: list[tuple[tuple[int, int], ...]] = []
-    while len(sets) < draws:
-        chosen = tuple(sorted(pool[int(i)] for i in rng.choice(len(pool), size=size, replace=False)))
-        if chosen not in sets or len(set(sets)) >= possible:
-            sets.append(chosen)
-    return sets
-
-
 def conditions_for(
     config: LanguageTestConfig, table: pd.DataFrame, layout: HeadLayout, languages: list[str]
 ) -> dict[str, list[Condition]]:
@@ -202,105 +185,134 @@ def conditions_for(
     return out
 
 
+class LanguageTest(Experiment):
+    """One LAHIS experiment on an importance run's heads; one part per (condition, text or prompt)."""
+
+    kind = "language-test"
+    analysis_fields = ("replicates",)
+
+    def __init__(self, config: LanguageTestConfig):
+        self.config = config
+        self.source = open_source(config.heads, ("importance",), "RUN")
+        scored = self.source.manifest["spec"]["config"]["texts"]
+        self.languages = list(config.languages or scored["languages"])
+        unknown = [code for code in self.languages if code not in scored["languages"]]
+        if unknown:
+            raise BabelheadsError(
+                f"The importance run has no heads for {', '.join(unknown)}; "
+                f"it scored {', '.join(scored['languages'])}."
+            )
+        self.plan = conditions_for(
+            config, self.source.store.derived("language_heads"), self.source.layout, self.languages
+        )
+        self.tasks = _tasks(config, scored, self.languages)
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+    def identity(self, execution: Execution) -> dict:
+        config = self.config
+        return {
+            "config": _without(asdict(config), self.analysis_fields),
+            "data": {name: task.identity() for name, task in self.tasks.items()},
+            "precision": self.source.manifest["spec"]["precision"],
+            "importance": self.source.digest,
+            "selection": self.source.store.read_json("selection.json"),
+            "head_mask": mask_digest(Path(config.head_mask)) if config.head_mask else None,
+            "random_heads": RANDOM_POOL,
+        }
+
+    def model(self) -> ModelChoice:
+        return source_model(self.source)
+
+    def prepare(self, loaded: LoadedModel) -> Prepared:
+        base = read_head_mask(Path(self.config.head_mask), loaded.layout) if self.config.head_mask else None
+        text_parts = _text_parts(loaded, self.tasks["texts"], self.plan) if "texts" in self.tasks else []
+        generation = {
+            name: _generation_jobs(loaded, task, self.plan, base)
+            for name, task in self.tasks.items()
+            if name != "texts"
+        }
+        parts = [part.part_id for part in text_parts] + [
+            job.part_id for jobs in generation.values() for job in jobs
+        ]
+        conditions = {c.name: asdict(c) for group in self.plan.values() for c in group}
+        facts = {"layout": self.source.manifest["layout"], "conditions": conditions}
+        return Prepared(sorted(parts), facts, (base, text_parts, generation))
+
+    def execute(self, store: RunStore, loaded: LoadedModel, prepared: Prepared, execution: Execution) -> None:
+        base, text_parts, generation = prepared.state
+        _perplexity(store, loaded, text_parts, base, execution)
+        for name, jobs in generation.items():
+            settings = execution.run_settings(_new_tokens(name, self.config))
+            run_jobs(store, loaded, jobs, self.tasks[name].score, settings, execution.progress, name)
+
+    def finalize(self, store: RunStore) -> None:
+        finalize(store, self.config)
+
+
+class RetrievalMeetsLanguage(Experiment):
+    """How a detection run's retrieval heads meet an importance run's language heads: tables only."""
+
+    kind = "language-test"
+    analysis_fields = ("replicates",)
+
+    def __init__(self, config: LanguageTestConfig):
+        self.config = config
+        self.source = open_source(config.heads, ("importance",), "RUN")
+        self.detection = open_source(config.detect, ("detect",), "--detect")
+        self.detection.require_model(self.source.model)
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+    def identity(self, execution: Execution) -> dict:
+        return {
+            "config": _without(asdict(self.config), self.analysis_fields),
+            "model": self.source.model,
+            "importance": self.source.digest,
+            "detection": self.detection.digest,
+            "selection": self.source.store.read_json("selection.json"),
+        }
+
+    def model(self) -> None:
+        return None
+
+    def part_ids(self) -> list[str]:
+        return []
+
+    def prepare(self, loaded: None) -> Prepared:
+        return Prepared([], {"layout": self.source.manifest["layout"]})
+
+    def execute(self, store: RunStore, loaded: None, prepared: Prepared, execution: Execution) -> None:
+        """Nothing to run: the table is an analysis of the two runs' tables."""
+
+    def finalize(self, store: RunStore) -> None:
+        layout = self.source.layout
+        table = retrieval_overlap(
+            self.detection.store.derived("scores"),
+            self.source.store.derived("language_heads"),
+            self.source.store.derived("importance"),
+            layout.total_heads,
+            self.source.store.read_json("selection.json")["formula"],
+            self.config.threshold,
+        )
+        store.write_derived("retrieval_overlap", table)
+        store.write_csv("retrieval_overlap", table)
+
+
 def language_test(
     config: LanguageTestConfig, out: Path, execution: Execution = DEFAULT_EXECUTION
 ) -> RunStore:
     """Run (or resume) one experiment into ``out``; one part per (condition, text or prompt)."""
-    scored_run = ImportanceRun.open(config.heads)
-    source, manifest = scored_run.store, scored_run.manifest
-    table = source.derived("language_heads")
-    scored = manifest["spec"]["config"]["texts"]
-    languages = list(config.languages or scored["languages"])
-    unknown = [code for code in languages if code not in scored["languages"]]
-    if unknown:
-        raise BabelheadsError(
-            f"The importance run has no heads for {', '.join(unknown)}; "
-            f"it scored {', '.join(scored['languages'])}."
-        )
-    if config.experiment == "retrieval":
-        return _retrieval(config, source, Path(out))
-    plan = conditions_for(config, table, scored_run.layout, languages)
-    tasks = _tasks(config, scored, languages)
-    store = RunStore(out)
-    spec = {
-        "kind": "language-test",
-        "config": asdict(config),
-        "data": {name: task.identity() for name, task in tasks.items()},
-        "model": manifest["spec"]["model"],
-        "precision": manifest["spec"]["precision"],
-        "importance": manifest["spec_digest"],
-        "selection": source.read_json("selection.json"),
-        "head_mask": mask_digest(Path(config.head_mask)) if config.head_mask else None,
-        "random_heads": RANDOM_POOL,
-    }
-    store.check_compatible(spec)
-    if not _finished(store):
-        loaded = scored_run.load_model(execution)
-        base = read_head_mask(Path(config.head_mask), loaded.layout) if config.head_mask else None
-        conditions = {c.name: asdict(c) for group in plan.values() for c in group}
-        store.create(spec, config.seed, {"layout": manifest["layout"], "conditions": conditions})
-        text_jobs = _text_jobs(loaded, tasks["texts"], plan) if "texts" in tasks else []
-        generation = {
-            name: _generation_jobs(loaded, task, plan, base)
-            for name, task in tasks.items()
-            if name != "texts"
-        }
-        parts = [part for part, _, _ in text_jobs] + [
-            job.part_id for jobs in generation.values() for job in jobs
-        ]
-        store.write_json(PARTS_FILE, sorted(parts))
-        _perplexity(store, loaded, text_jobs, base, execution)
-        for name, jobs in generation.items():
-            settings = execution.run_settings(_new_tokens(name, config))
-            run_jobs(store, loaded, jobs, tasks[name].score, settings, execution.progress, name)
-    if _finished(store):
-        finalize(store, config)
-    return store
+    experiment = RetrievalMeetsLanguage(config) if config.experiment == "retrieval" else LanguageTest(config)
+    return run_experiment(experiment, out, execution)
 
 
-PARTS_FILE = "parts.json"
-
-
-def _retrieval(config: LanguageTestConfig, source: RunStore, out: Path) -> RunStore:
-    detection = RunStore(Path(config.detect))
-    found = detection.manifest()["spec"]
-    if found.get("kind") != "detect":
-        raise BabelheadsError(f"{config.detect} is not a detection run (babelheads detect).")
-    manifest = source.manifest()
-    if found["model"] != manifest["spec"]["model"]:
-        raise BabelheadsError(
-            f"{config.detect} detected heads of another model ({found['model'].get('model')}) than the "
-            f"importance run ({manifest['spec']['model'].get('model')}). Use runs of one model."
-        )
-    selection = source.read_json("selection.json")
-    store = RunStore(out)
-    spec = {
-        "kind": "language-test",
-        "config": asdict(config),
-        "model": manifest["spec"]["model"],
-        "importance": manifest["spec_digest"],
-        "detection": detection.manifest()["spec_digest"],
-        "selection": selection,
-    }
-    store.check_compatible(spec)
-    store.create(spec, config.seed, {"layout": manifest["layout"]})
-    layout = manifest["layout"]
-    table = retrieval_overlap(
-        detection.derived("scores"),
-        source.derived("language_heads"),
-        source.derived("importance"),
-        layout["num_layers"] * layout["num_heads"],
-        selection["formula"],
-        config.threshold,
-    )
-    store.write_derived("retrieval_overlap", table)
-    store.write_csv("retrieval_overlap", table)
-    return store
-
-
-def _finished(store: RunStore) -> bool:
-    path = store.root / PARTS_FILE
-    return path.exists() and set(store.read_json(PARTS_FILE)) <= store.finished()
+def _without(config: dict, fields: tuple[str, ...]) -> dict:
+    return {key: value for key, value in config.items() if key not in fields}
 
 
 def _new_tokens(task: str, config: LanguageTestConfig) -> int:
@@ -333,39 +345,39 @@ def _conditions_of(plan: dict[str, list[Condition]], condition: str) -> list[Con
     return plan.get(condition, plan.get("*", []))
 
 
-def _text_jobs(loaded: LoadedModel, task: TextWindows, plan) -> list[tuple[str, Condition, TextWindow]]:
+def _text_parts(loaded: LoadedModel, task: TextWindows, plan) -> list[Part]:
     return [
-        (f"{condition.name}--{window.window_id}", condition, window)
+        Part(f"{condition.name}--{window.window_id}", (condition, window))
         for window in task.build(loaded)
         for condition in _conditions_of(plan, window.language)
     ]
 
 
-def _perplexity(store: RunStore, loaded: LoadedModel, jobs, base, execution: Execution) -> None:
+def _perplexity(store: RunStore, loaded: LoadedModel, parts: list[Part], base, execution: Execution) -> None:
     """Teacher-forced perplexity of every (condition, window), batched with one gate set per row."""
-    finished = store.finished()
-    todo = [job for job in jobs if job[0] not in finished]
-    if not todo:
-        return
-    instrument = Instrument(loaded.model, loaded.layout)
-    size = rows_per_pass(execution.batch_size, loaded.device)
-    bar = tqdm(total=len(todo), desc="perplexity", unit="text", disable=not execution.progress)
-    try:
-        for start in range(0, len(todo), size):
-            batch = todo[start : start + size]
-            values = torch.stack([_values(condition, loaded.layout, base) for _, condition, _ in batch])
-            rows = [Scored(window.input_ids) for _, _, window in batch]
-            with torch.no_grad():
-                nll, count = row_losses(loaded, instrument, rows, HeadGates(values))
-            for (part, condition, window), total, tokens in zip(
-                batch, nll.tolist(), count.tolist(), strict=True
-            ):
-                row = _ppl_row(part, condition, window, total, tokens)
-                store.append(part, {"samples": pd.DataFrame([row])})
-            bar.update(len(batch))
-    finally:
-        bar.close()
-        instrument.detach()
+
+    def compute(batch: list[Part]) -> Iterator[tuple[Part, dict[str, pd.DataFrame]]]:
+        values = torch.stack(
+            [_values(condition, loaded.layout, base) for condition, _ in (p.work for p in batch)]
+        )
+        rows = [Scored(window.input_ids) for _, window in (part.work for part in batch)]
+        with torch.no_grad():
+            nll, count = row_losses(loaded, instrument, rows, HeadGates(values))
+        for part, total, tokens in zip(batch, nll.tolist(), count.tolist(), strict=True):
+            condition, window = part.work
+            yield part, {"samples": pd.DataFrame([_ppl_row(part.part_id, condition, window, total, tokens)])}
+
+    with Instrument(loaded.model, loaded.layout) as instrument:
+        execute_parts(
+            store,
+            parts,
+            compute,
+            shard=execution.shard,
+            batches=in_batches_of(rows_per_pass(execution.batch_size, loaded.device)),
+            progress=execution.progress,
+            description="perplexity",
+            unit="text",
+        )
 
 
 def _values(condition: Condition, layout: HeadLayout, base) -> torch.Tensor:

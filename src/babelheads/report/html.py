@@ -20,7 +20,6 @@ import pandas as pd
 from babelheads.analysis.aggregate import completed, with_success
 from babelheads.analysis.findings import Finding, study_findings
 from babelheads.errors import BabelheadsError
-from babelheads.experiments.detect import recorded_analysis
 from babelheads.report import figures
 from babelheads.report.compress_sections import COMPRESS_KINDS, compress_section
 from babelheads.report.dynamic_sections import DYNAMIC_KINDS, dynamic_languages, dynamic_section
@@ -29,6 +28,7 @@ from babelheads.report.language_sections import LANGUAGE_KINDS, language_section
 from babelheads.report.rag_sections import RAG_KINDS, rag_section
 from babelheads.report.text import ablation_summary, comparison_summary, detection_summary
 from babelheads.runs import RunStore
+from babelheads.sources import recorded_analysis
 
 KINDS = ("detect", "compare", "ablate", *LANGUAGE_KINDS, *DYNAMIC_KINDS, *RAG_KINDS, *COMPRESS_KINDS)
 COT_TITLE = "Chain-of-thought vs direct answers when retrieval heads are masked"

@@ -15,9 +15,9 @@ from babelheads.analysis.distribution import (
     top_heads,
 )
 from babelheads.errors import BabelheadsError
-from babelheads.experiments.detect import recorded_analysis
 from babelheads.heads import HeadAddress
 from babelheads.runs import RunStore
+from babelheads.sources import recorded_analysis
 
 
 def check_summary_options(top: int, retrieval_threshold: float) -> None:

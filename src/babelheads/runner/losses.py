@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from babelheads.errors import BabelheadsError
 from babelheads.models import LoadedModel
 from babelheads.probe import HeadGates, Instrument
 
@@ -89,3 +90,12 @@ def frozen_weights(model: torch.nn.Module) -> Iterator[None]:
     finally:
         for parameter, flag in saved:
             parameter.requires_grad_(flag)
+
+
+def check_differentiable(loaded: LoadedModel) -> None:
+    parameter = next(loaded.model.parameters())
+    if not parameter.dtype.is_floating_point:
+        raise BabelheadsError(
+            f"The model's weights are {parameter.dtype}, which cannot carry gradients. "
+            "Load it in float32 or bfloat16 (--dtype float32)."
+        )

@@ -14,6 +14,9 @@ from babelheads.runner.losses import Scored
 from babelheads.tasks.base import Sample, content_digest, safe_id
 from babelheads.tasks.lm_texts import HALVES, split_documents
 
+QA_TOKENS = 10
+"""Tokens a QA answer may take: the answers are short spans."""
+
 if TYPE_CHECKING:
     from babelheads.models import LoadedModel
 
