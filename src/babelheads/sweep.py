@@ -26,9 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from babelheads.errors import BabelheadsError
+from babelheads.kinds import sweepable_commands
 from babelheads.settings_files import read_table_file
-
-COMMANDS = ("detect", "ablate")
 
 
 @dataclass(frozen=True)
@@ -78,9 +77,10 @@ def read_sweep(path: Path) -> list[SweepJob]:
     for index, entry in enumerate(entries):
         entry = dict(entry)
         command, out = entry.pop("command", None), entry.pop("out", None)
-        if command not in COMMANDS or not out:
+        commands = sweepable_commands()
+        if command not in commands or not out:
             raise BabelheadsError(
-                f"Sweep file {path}, job {index + 1}: give command ({' or '.join(COMMANDS)}) and out."
+                f"Sweep file {path}, job {index + 1}: give command ({' or '.join(commands)}) and out."
             )
         if str(out) in outs:
             raise BabelheadsError(f"Sweep file {path}: two jobs write {out}. Give each job its own out.")

@@ -11,10 +11,9 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from babelheads.analysis.aggregate import ThinDataWarning
 from babelheads.data.corpora import HF_PREFIX, hf_dataset
 from babelheads.data.roots import language_file
-from babelheads.errors import TaskError
+from babelheads.errors import TaskError, ThinDataWarning
 
 
 @dataclass(frozen=True)

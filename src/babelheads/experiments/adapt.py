@@ -289,11 +289,6 @@ def _mask_path(store: RunStore, name: str) -> Path:
 
 def finalize(store: RunStore, config: AdaptConfig) -> None:
     samples = store.table("samples")
-    answers = (
-        samples[samples["task"].isna() if "task" in samples else slice(None)]
-        if "task" in samples
-        else samples
-    )
     answers = samples[samples["sample_id"].ne(samples["condition"].radd("train--"))]
     answers = answers.assign(correct=answers["success"].astype(float), language=config.language)
     answers["condition"] = answers["condition"].replace({"original": "none"})

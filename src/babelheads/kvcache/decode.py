@@ -85,31 +85,6 @@ def compressed_decode_from(
     return CompressedDecode(decoded, analytic, storage, full, peak_prefill, peak_decode)
 
 
-def compressed_decode(
-    instrument: Instrument,
-    input_ids: Sequence[int],
-    context_end: int,
-    keep: KeepRule,
-    max_new_tokens: int,
-    stops: StopRule,
-    record: bool = False,
-    prefill_chunk: int = 4096,
-) -> CompressedDecode:
-    """Decode ``input_ids`` greedily; positions [0, context_end) are the context that ``keep`` compresses."""
-    cache = prefill_context(instrument, input_ids, context_end, prefill_chunk)
-    return compressed_decode_from(
-        instrument,
-        cache,
-        input_ids,
-        context_end,
-        keep(cache, context_end),
-        max_new_tokens,
-        stops,
-        record,
-        prefill_chunk,
-    )
-
-
 def _prefill(
     model: torch.nn.Module, cache: DynamicCache, ids: list[int], start: int, end: int, chunk: int
 ) -> None:

@@ -12,56 +12,15 @@ import html
 import os
 import re
 import struct
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
-
-from babelheads.analysis.aggregate import completed, with_success
-from babelheads.analysis.findings import Finding, study_findings
+import babelheads.report.sections  # noqa: F401  (registers the built-in sections)
+from babelheads.analysis.findings import Finding
 from babelheads.errors import BabelheadsError
 from babelheads.report import figures
-from babelheads.report.compress_sections import COMPRESS_KINDS, compress_section
-from babelheads.report.dynamic_sections import DYNAMIC_KINDS, dynamic_languages, dynamic_section
+from babelheads.report.base import SECTIONS, Page, Run, Section
 from babelheads.report.figures import Figure
-from babelheads.report.language_sections import LANGUAGE_KINDS, language_section
-from babelheads.report.rag_sections import RAG_KINDS, rag_section
-from babelheads.report.text import ablation_summary, comparison_summary, detection_summary
 from babelheads.runs import RunStore
-from babelheads.sources import recorded_analysis
-
-KINDS = ("detect", "compare", "ablate", *LANGUAGE_KINDS, *DYNAMIC_KINDS, *RAG_KINDS, *COMPRESS_KINDS)
-COT_TITLE = "Chain-of-thought vs direct answers when retrieval heads are masked"
-COT_CAPTION = (
-    "Word problems asked with a reasoning prompt ('/cot') and a direct-answer prompt ('/direct'): exact "
-    "numeric accuracy as K heads of each set are masked. Wu et al. (2024) report that masking retrieval "
-    "heads hurts chain-of-thought far more than masking random heads. The text summary gives every "
-    "change with its paired 95% interval."
-)
-
-
-@dataclass
-class Run:
-    """One run directory as the report sees it."""
-
-    path: Path
-    store: RunStore
-    kind: str
-    model: str
-    model_key: str
-    seed: int
-    languages: list[str]
-
-
-@dataclass
-class Section:
-    """A heading (level 2: a model, level 3: a part of it), an optional text summary and figures."""
-
-    heading: str
-    level: int = 3
-    summary: str = ""
-    figures: list[Figure] = field(default_factory=list)
-    findings: list[Finding] = field(default_factory=list)
 
 
 def _model_identity(store: RunStore) -> dict:
@@ -83,27 +42,10 @@ def read_runs(paths: list[Path]) -> list[Run]:
         manifest = store.manifest()
         spec = manifest["spec"]
         kind = spec.get("kind")
-        if kind not in KINDS:
-            raise BabelheadsError(f"{path} is a {kind!r} run; the report reads {', '.join(KINDS)} runs.")
+        if kind not in SECTIONS:
+            raise BabelheadsError(f"{path} is a {kind!r} run; the report reads {', '.join(SECTIONS)} runs.")
         config = spec.get("config", {})
-        if kind == "detect":
-            task = config.get("task", {})
-            languages = [pair.replace(":", ">") for pair in task.get("pairs", [])] or task.get(
-                "languages", []
-            )
-        elif kind == "compare":
-            languages = str(store.derived("settings")["languages"].iloc[0]).split()
-        elif kind in DYNAMIC_KINDS:
-            languages = dynamic_languages(kind, config)
-        elif kind in RAG_KINDS:
-            languages = list(config.get("languages", []))
-        elif kind in COMPRESS_KINDS:
-            languages = list(config["niah"]["languages"])
-        elif kind in LANGUAGE_KINDS:
-            texts = config.get("texts")
-            languages = texts["languages"] if isinstance(texts, dict) else list(config.get("languages", []))
-        else:
-            languages = list(dict.fromkeys(store.derived("ablation")["language"]))
+        languages = SECTIONS[kind].languages(store, config)
         identity = _model_identity(store)
         runs.append(
             Run(
@@ -160,132 +102,23 @@ def report_sections(runs: list[Run], min_samples: int = figures.MIN_SAMPLES) -> 
 
 
 def model_sections(runs: list[Run], min_samples: int) -> list[Section]:
-    sections = [Section(f"Model {_short(runs[0].model)}", level=2)]
-    compares = [run for run in runs if run.kind == "compare"]
-    if compares:
-        sections.append(findings_section(compares[0], [run for run in runs if run.kind == "ablate"]))
-    for run in runs:
-        if run.kind == "detect":
-            sections.append(detection_section(run, min_samples))
-    for run in runs:
-        if run.kind == "compare":
-            sections.append(crosslingual_section(run, min_samples))
-    for run in runs:
-        if run.kind == "ablate":
-            table = run.store.derived("ablation")
-            cot = "task" in table and (table["task"] == "cot").any()
-            figure = (
-                figures.ablation_curves(table, min_samples, COT_TITLE, COT_CAPTION)
-                if cot
-                else figures.ablation_curves(table, min_samples)
-            )
-            sections.append(
-                Section(
-                    f"Ablation run {run.path.name}", summary=ablation_summary(run.store), figures=[figure]
-                )
-            )
-    sections += [language_section(run) for run in runs if run.kind in LANGUAGE_KINDS]
-    sections += [dynamic_section(run) for run in runs if run.kind in DYNAMIC_KINDS]
-    sections += [rag_section(run) for run in runs if run.kind in RAG_KINDS]
-    sections += [compress_section(run) for run in runs if run.kind in COMPRESS_KINDS]
-    return sections
-
-
-def detection_section(run: Run, min_samples: int) -> Section:
-    scores = run.store.derived("scores")
-    settings, _ = recorded_analysis(run.store)
-    samples = with_success(run.store.table("samples"), settings.success_threshold)
-    successes = samples.groupby("language")["success"].sum().astype(int).to_dict()
-    full = full_attention_layers(run.store.manifest())
-    return Section(
-        f"Detection run {run.path.name}",
-        summary=detection_summary(run.store),
-        figures=[
-            figures.score_heatmap(scores, successes, min_samples, full),
-            figures.distribution_chart(scores, successes, min_samples),
-        ],
-    )
-
-
-def findings_section(compare: Run, ablations: list[Run]) -> Section:
-    """The study's findings first, each with its verdict and a link to its figure below."""
-    ablation = None
-    for run in ablations:
-        if not (run.store.root / "head_sets.parquet").exists():
+    """A model's heading, the registered lead sections (e.g. the study's findings), then each run's
+    sections: one registered section at a time, its runs in the order they were given."""
+    page = Page(runs, min_samples)
+    drawn = [Section(f"Model {_short(runs[0].model)}", level=2)]
+    for entry in SECTIONS.values():
+        if entry.lead is not None and any(run.kind == entry.kind for run in runs):
+            drawn += entry.lead(runs, page)
+    seen = []
+    for entry in SECTIONS.values():
+        if entry.draw in seen:  # one module drawing several kinds keeps their runs in the given order
             continue
-        sets = run.store.derived("head_sets")
-        if {"agnostic", "specific"} <= set(sets["name"]):
-            ablation = {"head_sets": sets, "samples": completed(run.store.table("samples"))}
-            break
-    findings = study_findings(compare_tables(compare.store), ablation)
-    return Section("Findings of the multilingual study", findings=findings)
-
-
-def compare_tables(store: RunStore) -> dict[str, pd.DataFrame]:
-    return {name: store.derived(name) for name in COMPARE_TABLES if (store.root / f"{name}.parquet").exists()}
-
-
-def crosslingual_section(run: Run, min_samples: int) -> Section:
-    """The tables a compare run wrote, drawn as they are: its threshold, its languages, its notes."""
-    tables = compare_tables(run.store)
-    settings = tables["settings"].iloc[0]
-    threshold = float(settings["threshold"])
-    kept = str(settings["languages"]).split()
-    notes = list(tables.get("notes", pd.DataFrame({"note": []}))["note"])
-    note = "; ".join(notes) + "." if notes else None
-    section = Section(f"Across languages ({run.path.name})", summary=comparison_summary(tables, notes))
-    section.figures.append(figures.accuracy_heatmap(tables["accuracy"]))
-    if len(kept) >= 2 and "overlap" in tables:
-        section.figures.append(figures.overlap_chart(tables["overlap"], note, threshold))
-        section.figures.append(figures.generality_scatter(tables["generality"], len(kept), note, threshold))
-    else:
-        reason = " ".join(filter(None, ["Needs two languages with enough successful samples.", note]))
-        data = pd.DataFrame({"language": kept})
-        section.figures.append(
-            Figure(
-                figures.OVERLAP_TITLE, figures.OVERLAP_CAPTION.format(threshold=threshold), data, note=reason
-            )
-        )
-        section.figures.append(
-            Figure(
-                figures.GENERALITY_TITLE,
-                figures.GENERALITY_CAPTION.format(threshold=threshold),
-                data,
-                note=reason,
-            )
-        )
-    if "rank_agreement" in tables:
-        section.figures.append(figures.rank_matrix(tables["rank_agreement"], kept, note))
-    if "translation" in tables and len(tables["translation"]):
-        translation = tables["translation"]
-        translation = translation.assign(
-            condition=translation["condition"] + " " + translation["needle_kind"]
-        )
-        section.figures.append(figures.translation_chart(translation))
-    return section
-
-
-COMPARE_TABLES = (
-    "settings",
-    "notes",
-    "accuracy",
-    "heads",
-    "overlap",
-    "generality",
-    "overlap_statistics",
-    "rank_agreement",
-    "rank_contrasts",
-    "translation",
-)
-
-
-def full_attention_layers(manifest: dict) -> list[int] | None:
-    """Full-attention layers from the head layout a detection run recorded; None when every layer is
-    alike (nothing worth marking) or the run predates the record."""
-    windows = manifest.get("layout", {}).get("layer_windows")
-    if not windows or len(set(windows)) == 1:
-        return None
-    return [layer for layer, window in enumerate(windows) if window is None]
+        seen.append(entry.draw)
+        kinds = {kind for kind, other in SECTIONS.items() if other.draw is entry.draw}
+        for run in runs:
+            if run.kind in kinds:
+                drawn += entry.draw(run, page)
+    return drawn
 
 
 def _short(model: str) -> str:

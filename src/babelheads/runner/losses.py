@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 
 from babelheads.errors import BabelheadsError
 from babelheads.models import LoadedModel
 from babelheads.probe import HeadGates, Instrument
+from babelheads.tasks.base import Scored
 
 DEFAULT_ROWS = {"cpu": 1, "cuda": 8}
 """Rows per teacher-forced pass when the user sets none. On 2 CPU cores a batch of 4 took 1.22x the time
@@ -20,22 +20,6 @@ and 1.9x the memory of one text at a time (benchmarks/importance_speed.py); a GP
 
 def rows_per_pass(batch_size: int | None, device: torch.device) -> int:
     return batch_size or DEFAULT_ROWS.get(device.type, 1)
-
-
-@dataclass(frozen=True)
-class Scored:
-    """A sequence and the first position whose token is scored (1 scores every token after the first;
-    a QA prompt's length scores only the answer)."""
-
-    input_ids: tuple[int, ...]
-    scored_from: int = 1
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.scored_from < len(self.input_ids):
-            raise ValueError(
-                f"scored_from must lie in [1, {len(self.input_ids)}) for a sequence of "
-                f"{len(self.input_ids)} tokens. Got {self.scored_from}."
-            )
 
 
 def row_losses(

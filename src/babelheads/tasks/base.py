@@ -11,12 +11,28 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from babelheads.models import LoadedModel
+    pass
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A sequence and the first position whose token is scored (1 scores every token after the first;
+    a QA prompt's length scores only the answer)."""
+
+    input_ids: tuple[int, ...]
+    scored_from: int = 1
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.scored_from < len(self.input_ids):
+            raise ValueError(
+                f"scored_from must lie in [1, {len(self.input_ids)}) for a sequence of "
+                f"{len(self.input_ids)} tokens. Got {self.scored_from}."
+            )
 
 
 @dataclass(frozen=True)
@@ -58,26 +74,6 @@ class Skipped:
             "status": "skipped",
             "reason": self.reason,
         }
-
-
-class Task(Protocol):
-    """A task builds its samples for a loaded model and scores what the model wrote."""
-
-    name: str
-
-    def sample_ids(self) -> list[str]:
-        """Every sample's id, without a model: a finished run is recognised before any model loads."""
-        ...
-
-    def identity(self) -> dict:
-        """What decides the samples' content beyond the config (hashes of the data files read)."""
-        ...
-
-    def build(self, loaded: LoadedModel) -> list[Sample | Skipped]: ...
-
-    def score(self, sample: Sample, output: str) -> dict[str, object]:
-        """Columns for the samples table; must hold 'success' (bool)."""
-        ...
 
 
 def safe_id(text: str) -> str:

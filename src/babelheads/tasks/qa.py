@@ -10,8 +10,7 @@ from typing import TYPE_CHECKING
 from babelheads.data.languages import Language, load_language
 from babelheads.data.qa import Question, load_questions
 from babelheads.errors import TaskError
-from babelheads.runner.losses import Scored
-from babelheads.tasks.base import Sample, content_digest, safe_id
+from babelheads.tasks.base import Sample, Scored, content_digest, safe_id
 from babelheads.tasks.lm_texts import HALVES, split_documents
 
 QA_TOKENS = 10

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from babelheads.report import language_figures as figures
+from babelheads.report.base import Page, ReportSection, Run, Section, register_section
 from babelheads.report.language_text import adaptation_summary, importance_summary, language_test_summary
+from babelheads.runs import RunStore
 
-if TYPE_CHECKING:
-    from babelheads.report.html import Run, Section
-
-LANGUAGE_KINDS = ("importance", "language-test", "adapt")
 EFFECTS = {
     "ppl": (
         "ppl",
@@ -45,9 +41,16 @@ EFFECTS = {
 }
 
 
-def language_section(run: Run) -> Section:
-    from babelheads.report.html import Section
+def languages(store: RunStore, config: dict) -> list[str]:
+    texts = config.get("texts")
+    return texts["languages"] if isinstance(texts, dict) else list(config.get("languages", []))
 
+
+def draw(run: Run, page: Page) -> list[Section]:
+    return [_section(run)]
+
+
+def _section(run: Run) -> Section:
     store = run.store
     spec = store.manifest()["spec"]
     name = run.path.name
@@ -84,3 +87,7 @@ def language_section(run: Run) -> Section:
     return Section(
         f"Language test {experiment}: run {name}", summary=language_test_summary(store), figures=drawn
     )
+
+
+for _kind in ("importance", "language-test", "adapt"):
+    register_section(ReportSection(_kind, languages, draw))

@@ -3,25 +3,22 @@ dynamic ablation."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from babelheads.report import dynamic_figures as figures
+from babelheads.report.base import Page, ReportSection, Run, Section, register_section
 from babelheads.report.dynamic_text import dynamic_ablation_summary, dynamic_summary
-
-if TYPE_CHECKING:
-    from babelheads.report.html import Run, Section
-
-DYNAMIC_KINDS = ("dynamic", "dynamic-ablate")
+from babelheads.runs import RunStore
 
 
-def dynamic_languages(run_kind: str, config: dict) -> list[str]:
+def languages(store: RunStore, config: dict) -> list[str]:
     task = config.get("niah") or config.get("multihop") or {}
     return list(task.get("languages", []))
 
 
-def dynamic_section(run: Run) -> Section:
-    from babelheads.report.html import Section
+def draw(run: Run, page: Page) -> list[Section]:
+    return [_section(run)]
 
+
+def _section(run: Run) -> Section:
     store = run.store
     name = run.path.name
     if run.kind == "dynamic-ablate":
@@ -49,3 +46,7 @@ def dynamic_section(run: Run) -> Section:
         if not probe.empty:
             drawn.append(figures.probe_curves(store.derived("probe_curves"), probe))
     return Section(f"Dynamic retrieval heads run {name}", summary=dynamic_summary(store), figures=drawn)
+
+
+for _kind in ("dynamic", "dynamic-ablate"):
+    register_section(ReportSection(_kind, languages, draw))

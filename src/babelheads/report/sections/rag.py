@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from babelheads.report import rag_figures as figures
+from babelheads.report.base import Page, ReportSection, Run, Section, register_section
 from babelheads.report.rag_text import rag_summary, traced_question
-
-if TYPE_CHECKING:
-    from babelheads.report.html import Run, Section
-
-RAG_KINDS = ("rag",)
+from babelheads.runs import RunStore
 
 
-def rag_section(run: Run) -> Section:
-    from babelheads.report.html import Section
+def languages(store: RunStore, config: dict) -> list[str]:
+    return list(config.get("languages", []))
 
+
+def draw(run: Run, page: Page) -> list[Section]:
     store = run.store
     drawn = [figures.scores_chart(store.derived("rag_scores"))]
     sample_id = traced_question(store)
     if sample_id is not None:
         drawn.append(figures.trace_chart(store.table("samples"), store.table("trace"), sample_id))
-    return Section(f"Dynamic RAG run {run.path.name}", summary=rag_summary(store), figures=drawn)
+    return [Section(f"Dynamic RAG run {run.path.name}", summary=rag_summary(store), figures=drawn)]
+
+
+SECTION = register_section(ReportSection("rag", languages, draw))
