@@ -79,7 +79,7 @@ class AblateConfig:
             raise BabelheadsError(f"Unknown holdout {self.holdout!r}. Use one of: {', '.join(HOLDOUTS)}.")
         if not math.isfinite(self.threshold):
             raise BabelheadsError(f"--threshold must be a finite score, e.g. 0.1. Got {self.threshold}.")
-        if not 0 <= self.success_threshold < 1:  # NaN fails this too
+        if not (math.isfinite(self.success_threshold) and 0 <= self.success_threshold < 1):
             raise BabelheadsError(f"success_threshold must lie in [0, 1). Got {self.success_threshold}.")
         if self.replicates < 1:
             raise BabelheadsError(f"replicates must be at least 1 (bootstrap draws). Got {self.replicates}.")
