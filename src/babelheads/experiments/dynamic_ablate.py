@@ -16,6 +16,7 @@ answer in it) and ROUGE-L, per sample, with intervals over samples.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -75,7 +76,7 @@ class DynamicAblateConfig:
             raise BabelheadsError(f"method must be one of {', '.join(METHODS)}. Got {self.method!r}.")
         if self.random_seeds < 1 or not self.progressive or min(self.progressive) < 1:
             raise BabelheadsError("random_seeds must be >= 1 and every progressive k >= 1.")
-        if self.static_k < 0 or not 0 < self.static_share <= 1:  # NaN fails the share's test too
+        if self.static_k < 0 or not (math.isfinite(self.static_share) and 0 < self.static_share <= 1):
             raise BabelheadsError(
                 f"--static-k must be >= 0 and --static-share in (0, 1]. Got {self.static_k}, "
                 f"{self.static_share}."
