@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from babelheads.analysis.scores import mean_interval
+from babelheads.analysis.stats import LEVEL, Interval, bootstrap_mean
 from babelheads.errors import BabelheadsError
 from babelheads.heads import HeadAddress
 
@@ -114,11 +114,13 @@ def select_head_sets(
 
 
 def paired_delta(
-    masked: np.ndarray, baseline: np.ndarray, replicates: int, seed: int, level: float = 0.95
-) -> tuple[float, float, float]:
-    """Mean of masked - baseline over paired samples, with a percentile bootstrap interval."""
+    masked: np.ndarray, baseline: np.ndarray, replicates: int, seed: int, level: float = LEVEL
+) -> Interval:
+    """Mean of masked - baseline over paired samples (arrays of shape (samples,), already aligned),
+    with a percentile bootstrap interval. A NaN difference is kept (it makes the mean NaN), and one
+    sample keeps its zero-width interval: the ablation tables have always had both."""
     differences = np.asarray(masked, dtype=float) - np.asarray(baseline, dtype=float)
-    return mean_interval(differences, replicates, seed, level)
+    return bootstrap_mean(differences, replicates, seed, level, min_units=1)
 
 
 def effects(evaluations: pd.DataFrame, sets: pd.DataFrame, replicates: int, seed: int) -> pd.DataFrame:
@@ -138,9 +140,8 @@ def effects(evaluations: pd.DataFrame, sets: pd.DataFrame, replicates: int, seed
             frame = frame.set_index("sample_id").sort_index()
             base = baseline.loc[frame.index]
             accuracy = paired_delta(frame["success"], base["success"], replicates, seed)
+            # no ROUGE (word problems): every difference is NaN, and so is the delta
             rouge = paired_delta(frame["rouge1_recall"], base["rouge1_recall"], replicates, seed)
-            if frame["rouge1_recall"].isna().all():
-                rouge = (np.nan, np.nan, np.nan)
             rows.append(
                 {
                     "head_set": head_set["name"],

@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 
 from babelheads.analysis.aggregate import AggregateSettings, ThinDataWarning, aggregate
+from babelheads.analysis.stats import MIN_UNITS, percentile_interval
 
 STEP_COLUMNS = ("needle_copy", "copy")
-MIN_SAMPLES = 2
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,7 @@ def dynamism(steps: StepHeads, static: np.ndarray, replicates: int = 1000, seed:
     draws = np.random.default_rng(seed).multinomial(
         len(order), np.full(len(order), 1 / len(order)), replicates
     )
-    spread = _statistics(parts, draws.astype(float)) if len(order) >= MIN_SAMPLES else {}
+    spread = _statistics(parts, draws.astype(float)) if len(order) >= MIN_UNITS else {}
     references = {
         "jaccard_static": 1.0,
         "jaccard_adjacent": 1.0,
@@ -158,10 +158,8 @@ def dynamism(steps: StepHeads, static: np.ndarray, replicates: int = 1000, seed:
     rows = []
     for name, value in point.items():
         low = high = np.nan
-        if name in spread:
-            finite = spread[name][np.isfinite(spread[name])]
-            if len(finite):
-                low, high = np.quantile(finite, [0.025, 0.975])
+        if name in spread:  # a draw without retrieval steps (or pairs) has no ratio: it does not count
+            low, high = percentile_interval(spread[name][np.isfinite(spread[name])])
         rows.append(
             {
                 "statistic": name,
@@ -173,7 +171,7 @@ def dynamism(steps: StepHeads, static: np.ndarray, replicates: int = 1000, seed:
                 "retrieval_steps": int(parts.retrieval_steps.sum()),
             }
         )
-    if len(order) < MIN_SAMPLES or parts.retrieval_steps.sum() == 0:
+    if len(order) < MIN_UNITS or parts.retrieval_steps.sum() == 0:
         warnings.warn(
             f"{len(order)} samples with {int(parts.retrieval_steps.sum())} retrieval steps: the dynamism "
             "statistics have no interval (NaN).",

@@ -23,6 +23,7 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, r2_
 from sklearn.preprocessing import MinMaxScaler
 
 from babelheads.analysis.aggregate import ThinDataWarning
+from babelheads.analysis.stats import MIN_UNITS, percentile_interval
 from babelheads.errors import BabelheadsError
 
 PARTS = ("train", "validation", "test")
@@ -270,9 +271,10 @@ def _f1(labels: np.ndarray, predicted: np.ndarray) -> float:
 
 
 def _sample_draws(sample_ids: np.ndarray, settings: ProbeSettings) -> list[np.ndarray]:
-    """Row indices of ``replicates`` draws of whole test samples with replacement (none for < 2)."""
+    """Row indices of ``replicates`` draws of whole test samples with replacement (none for fewer than
+    MIN_UNITS samples: no interval)."""
     unique = sorted(set(sample_ids))
-    if len(unique) < 2:
+    if len(unique) < MIN_UNITS:
         return []
     members = {sample_id: np.flatnonzero(sample_ids == sample_id) for sample_id in unique}
     rng = np.random.default_rng(settings.seed)
@@ -283,11 +285,9 @@ def _sample_draws(sample_ids: np.ndarray, settings: ProbeSettings) -> list[np.nd
 
 
 def _bounds(name: str, draws: np.ndarray) -> dict[str, float]:
-    finite = draws[np.isfinite(draws)] if len(draws) else draws
-    if len(finite) == 0:
-        return {f"{name}_low": np.nan, f"{name}_high": np.nan}
-    low, high = np.percentile(finite, [2.5, 97.5])
-    return {f"{name}_low": float(low), f"{name}_high": float(high)}
+    # a draw without a positive, or without variation, has no F1, AUPRC or R^2: it does not count
+    low, high = percentile_interval(draws[np.isfinite(draws)])
+    return {f"{name}_low": low, f"{name}_high": high}
 
 
 def _auprc(labels: np.ndarray, scores: np.ndarray) -> float:

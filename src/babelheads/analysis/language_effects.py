@@ -7,63 +7,40 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from babelheads.analysis.stats import Contrast, bootstrap_statistics, nested_contrast
+
 RANDOM_PREFIX = "random"
 
 
-def _draws(
+def _contrast(
     frame: pd.DataFrame, value: str, first: list[str], second: list[str], replicates: int, seed: int
-) -> tuple[float, np.ndarray, int]:
+) -> Contrast:
     """mean over units of value(first) - value(second) (``second`` empty: of value(first)), each side
-    averaged over its conditions (the seeds of a random set), on units that have all of them; and its
-    bootstrap draws, which resample the units and, where a side has several draws of random heads, those
-    draws too: the spread between random head sets belongs in the interval."""
+    averaged over its conditions (the seeds of a random set), on units that have all of them; the
+    bootstrap also resamples a side's several random head sets (:func:`stats.nested_contrast`). One unit
+    keeps its zero-width interval, as these tables always had."""
     wide = frame[frame["condition"].isin(first + second)].pivot_table(
         index="unit", columns="condition", values=value, aggfunc="mean"
     )
     if not set(first + second) <= set(wide.columns):
-        return np.nan, np.array([]), 0
+        return Contrast(np.nan, np.nan, np.nan, 0)
     wide = wide.dropna()
-    a, b = wide[first].to_numpy(dtype=float), wide[second].to_numpy(dtype=float)
-    units = len(wide)
-    if units == 0:
-        return np.nan, np.array([]), 0
-
-    def estimate(rows: np.ndarray, columns_a: np.ndarray, columns_b: np.ndarray) -> float:
-        left = a[np.ix_(rows, columns_a)].mean(axis=1)
-        right = b[np.ix_(rows, columns_b)].mean(axis=1) if second else 0.0
-        return float(np.mean(left - right))
-
-    point = estimate(np.arange(units), np.arange(len(first)), np.arange(len(second)))
-    rng = np.random.default_rng(seed)
-    draws = np.empty(replicates)
-    for index in range(replicates):
-        rows = rng.integers(0, units, units)
-        columns_a = rng.integers(0, len(first), len(first)) if len(first) > 1 else np.arange(len(first))
-        columns_b = rng.integers(0, len(second), len(second)) if len(second) > 1 else np.arange(len(second))
-        draws[index] = estimate(rows, columns_a, columns_b)
-    return point, draws, units
-
-
-def _interval(point: float, draws: np.ndarray) -> tuple[float, float]:
-    if len(draws) == 0 or np.isnan(point):
-        return np.nan, np.nan
-    lo, hi = np.percentile(draws, [2.5, 97.5])
-    return float(lo), float(hi)
+    return nested_contrast(
+        wide[first].to_numpy(dtype=float), wide[second].to_numpy(dtype=float), replicates, seed, min_units=1
+    )
 
 
 def paired(
     frame: pd.DataFrame, value: str, first: list[str], second: list[str], replicates: int, seed: int
 ) -> dict:
     """mean over units of value(first) - value(second), units present in both, with its interval."""
-    point, draws, units = _draws(frame, value, first, second, replicates, seed)
-    lo, hi = _interval(point, draws)
-    return {"difference": point, "lo": lo, "hi": hi, "units": units}
+    contrast = _contrast(frame, value, first, second, replicates, seed)
+    return {"difference": contrast.value, "lo": contrast.low, "hi": contrast.high, "units": contrast.units}
 
 
 def level(frame: pd.DataFrame, value: str, conditions: list[str], replicates: int, seed: int) -> dict:
-    point, draws, _ = _draws(frame, value, conditions, [], replicates, seed)
-    lo, hi = _interval(point, draws)
-    return {"mean": point, "lo": lo, "hi": hi}
+    contrast = _contrast(frame, value, conditions, [], replicates, seed)
+    return {"mean": contrast.value, "lo": contrast.low, "hi": contrast.high}
 
 
 def _random(frame: pd.DataFrame, name: str) -> list[str]:
@@ -157,21 +134,17 @@ def diagonality(frame: pd.DataFrame, replicates: int, seed: int) -> pd.DataFrame
         out["all:ratio"] = float(np.mean(diagonal) / np.mean(off)) if np.mean(off) > 0 else np.nan
         return out
 
-    point = statistic(deltas)
-    rng = np.random.default_rng(seed)
-    draws = []
-    for _ in range(replicates):
-        draw = {
-            code: frame_.iloc[rng.integers(0, len(frame_), len(frame_))] for code, frame_ in deltas.items()
+    def resample(data: dict[str, pd.DataFrame], rng: np.random.Generator) -> dict[str, pd.DataFrame]:
+        return {code: texts.iloc[rng.integers(0, len(texts), len(texts))] for code, texts in data.items()}
+
+    table = bootstrap_statistics(deltas, statistic, resample, replicates, seed)
+    names = table["statistic"].str.split(":", expand=True)
+    return pd.DataFrame(
+        {
+            "test_language": names[0],
+            "measure": "diagonal_" + names[1],
+            "value": table["value"],
+            "lo": table["low"],
+            "hi": table["high"],
         }
-        draws.append(statistic(draw))
-    rows = []
-    for name, value in point.items():
-        values = np.array([draw[name] for draw in draws], dtype=float)
-        values = values[~np.isnan(values)]
-        lo, hi = np.percentile(values, [2.5, 97.5]) if len(values) else (np.nan, np.nan)
-        language, measure = name.split(":")
-        rows.append(
-            {"test_language": language, "measure": f"diagonal_{measure}", "value": value, "lo": lo, "hi": hi}
-        )
-    return pd.DataFrame(rows)
+    )
