@@ -12,11 +12,12 @@ import pytest
 import torch
 from test_cli_and_runs import assert_one_line_error, run_cli
 
+from babelheads.analysis.rag_scores import rag_contrasts, rag_scores
 from babelheads.data.languages import load_language
 from babelheads.data.multihop import TwoHop, load_two_hop
 from babelheads.errors import BabelheadsError, TaskError
 from babelheads.execution import Execution
-from babelheads.experiments.rag import RagConfig, _questions, rag_contrasts, rag_scores
+from babelheads.experiments.rag import RagConfig, _questions
 from babelheads.probe import Instrument, ProbeSettings
 from babelheads.rag.collection import Bm25Index, Document, build_collection, cached_index
 from babelheads.rag.loop import LoopSettings, Question, RetrievalLoop

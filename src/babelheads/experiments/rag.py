@@ -11,16 +11,14 @@ out here). Each question is one resumable part holding every selection's answer 
 from __future__ import annotations
 
 import random
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from babelheads.analysis.aggregate import ThinDataWarning
 from babelheads.analysis.head_probes import TrainedProbe
-from babelheads.analysis.scores import mean_interval
+from babelheads.analysis.rag_scores import rag_contrasts, rag_scores
 from babelheads.data.languages import Language, load_language
 from babelheads.data.multihop import TwoHop, load_two_hop
 from babelheads.errors import BabelheadsError
@@ -29,7 +27,7 @@ from babelheads.experiments.base import Experiment, ModelChoice, Prepared, run_e
 from babelheads.models import LoadedModel, resolved_precision
 from babelheads.probe import Instrument, ProbeSettings
 from babelheads.rag.collection import build_collection, cached_index
-from babelheads.rag.loop import HEAD_GUIDED, SELECTIONS, Branch, LoopSettings, Question, RetrievalLoop
+from babelheads.rag.loop import SELECTIONS, Branch, LoopSettings, Question, RetrievalLoop
 from babelheads.rag.trigger import load_stop_words
 from babelheads.runner.jobs import DEFAULT_BATCH_SIZE
 from babelheads.runner.parts import Part, execute_parts, in_batches_of
@@ -40,13 +38,7 @@ from babelheads.tasks.base import content_digest, safe_id
 from babelheads.tasks.multihop import MultihopSettings, MultihopTask
 from babelheads.tasks.niah import check_prompt_format
 
-METRICS = ("exact", "f1", "contains")
 PROBES = ("all", "language")
-CONTRASTS = (
-    *((selection, baseline) for selection in HEAD_GUIDED for baseline in ("none", "question")),
-    ("dynamic", "static"),
-    ("dynamic", "dragin"),
-)
 
 
 @dataclass(frozen=True)
@@ -405,68 +397,3 @@ def finalize(store: RunStore, config: RagConfig) -> None:
     contrasts = rag_contrasts(samples, config.replicates, config.seed)
     store.write_derived("rag_contrasts", contrasts)
     store.write_csv("rag_contrasts", contrasts)
-
-
-def _with_pooled(samples: pd.DataFrame) -> pd.DataFrame:
-    """The samples once per language and once more under 'all' (languages pooled), when several."""
-    if samples["language"].nunique() < 2:
-        return samples
-    return pd.concat([samples, samples.assign(language=ALL)], ignore_index=True)
-
-
-def rag_scores(samples: pd.DataFrame, replicates: int, seed: int) -> pd.DataFrame:
-    """Per language and selection: EM, token F1 and containment over questions with bootstrap
-    intervals; mean retrievals, documents in the final context and the share of supporting facts
-    among them."""
-    rows = []
-    for (language, selection), group in _with_pooled(samples).groupby(["language", "selection"], sort=False):
-        row = {"language": language, "selection": selection, "questions": len(group)}
-        for metric in METRICS:
-            point, low, high = mean_interval(group[metric].to_numpy(float), replicates, seed)
-            if len(group) < 2:
-                low = high = np.nan
-            row.update({metric: point, f"{metric}_low": low, f"{metric}_high": high})
-        for column in ("retrievals", "documents", "gold_found"):
-            row[column] = float(group[column].mean())
-        row["retrieved"] = float((group["retrievals"] > 0).mean())
-        rows.append(row)
-    return (
-        pd.DataFrame(rows).sort_values(["language", "selection"], key=_selection_order).reset_index(drop=True)
-    )
-
-
-def _selection_order(column: pd.Series) -> pd.Series:
-    """Selections in SELECTIONS order; languages alphabetical with the pooled 'all' last."""
-    if column.name == "selection":
-        return column.map({selection: rank for rank, selection in enumerate(SELECTIONS)})
-    return column.map(lambda code: (code == ALL, code))
-
-
-def rag_contrasts(samples: pd.DataFrame, replicates: int, seed: int) -> pd.DataFrame:
-    """Paired per question: each head-guided selection minus no retrieval and minus the question-only
-    query, and dynamic minus static and minus DRAGIN's heads, for EM and F1, with intervals."""
-    rows = []
-    for language, group in _with_pooled(samples).groupby("language", sort=True):
-        for metric in ("exact", "f1"):
-            wide = group.pivot_table(index="sample_id", columns="selection", values=metric, aggfunc="mean")
-            for first, second in CONTRASTS:
-                if {first, second} <= set(wide.columns):
-                    difference = (wide[first] - wide[second]).dropna().to_numpy(float)
-                    point, low, high = mean_interval(difference, replicates, seed)
-                    if len(difference) < 2:
-                        low = high = np.nan
-                    rows.append(
-                        {
-                            "language": language,
-                            "metric": metric,
-                            "contrast": f"{first} - {second}",
-                            "difference": point,
-                            "low": low,
-                            "high": high,
-                            "questions": len(difference),
-                        }
-                    )
-    if samples["sample_id"].nunique() < 2:
-        warnings.warn("Fewer than 2 questions: no intervals (NaN).", ThinDataWarning, stacklevel=2)
-    columns = ["language", "metric", "contrast", "difference", "low", "high", "questions"]
-    return pd.DataFrame(rows, columns=columns)
