@@ -10,7 +10,6 @@ one prefill of its context; the question is prefilled after compression and neve
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -18,8 +17,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from babelheads.analysis.aggregate import ThinDataWarning, completed
-from babelheads.analysis.scores import mean_interval
+from babelheads.analysis.aggregate import completed
+from babelheads.analysis.compression import compress_contrasts, compress_scores
 from babelheads.errors import BabelheadsError
 from babelheads.execution import DEFAULT_EXECUTION, Execution
 from babelheads.experiments.base import Experiment, ModelChoice, Prepared, run_experiment
@@ -364,83 +363,11 @@ def _sample_rows(
     return rows
 
 
-def _interval(values: np.ndarray, replicates: int, seed: int) -> tuple[float, float, float]:
-    point, low, high = mean_interval(values, replicates, seed)
-    return (point, np.nan, np.nan) if len(values) < 2 else (point, low, high)
-
-
 def finalize(store: RunStore, config: CompressConfig) -> None:
     samples = completed(store.table("samples"))
-    rows = []
-    keys = ["language", "policy", "heads", "share"]
-    for key, group in samples.groupby(keys, sort=True):
-        per_sample = group.groupby("sample_id")[
-            ["success", "rouge1_recall", "bytes_ratio", "full_layers_ratio"]
-        ].mean()
-        accuracy = _interval(per_sample["success"].to_numpy(float), config.replicates, config.seed)
-        rows.append(
-            {
-                **dict(zip(keys, key, strict=True)),
-                "samples": len(per_sample),
-                "accuracy": accuracy[0],
-                "accuracy_low": accuracy[1],
-                "accuracy_high": accuracy[2],
-                "rouge1_recall": float(per_sample["rouge1_recall"].mean()),
-                "bytes_ratio": float(per_sample["bytes_ratio"].mean()),
-                "full_layers_ratio": float(per_sample["full_layers_ratio"].mean()),
-                "kv_heads_full": float(group["kv_heads_full"].mean()),
-                "kv_heads": int(group["kv_heads"].iloc[0]),
-            }
-        )
-    scores = pd.DataFrame(rows)
+    scores = compress_scores(samples, config.replicates, config.seed)
     store.write_derived("compress_scores", scores)
     store.write_csv("compress_scores", scores)
     contrasts = compress_contrasts(samples, config.replicates, config.seed)
     store.write_derived("compress_contrasts", contrasts)
     store.write_csv("compress_contrasts", contrasts)
-    if (scores["samples"] < 2).any():
-        warnings.warn(
-            "Some conditions have fewer than 2 samples: no intervals (NaN).", ThinDataWarning, stacklevel=2
-        )
-
-
-def compress_contrasts(samples: pd.DataFrame, replicates: int, seed: int) -> pd.DataFrame:
-    """Paired per sample, at equal bytes: each head set's head-split (and head-budget) minus the
-    uniform window and minus random heads (mean over draws), and head-split minus full."""
-    rows = []
-    for (language, share), group in samples.groupby(["language", "share"], sort=True):
-        if share == 1.0 and set(group["policy"]) == {"full"}:
-            continue
-        full = samples[(samples["language"] == language) & (samples["policy"] == "full")].set_index(
-            "sample_id"
-        )
-        window = group[group["policy"] == "window"].set_index("sample_id")["success"]
-        for heads, own in group[group["heads"] != ""].groupby("heads", sort=True):
-            random = own[own["policy"] == "random-heads"].groupby("sample_id")["success"].mean()
-            for policy in ("head-split", "head-budget"):
-                chosen = own[own["policy"] == policy].set_index("sample_id")["success"]
-                if chosen.empty:
-                    continue
-                for baseline, values in (
-                    ("window", window),
-                    ("random-heads", random),
-                    ("full", full["success"]),
-                ):
-                    if values.empty:
-                        continue
-                    paired = (chosen.astype(float) - values.astype(float)).dropna().to_numpy()
-                    point, low, high = _interval(paired, replicates, seed)
-                    rows.append(
-                        {
-                            "language": language,
-                            "share": share,
-                            "heads": heads,
-                            "contrast": f"{policy} - {baseline}",
-                            "difference": point,
-                            "low": low,
-                            "high": high,
-                            "samples": len(paired),
-                        }
-                    )
-    columns = ["language", "share", "heads", "contrast", "difference", "low", "high", "samples"]
-    return pd.DataFrame(rows, columns=columns)

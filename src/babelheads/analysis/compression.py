@@ -1,0 +1,90 @@
+"""A compress run's answers into accuracy per condition and paired contrasts between policies.
+
+samples : the compress run's finished samples, one row per sample and condition: sample_id, language,
+policy, heads (the head set; '' for full and window), share, seed (a random-heads draw; -1 otherwise),
+success, rouge1_recall, bytes_ratio, full_layers_ratio, kv_heads_full, kv_heads.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pandas as pd
+
+from babelheads.analysis.stats import MIN_UNITS, bootstrap_mean, paired_contrast
+from babelheads.errors import ThinDataWarning
+
+
+def compress_scores(samples: pd.DataFrame, replicates: int, seed: int) -> pd.DataFrame:
+    """Per language, policy, head set and share: accuracy over samples (random draws averaged per
+    sample first) with its interval (accuracy_low, accuracy_high; NaN under MIN_UNITS samples, with one
+    warning for the run), mean ROUGE-1 recall, byte ratios against full, and KV heads kept whole."""
+    rows = []
+    keys = ["language", "policy", "heads", "share"]
+    for key, group in samples.groupby(keys, sort=True):
+        per_sample = group.groupby("sample_id")[
+            ["success", "rouge1_recall", "bytes_ratio", "full_layers_ratio"]
+        ].mean()
+        accuracy = bootstrap_mean(per_sample["success"].to_numpy(float), replicates, seed, warn=False)
+        rows.append(
+            {
+                **dict(zip(keys, key, strict=True)),
+                "samples": len(per_sample),
+                "accuracy": accuracy.value,
+                "accuracy_low": accuracy.low,
+                "accuracy_high": accuracy.high,
+                "rouge1_recall": float(per_sample["rouge1_recall"].mean()),
+                "bytes_ratio": float(per_sample["bytes_ratio"].mean()),
+                "full_layers_ratio": float(per_sample["full_layers_ratio"].mean()),
+                "kv_heads_full": float(group["kv_heads_full"].mean()),
+                "kv_heads": int(group["kv_heads"].iloc[0]),
+            }
+        )
+    scores = pd.DataFrame(rows)
+    if (scores["samples"] < MIN_UNITS).any():
+        warnings.warn(
+            "Some conditions have fewer than 2 samples: no intervals (NaN).", ThinDataWarning, stacklevel=2
+        )
+    return scores
+
+
+def compress_contrasts(samples: pd.DataFrame, replicates: int, seed: int) -> pd.DataFrame:
+    """Paired per sample, at equal bytes: each head set's head-split (and head-budget) minus the
+    uniform window and minus random heads (mean over draws), and head-split minus full; success rates
+    with intervals (low, high; NaN under MIN_UNITS paired samples, which compress_scores warns of)."""
+    rows = []
+    for (language, share), group in samples.groupby(["language", "share"], sort=True):
+        if share == 1.0 and set(group["policy"]) == {"full"}:
+            continue
+        full = samples[(samples["language"] == language) & (samples["policy"] == "full")].set_index(
+            "sample_id"
+        )
+        window = group[group["policy"] == "window"].set_index("sample_id")["success"]
+        for heads, own in group[group["heads"] != ""].groupby("heads", sort=True):
+            random = own[own["policy"] == "random-heads"].groupby("sample_id")["success"].mean()
+            for policy in ("head-split", "head-budget"):
+                chosen = own[own["policy"] == policy].set_index("sample_id")["success"]
+                if chosen.empty:
+                    continue
+                for baseline, values in (
+                    ("window", window),
+                    ("random-heads", random),
+                    ("full", full["success"]),
+                ):
+                    if values.empty:
+                        continue
+                    contrast = paired_contrast(chosen, values, replicates, seed, warn=False)
+                    rows.append(
+                        {
+                            "language": language,
+                            "share": share,
+                            "heads": heads,
+                            "contrast": f"{policy} - {baseline}",
+                            "difference": contrast.value,
+                            "low": contrast.low,
+                            "high": contrast.high,
+                            "samples": contrast.units,
+                        }
+                    )
+    columns = ["language", "share", "heads", "contrast", "difference", "low", "high", "samples"]
+    return pd.DataFrame(rows, columns=columns)
