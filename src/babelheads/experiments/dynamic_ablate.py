@@ -17,15 +17,14 @@ answer in it) and ROUGE-L, per sample, with intervals over samples.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from babelheads.analysis.aggregate import ThinDataWarning, completed
-from babelheads.analysis.scores import mean_interval
+from babelheads.analysis.aggregate import completed
+from babelheads.analysis.dynamic_ablation import contrasts, per_sample, summary
 from babelheads.errors import BabelheadsError
 from babelheads.execution import DEFAULT_EXECUTION, Execution
 from babelheads.experiments.base import Experiment, ModelChoice, Prepared, run_experiment
@@ -325,86 +324,11 @@ def _sequences(table: pd.DataFrame, steps: int) -> dict[tuple[str, int, int], li
     return sequences
 
 
-def per_sample(samples: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
-    """One row per (sample, condition, k): the answer's exact match and ROUGE-L, and over the sample's
-    retrieval steps (steps with a dynamic head) the share of tokens kept, the heads masked and the
-    compensating heads. Random draws are averaged per sample."""
-    keys = ["sample_id", "language", "condition", "k"]
-    answers = samples.groupby(keys)[["exact", "rougeL"]].mean()
-    retrieval = steps[(steps["dynamic_heads"] > 0) | (steps["condition"] == "clean")].copy()
-    retrieval["k"] = retrieval["k"].where(retrieval["condition"] == "progressive", 0)
-    retrieval["masked_heads"] = retrieval["heads"].str.split().str.len()
-    columns = ["kept", "masked_heads", "compensating", "compensating_static"]
-    per_step = retrieval.groupby(keys)[columns].mean().rename(columns={"kept": "token_kept"})
-    return answers.join(per_step, how="left").reset_index()
-
-
 def finalize(store: RunStore, config: DynamicAblateConfig) -> None:
-    """Summaries over the samples whose clean answer is right (a masked step cannot break an answer
-    that was already wrong); how many that are is in ``samples`` beside ``samples_run``."""
+    """Summaries over the samples whose clean answer is right; how many that are is in ``samples``
+    beside ``samples_run``."""
     table = per_sample(completed(store.table("samples")), store.table("steps"))
-    right = set(table.loc[(table["condition"] == "clean") & table["exact"].astype(bool), "sample_id"])
-    used = table[table["sample_id"].isin(right)]
-    rows = []
-    for (language, condition, k), group in table.groupby(["language", "condition", "k"]):
-        chosen = used[(used["language"] == language) & (used["condition"] == condition) & (used["k"] == k)]
-        row = {
-            "language": language,
-            "condition": condition,
-            "k": k,
-            "samples": len(chosen),
-            "samples_run": len(group),
-        }
-        for metric in ("exact", "rougeL", "token_kept"):
-            row.update(
-                _mean_interval(
-                    chosen[metric].dropna().to_numpy(float), metric, config.replicates, config.seed
-                )
-            )
-        for metric in ("masked_heads", "compensating", "compensating_static"):
-            row[metric] = float(chosen[metric].mean()) if len(chosen) else np.nan
-        rows.append(row)
-    summary = pd.DataFrame(rows)
-    if (summary["samples"] < 2).any():
-        thin = sorted(set(summary.loc[summary["samples"] < 2, "language"]))
-        warnings.warn(
-            f"{', '.join(thin)}: fewer than 2 samples answered right without masks: no intervals (NaN).",
-            ThinDataWarning,
-            stacklevel=2,
-        )
-    store.write_derived("dynamic_ablation", summary)
-    store.write_csv("dynamic_ablation", summary)
-    store.write_derived("dynamic_ablation_contrasts", contrasts(used, config.replicates, config.seed))
-
-
-def _mean_interval(values: np.ndarray, name: str, replicates: int, seed: int) -> dict[str, float]:
-    """The mean over samples with its bootstrap interval; one sample has no interval (NaN)."""
-    point, low, high = mean_interval(values, replicates, seed)
-    if len(values) < 2:
-        low = high = np.nan
-    return {name: point, f"{name}_low": low, f"{name}_high": high}
-
-
-def contrasts(table: pd.DataFrame, replicates: int, seed: int) -> pd.DataFrame:
-    """Paired per sample: each metric with the dynamic heads masked minus with as many static heads,
-    and minus as many random heads (mean over draws); negative means masking dynamic heads hurts more."""
-    rows = []
-    for language, group in table.groupby("language"):
-        for metric in ("token_kept", "exact"):
-            wide = group[group["condition"].isin(["dynamic", "static", "random"])].pivot_table(
-                index="sample_id", columns="condition", values=metric, aggfunc="mean"
-            )
-            for baseline in ("static", "random"):
-                if {"dynamic", baseline} <= set(wide.columns):
-                    difference = (wide["dynamic"] - wide[baseline]).dropna().to_numpy(float)
-                    rows.append(
-                        {
-                            "language": language,
-                            "metric": metric,
-                            "contrast": f"dynamic - {baseline}",
-                            **_mean_interval(difference, "difference", replicates, seed),
-                            "samples": len(difference),
-                        }
-                    )
-    columns = ["language", "metric", "contrast", "difference", "difference_low", "difference_high", "samples"]
-    return pd.DataFrame(rows, columns=columns)
+    summary_table = summary(table, config.replicates, config.seed)
+    store.write_derived("dynamic_ablation", summary_table)
+    store.write_csv("dynamic_ablation", summary_table)
+    store.write_derived("dynamic_ablation_contrasts", contrasts(table, config.replicates, config.seed))
