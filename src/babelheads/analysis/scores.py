@@ -1,4 +1,4 @@
-"""Per-sample head scores of a detection run as matrices, and bootstrap intervals over samples."""
+"""Per-sample head scores of a detection run as matrices, and their bootstrap over samples."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from babelheads.analysis.aggregate import AggregateSettings, used_samples
+from babelheads.analysis.stats import LEVEL, bootstrap_statistics, percentiles
 from babelheads.errors import BabelheadsError
 from babelheads.heads import HeadAddress
 
@@ -90,55 +91,19 @@ def bootstrap(
     statistic: Callable[[dict[str, np.ndarray]], dict[str, float]],
     replicates: int = 200,
     seed: int = 0,
-    level: float = 0.95,
+    level: float = LEVEL,
 ) -> pd.DataFrame:
-    """Percentile intervals over samples for every value ``statistic`` returns from mean scores.
+    """Percentile intervals over samples (each condition's drawn on its own) for every value
+    ``statistic`` returns from mean scores.
 
     Returns a frame with columns statistic, value (on the full data), lo, hi, replicates.
     """
-    point = statistic(matrix.mean())
-    rng = np.random.default_rng(seed)
-    draws: dict[str, list[float]] = {name: [] for name in point}
-    for _ in range(replicates):
-        values = statistic(matrix.resample(rng).mean())
-        for name in point:
-            draws[name].append(values.get(name, np.nan))
-    tail = (1 - level) / 2 * 100
-    rows = []
-    for name, value in point.items():
-        sample = np.asarray(draws[name], dtype=float)
-        sample = sample[~np.isnan(sample)]
-        lo, hi = np.percentile(sample, [tail, 100 - tail]) if len(sample) else (np.nan, np.nan)
-        rows.append({"statistic": name, "value": value, "lo": lo, "hi": hi, "replicates": len(sample)})
-    return pd.DataFrame(rows)
-
-
-def mean_interval(
-    values: np.ndarray, replicates: int, seed: int, level: float = 0.95
-) -> tuple[float, float, float]:
-    """Mean of ``values`` with a percentile bootstrap interval; NaN for no (or only NaN) values."""
-    values = np.asarray(values, dtype=float)
-    if len(values) == 0 or np.isnan(values).all():
-        return np.nan, np.nan, np.nan
-    rng = np.random.default_rng(seed)
-    draws = values[rng.integers(0, len(values), (replicates, len(values)))].mean(axis=1)
-    tail = (1 - level) / 2 * 100
-    lo, hi = np.percentile(draws, [tail, 100 - tail])
-    return float(values.mean()), float(lo), float(hi)
-
-
-def difference_interval(
-    first: np.ndarray, second: np.ndarray, replicates: int, seed: int, level: float = 0.95
-) -> tuple[float, float, float]:
-    """mean(first) - mean(second) for two independent samples, each resampled on its own, with a
-    percentile bootstrap interval; NaN when either is empty."""
-    first, second = np.asarray(first, dtype=float), np.asarray(second, dtype=float)
-    if len(first) == 0 or len(second) == 0:
-        return np.nan, np.nan, np.nan
-    rng = np.random.default_rng(seed)
-    draws = first[rng.integers(0, len(first), (replicates, len(first)))].mean(axis=1) - second[
-        rng.integers(0, len(second), (replicates, len(second)))
-    ].mean(axis=1)
-    tail = (1 - level) / 2 * 100
-    lo, hi = np.percentile(draws, [tail, 100 - tail])
-    return float(first.mean() - second.mean()), float(lo), float(hi)
+    table = bootstrap_statistics(
+        matrix,
+        lambda drawn: statistic(drawn.mean()),
+        lambda drawn, rng: drawn.resample(rng),
+        replicates,
+        seed,
+        percentiles(level),
+    )
+    return table.rename(columns={"low": "lo", "high": "hi"})
