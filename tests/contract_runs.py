@@ -34,178 +34,180 @@ def cli(*args: str) -> None:
             raise RuntimeError(f"babelheads {' '.join(args)} exited with {exit_.code}") from None
 
 
+def commands(model: Path, root: Path) -> dict[str, list[str]]:
+    """Each kind's command line (after the source runs it reads exist), kind -> arguments."""
+    runs = {kind: str(root / kind) for kind in KINDS}
+    scores = root / "scores.json"
+    return {
+        "ablate": [
+            "ablate",
+            runs["detect"],
+            "--lengths",
+            "800",
+            "--depths",
+            "0.5",
+            "--k",
+            "1,2",
+            "--random-seeds",
+            "2",
+            "--max-new-tokens",
+            "4",
+        ],
+        "importance": [
+            "importance",
+            "--model",
+            str(model),
+            "--languages",
+            "en,de,zh",
+            "--texts",
+            "3",
+            "--window",
+            "48",
+            "--percentile",
+            "70",
+            "--min-languages",
+            "2",
+        ],
+        "language-test": [
+            "language-test",
+            runs["importance"],
+            "--exp",
+            "ppl",
+            "--texts",
+            "2",
+            "--replicates",
+            "50",
+        ],
+        "adapt": [
+            "adapt",
+            runs["importance"],
+            "--language",
+            "de",
+            "--train-questions",
+            "2",
+            "--eval-questions",
+            "2",
+            "--epochs",
+            "1",
+            "--random-seeds",
+            "1",
+            "--replicates",
+            "50",
+        ],
+        "dynamic": [
+            "dynamic",
+            "--model",
+            str(model),
+            "--lengths",
+            "1000",
+            "--depths",
+            "0.3,0.7",
+            "--needles-per-cell",
+            "2",
+            "--max-new-tokens",
+            "5",
+            "--replicates",
+            "50",
+            "--epochs",
+            "2",
+            "--lags",
+            "0,1",
+            "--shuffles",
+            "1",
+        ],
+        "dynamic-ablate": [
+            "dynamic-ablate",
+            "--heads",
+            runs["detect"],
+            "--languages",
+            "en",
+            "--lengths",
+            "1000",
+            "--depths",
+            "0.5",
+            "--needles-per-cell",
+            "1",
+            "--max-new-tokens",
+            "3",
+            "--progressive",
+            "1,2",
+            "--random-seeds",
+            "1",
+            "--replicates",
+            "50",
+        ],
+        "rag": [
+            "rag",
+            "--model",
+            str(model),
+            "--languages",
+            "en",
+            "--count",
+            "2",
+            "--selections",
+            "dragin,question,none",
+            "--threshold",
+            "0",
+            "--retrievals",
+            "1",
+            "--max-new-tokens",
+            "4",
+            "--replicates",
+            "50",
+        ],
+        "compress": [
+            "compress",
+            "--heads",
+            str(scores),
+            "--model",
+            str(model),
+            "--languages",
+            "en",
+            "--lengths",
+            "800",
+            "--depths",
+            "0.5",
+            "--needles-per-cell",
+            "1",
+            "--max-new-tokens",
+            "4",
+            "--replicates",
+            "50",
+        ],
+    }
+
+
+ANALYSIS_CHANGES = {
+    "ablate": ["--replicates", "30"],
+    "language-test": ["--replicates", "30"],
+    "adapt": ["--replicates", "30"],
+    "dynamic": ["--replicates", "30"],
+    "dynamic-ablate": ["--replicates", "30"],
+    "rag": ["--replicates", "30"],
+    "compress": ["--replicates", "30"],
+    # Last: the language tests and the adaptation read the heads it selects, so a new selection makes
+    # them other runs (they are refused as such, rightly).
+    "importance": ["--percentile", "60"],
+}
+"""A setting of each kind that only changes its analysis: a finished run re-analyses, runs nothing."""
+
+
+def run_kind(kind: str, model: Path, root: Path, *extra: str) -> None:
+    cli(*commands(model, root)[kind], *extra, "--out", str(root / kind), *QUICK)
+
+
 def run_every_kind(model: Path, root: Path) -> dict[str, Path]:
     """Every kind of run, each small, in ``root``; returns kind -> run directory."""
     from test_report import fabricate
 
-    runs = {kind: root / kind for kind in KINDS}
     cli("detect", "--model", str(model), "--out", str(root / "detect-raw"), *NIAH, *QUICK)
-    fabricate(root / "detect-raw", runs["detect"], {"en": 3, "de": 3, "zh": 3})
-    cli(
-        "ablate",
-        str(runs["detect"]),
-        "--out",
-        str(runs["ablate"]),
-        "--lengths",
-        "800",
-        "--depths",
-        "0.5",
-        "--k",
-        "1,2",
-        "--random-seeds",
-        "2",
-        "--max-new-tokens",
-        "4",
-        *QUICK,
-    )
-    cli(
-        "importance",
-        "--model",
-        str(model),
-        "--languages",
-        "en,de,zh",
-        "--texts",
-        "3",
-        "--window",
-        "48",
-        "--percentile",
-        "70",
-        "--min-languages",
-        "2",
-        "--out",
-        str(runs["importance"]),
-        *QUICK,
-    )
-    cli(
-        "language-test",
-        str(runs["importance"]),
-        "--exp",
-        "ppl",
-        "--texts",
-        "2",
-        "--replicates",
-        "50",
-        "--out",
-        str(runs["language-test"]),
-        *QUICK,
-    )
-    cli(
-        "adapt",
-        str(runs["importance"]),
-        "--language",
-        "de",
-        "--train-questions",
-        "2",
-        "--eval-questions",
-        "2",
-        "--epochs",
-        "1",
-        "--random-seeds",
-        "1",
-        "--replicates",
-        "50",
-        "--out",
-        str(runs["adapt"]),
-        *QUICK,
-    )
-    cli(
-        "dynamic",
-        "--model",
-        str(model),
-        "--lengths",
-        "1000",
-        "--depths",
-        "0.3,0.7",
-        "--needles-per-cell",
-        "2",
-        "--max-new-tokens",
-        "5",
-        "--replicates",
-        "50",
-        "--epochs",
-        "2",
-        "--lags",
-        "0,1",
-        "--shuffles",
-        "1",
-        "--out",
-        str(runs["dynamic"]),
-        *QUICK,
-    )
-    cli(
-        "dynamic-ablate",
-        "--heads",
-        str(runs["detect"]),
-        "--languages",
-        "en",
-        "--lengths",
-        "1000",
-        "--depths",
-        "0.5",
-        "--needles-per-cell",
-        "1",
-        "--max-new-tokens",
-        "3",
-        "--progressive",
-        "1,2",
-        "--random-seeds",
-        "1",
-        "--replicates",
-        "50",
-        "--out",
-        str(runs["dynamic-ablate"]),
-        *QUICK,
-    )
-    cli(
-        "rag",
-        "--model",
-        str(model),
-        "--languages",
-        "en",
-        "--count",
-        "2",
-        "--selections",
-        "dragin,question,none",
-        "--threshold",
-        "0",
-        "--retrievals",
-        "1",
-        "--max-new-tokens",
-        "4",
-        "--replicates",
-        "50",
-        "--out",
-        str(runs["rag"]),
-        *QUICK,
-    )
-    scores = root / "scores.json"
+    fabricate(root / "detect-raw", root / "detect", {"en": 3, "de": 3, "zh": 3})
     rng = np.random.default_rng(0)
-    scores.write_text(
-        json.dumps({f"{layer}-{head}": [float(rng.random())] for layer in range(3) for head in range(4)})
-    )
-    cli(
-        "compress",
-        "--heads",
-        str(scores),
-        "--model",
-        str(model),
-        "--languages",
-        "en",
-        "--lengths",
-        "800",
-        "--depths",
-        "0.5",
-        "--needles-per-cell",
-        "1",
-        "--max-new-tokens",
-        "4",
-        "--replicates",
-        "50",
-        "--out",
-        str(runs["compress"]),
-        *QUICK,
-    )
-    return runs
+    scores = {f"{layer}-{head}": [float(rng.random())] for layer in range(3) for head in range(4)}
+    (root / "scores.json").write_text(json.dumps(scores))
+    for kind in commands(model, root):
+        run_kind(kind, model, root)
+    return {kind: root / kind for kind in KINDS}
 
 
 KINDS = (
