@@ -30,6 +30,22 @@ class HeadAddress:
         return cls(int(match.group(1)), int(match.group(2)))
 
 
+def head_label(layer: int, head: int) -> str:
+    """The ``L-H`` form of query head ``head`` of layer ``layer`` (the official score files' form)."""
+    return str(HeadAddress(int(layer), int(head)))
+
+
+def flat_label(flat: int, num_heads: int) -> str:
+    """The ``L-H`` form of the head at layer-major index ``flat`` of a model with ``num_heads`` per layer."""
+    return head_label(int(flat) // num_heads, int(flat) % num_heads)
+
+
+def parse_label(text: str) -> tuple[int, int]:
+    """(layer, head) of an ``L-H`` label."""
+    address = HeadAddress.parse(text)
+    return address.layer, address.head
+
+
 @dataclass(frozen=True)
 class HeadLayout:
     """The attention geometry of a decoder model.

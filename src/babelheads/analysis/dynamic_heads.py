@@ -21,6 +21,7 @@ import pandas as pd
 
 from babelheads.analysis.aggregate import AggregateSettings, ThinDataWarning, aggregate
 from babelheads.analysis.stats import MIN_UNITS, percentile_interval
+from babelheads.heads import flat_label
 
 STEP_COLUMNS = ("needle_copy", "copy")
 
@@ -36,7 +37,7 @@ class StepHeads:
     column: str
 
     def head_names(self) -> list[str]:
-        return [f"{flat // self.num_heads}-{flat % self.num_heads}" for flat in range(self.matrix.shape[1])]
+        return [flat_label(flat, self.num_heads) for flat in range(self.matrix.shape[1])]
 
     def rows_of(self, sample_ids: set[str]) -> StepHeads:
         keep = self.index["sample_id"].isin(sample_ids).to_numpy()

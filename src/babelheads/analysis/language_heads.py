@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from babelheads.errors import BabelheadsError
-from babelheads.heads import HeadLayout
+from babelheads.heads import HeadLayout, head_label
 
 FORMULAS = ("paper", "code")
 ROLES = ("general", "specific")
@@ -182,7 +182,7 @@ def retrieval_overlap(
                     "overlap": overlap,
                     "expected_by_chance": len(found) * len(chosen) / total_heads,
                     "p_at_least": float(hypergeom.sf(overlap - 1, total_heads, len(found), len(chosen))),
-                    "shared": " ".join(f"{layer}-{head}" for layer, head in sorted(found & chosen)),
+                    "shared": " ".join(head_label(layer, head) for layer, head in sorted(found & chosen)),
                     "spearman_retrieval_vs_importance": rho,
                 }
             )

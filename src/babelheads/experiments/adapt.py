@@ -25,6 +25,7 @@ from babelheads.errors import BabelheadsError
 from babelheads.execution import DEFAULT_EXECUTION, Execution
 from babelheads.experiments.base import Experiment, ModelChoice, Prepared, run_experiment, source_model
 from babelheads.head_masks import read_head_mask, write_head_mask
+from babelheads.heads import head_label
 from babelheads.models import LoadedModel
 from babelheads.probe import HeadGates, Instrument
 from babelheads.runner import Job, Shard, run_jobs
@@ -187,7 +188,7 @@ class Adaptation(Experiment):
             "precision": self.source.manifest["spec"]["precision"],
             "importance": self.source.digest,
             "heads": {
-                name: [f"{layer}-{head}" for layer, head in chosen] for name, chosen in self.head_sets.items()
+                name: [head_label(*head) for head in chosen] for name, chosen in self.head_sets.items()
             },
         }
 
@@ -250,7 +251,7 @@ def _train_all(
             about = {
                 "language": config.language,
                 "head_set": name,
-                "heads": [f"{h}-{d}" for h, d in heads],
+                "heads": [head_label(*head) for head in heads],
                 "model": loaded.identity,
                 "epoch_losses": losses,
             }

@@ -22,7 +22,7 @@ from babelheads.analysis.compression import compress_contrasts, compress_scores
 from babelheads.errors import BabelheadsError
 from babelheads.execution import DEFAULT_EXECUTION, Execution
 from babelheads.experiments.base import Experiment, ModelChoice, Prepared, run_experiment
-from babelheads.heads import HeadLayout
+from babelheads.heads import HeadLayout, head_label
 from babelheads.kvcache import policies
 from babelheads.kvcache.cache import compressed_layers, fork
 from babelheads.kvcache.decode import CompressedDecode, compressed_decode_from, prefill_context
@@ -119,7 +119,7 @@ def score_file(path: Path) -> pd.DataFrame:
     if len(bad):
         row = bad.iloc[0]
         raise BabelheadsError(
-            f"{path}: head '{int(row['layer'])}-{int(row['head'])}' has no finite score (got "
+            f"{path}: head '{head_label(row['layer'], row['head'])}' has no finite score (got "
             f"{row['score']}; an empty list or NaN). Every score must be a finite number."
         )
     return frame
@@ -129,7 +129,7 @@ def check_heads_fit(frame: pd.DataFrame, layout: HeadLayout, path: Path | str) -
     """A head outside the model would be dropped without a word; refuse it, naming the model's shape."""
     outside = frame[(frame["layer"] >= layout.num_layers) | (frame["head"] >= layout.num_heads)]
     if len(outside):
-        heads = ", ".join(f"{int(r.layer)}-{int(r.head)}" for r in outside.head(3).itertuples())
+        heads = ", ".join(head_label(r.layer, r.head) for r in outside.head(3).itertuples())
         raise BabelheadsError(
             f"{path} scores head {heads}, outside this model ({layout.num_layers} layers x "
             f"{layout.num_heads} heads: layers 0-{layout.num_layers - 1}, heads 0-{layout.num_heads - 1}). "

@@ -28,6 +28,7 @@ from babelheads.analysis.head_probes import (
 from babelheads.errors import BabelheadsError, TaskError
 from babelheads.execution import DEFAULT_EXECUTION, Execution
 from babelheads.experiments.base import Experiment, ModelChoice, Prepared, run_experiment
+from babelheads.heads import flat_label
 from babelheads.models import DEFAULT_MODEL, LoadedModel, config_layout, resolved_precision
 from babelheads.probe import ProbeSettings as RecordSettings
 from babelheads.runner import Job, run_jobs
@@ -194,7 +195,7 @@ def static_heads(store: RunStore, analysis: DynamicAnalysis, select: set[str], l
         {
             "language": language,
             "rank": rank,
-            "head": f"{head // layout['num_heads']}-{head % layout['num_heads']}",
+            "head": flat_label(head, layout["num_heads"]),
             "flat": int(head),
             "score": float(score),
         }

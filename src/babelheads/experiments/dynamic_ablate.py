@@ -30,7 +30,7 @@ from babelheads.execution import DEFAULT_EXECUTION, Execution
 from babelheads.experiments.base import Experiment, ModelChoice, Prepared, run_experiment
 from babelheads.experiments.dynamic import DynamicAnalysis
 from babelheads.head_masks import MASK_METHODS as METHODS
-from babelheads.heads import HeadAddress, HeadLayout
+from babelheads.heads import HeadLayout
 from babelheads.models import LoadedModel, resolved_precision
 from babelheads.probe import HeadGates, Instrument, ProbeSettings
 from babelheads.runner.decode import DEFAULT_PREFILL_CHUNK, Row, decode_rows
@@ -181,7 +181,7 @@ def dynamic_ablate(
 def _masks(flat: list[int], layout: HeadLayout, method: str) -> HeadGates | None:
     if not flat:
         return None
-    heads = [HeadAddress(head // layout.num_heads, head % layout.num_heads) for head in flat]
+    heads = [layout.address(head) for head in flat]
     return HeadGates.mask(layout, heads, ("decode",), METHODS[method])
 
 
@@ -278,9 +278,7 @@ def _ablate_sample(
                 compensating_static=len(compensating & static_top),
             )
     table = pd.DataFrame(plans)
-    table["heads"] = [
-        " ".join(f"{h // layout.num_heads}-{h % layout.num_heads}" for h in heads) for heads in table["heads"]
-    ]
+    table["heads"] = [" ".join(layout.label(h) for h in heads) for heads in table["heads"]]
     table.insert(0, "sample_id", sample.sample_id)
     table.insert(1, "language", sample.condition)
     outcome = []

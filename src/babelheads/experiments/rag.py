@@ -24,6 +24,7 @@ from babelheads.data.multihop import TwoHop, load_two_hop
 from babelheads.errors import BabelheadsError
 from babelheads.execution import DEFAULT_EXECUTION, Execution
 from babelheads.experiments.base import Experiment, ModelChoice, Prepared, run_experiment
+from babelheads.heads import flat_label
 from babelheads.models import LoadedModel, resolved_precision
 from babelheads.probe import Instrument, ProbeSettings
 from babelheads.rag.collection import build_collection, cached_index
@@ -378,7 +379,7 @@ def _flat(entry: dict, loop: RetrievalLoop, loaded: LoadedModel) -> dict:
         "rind": entry.get("rind", np.nan),
         "entropy": entry.get("entropy", np.nan),
         "importance": entry.get("importance", np.nan),
-        "heads": " ".join(f"{head // num_heads}-{head % num_heads}" for head in entry.get("heads", [])),
+        "heads": " ".join(flat_label(head, num_heads) for head in entry.get("heads", [])),
         "head_scores": " ".join(f"{score:g}" for score in entry.get("head_scores", [])),
         "position_tokens": " | ".join(token.strip() for token in entry.get("position_tokens", [])),
         "windows": " | ".join(windows),

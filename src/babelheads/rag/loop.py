@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from babelheads.data.languages import Language
 from babelheads.data.multihop import TwoHop
 from babelheads.errors import BabelheadsError
+from babelheads.heads import HeadAddress
 from babelheads.models import LoadedModel
 from babelheads.probe import Instrument, StepRecords
 from babelheads.rag.collection import Bm25Index, Document
@@ -290,8 +291,9 @@ class RetrievalLoop:
     def _heads(self, branch: Branch, decoded: Decoded, step: int) -> tuple[list[int], list[float]]:
         if branch.selection == "dragin":
             layout = self.loaded.layout
-            first = (layout.num_layers - 1) * layout.num_heads
-            return list(range(first, first + layout.num_heads)), [1.0] * layout.num_heads
+            last = layout.num_layers - 1
+            heads = [layout.flat(HeadAddress(last, head)) for head in range(layout.num_heads)]
+            return heads, [1.0] * layout.num_heads
         return self.choose_heads(branch.selection, branch.question.language, decoded.hidden[step])
 
     def _retrieve(self, branch: Branch, query: str, trace: dict) -> list[Document]:

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure as MplFigure
 
+from babelheads.heads import parse_label
 from babelheads.report.figures import WIDTH, Figure, _panels, _png, _styled
 
 PREDICTOR_STYLES = {
@@ -30,7 +31,7 @@ def raster(
     frame = events[events["sample_id"] == sample_id].copy()
     frame["name"] = frame["layer"].astype(str) + "-" + frame["head"].astype(str)
     active = frame[frame[column]]
-    names = sorted(set(active["name"]) | static_heads, key=lambda name: tuple(map(int, name.split("-"))))
+    names = sorted(set(active["name"]) | static_heads, key=parse_label)
     steps = int(frame["step"].max()) + 1
     grid = np.zeros((len(names), steps))
     position = {name: index for index, name in enumerate(names)}

@@ -23,6 +23,7 @@ from matplotlib.figure import Figure as MplFigure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from babelheads.analysis.distribution import BINS, distribution
+from babelheads.heads import head_label, parse_label
 
 MIN_SAMPLES = 3
 WIDTH = 10.0  # inches; at DPI 100 a figure is 1000 px wide
@@ -295,7 +296,7 @@ def overlap_chart(overlap: pd.DataFrame, note: str | None = None, threshold: flo
     placed: dict[str, list[int]] = {category: [] for category in categories}
     for row in shown.itertuples():
         category = _placement(row.n_languages, total)
-        placed[category] += [int(head.split("-")[0]) for head in row.heads.split()]
+        placed[category] += [parse_label(head)[0] for head in row.heads.split()]
     for position, (category, layers) in enumerate(placed.items()):
         strip.scatter(layers, position + _spread(layers), color=PLACEMENT_COLOURS[category], s=18, alpha=0.8)
     strip.set_yticks(range(len(categories)), [labels[c] for c in categories])
@@ -331,7 +332,7 @@ def generality_scatter(
     for index, row in best.iterrows():
         if row["max_score"] > 0:
             ax.annotate(
-                f"{row['layer']:.0f}-{row['head']:.0f}",
+                head_label(row["layer"], row["head"]),
                 (x[index], row["max_score"]),
                 xytext=(4, 2),
                 textcoords="offset points",

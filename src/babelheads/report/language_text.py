@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 from scipy.stats import spearmanr
 
+from babelheads.heads import head_label
 from babelheads.runs import RunStore
 
 
@@ -21,7 +22,7 @@ def _named(row: pd.Series, name: str, signed: bool = True) -> str:
 
 def _heads(frame: pd.DataFrame) -> str:
     return (
-        " ".join(f"{layer}-{head}" for layer, head in zip(frame["layer"], frame["head"], strict=True))
+        " ".join(head_label(layer, head) for layer, head in zip(frame["layer"], frame["head"], strict=True))
         or "none"
     )
 
