@@ -21,6 +21,7 @@ import pandas as pd
 
 from babelheads.analysis.aggregate import AggregateSettings, ThinDataWarning, aggregate
 from babelheads.analysis.stats import MIN_UNITS, percentile_interval
+from babelheads.errors import TaskError
 from babelheads.heads import flat_label
 
 STEP_COLUMNS = ("needle_copy", "copy")
@@ -205,3 +206,14 @@ def retrieval_rankings(
             continue
         ranking[language] = flat[static_top(flat, len(flat))]
     return ranking
+
+
+def check_static_k(static_k: int, layout: dict, run: object) -> None:
+    """--static-k above the model's heads would be cut to all of them without a word (and every
+    statistic would then compare against every head); a run's manifest layout says how many there are."""
+    total = int(layout["num_layers"]) * int(layout["num_heads"])
+    if static_k > total:
+        raise TaskError(
+            f"--static-k must be between 0 and the model's {total} heads ({layout['num_layers']} layers "
+            f"x {layout['num_heads']} heads, from {run}). Got {static_k}."
+        )

@@ -15,7 +15,13 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from babelheads.analysis.aggregate import completed
-from babelheads.analysis.dynamic_heads import StepHeads, dynamism, retrieval_rankings, step_heads
+from babelheads.analysis.dynamic_heads import (
+    StepHeads,
+    check_static_k,
+    dynamism,
+    retrieval_rankings,
+    step_heads,
+)
 from babelheads.analysis.head_probes import (
     ProbeSettings,
     StepData,
@@ -71,14 +77,7 @@ class DynamicAnalysis:
         return self.static_k or max(1, round(self.static_share * total_heads))
 
     def check_heads(self, layout: dict, run: Path | str) -> None:
-        """--static-k above the model's heads would be cut to all of them without a word (and every
-        statistic would then compare against every head); the run's manifest knows how many there are."""
-        total = int(layout["num_layers"]) * int(layout["num_heads"])
-        if self.static_k > total:
-            raise TaskError(
-                f"--static-k must be between 0 and the model's {total} heads ({layout['num_layers']} layers "
-                f"x {layout['num_heads']} heads, from {run}). Got {self.static_k}."
-            )
+        check_static_k(self.static_k, layout, run)
 
 
 @dataclass(frozen=True)

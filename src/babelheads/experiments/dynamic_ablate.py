@@ -25,10 +25,10 @@ import pandas as pd
 
 from babelheads.analysis.aggregate import completed
 from babelheads.analysis.dynamic_ablation import contrasts, per_sample, summary
+from babelheads.analysis.dynamic_heads import check_static_k
 from babelheads.errors import BabelheadsError
 from babelheads.execution import DEFAULT_EXECUTION, Execution
 from babelheads.experiments.base import Experiment, ModelChoice, Prepared, run_experiment
-from babelheads.experiments.dynamic import DynamicAnalysis
 from babelheads.head_masks import MASK_METHODS as METHODS
 from babelheads.heads import HeadLayout
 from babelheads.models import LoadedModel, resolved_precision
@@ -88,7 +88,7 @@ class DynamicAblateConfig:
         heads_run = RunStore(Path(self.heads))
         layout = heads_run.manifest().get("layout") if heads_run.exists() else None
         if self.static_k and isinstance(layout, dict):  # the heads run's manifest knows the model
-            DynamicAnalysis(static_k=self.static_k).check_heads(layout, self.heads)
+            check_static_k(self.static_k, layout, self.heads)
 
     def identity(self, model: str) -> dict:
         config = asdict(self)
