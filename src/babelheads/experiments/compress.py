@@ -29,7 +29,7 @@ from babelheads.kvcache.decode import CompressedDecode, compressed_decode_from, 
 from babelheads.kvcache.policies import POLICIES, PolicySettings
 from babelheads.models import LoadedModel, config_layout, resolved_precision
 from babelheads.probe import Instrument
-from babelheads.runner.parts import Part, claimed, execute_parts, in_batches_of
+from babelheads.runner.parts import Part, execute_samples
 from babelheads.runner.stops import StopRule
 from babelheads.runs import RunStore
 from babelheads.sources import Source, open_source
@@ -218,11 +218,6 @@ class Compression(Experiment):
         return Prepared(self.part_ids(), facts, sets)
 
     def execute(self, store: RunStore, loaded: LoadedModel, prepared: Prepared, execution: Execution) -> None:
-        todo = claimed(store, [Part(part_id, None) for part_id in prepared.parts], execution.shard)
-        if not todo:
-            return
-        wanted = {part.part_id for part in todo}
-        samples = [sample for sample in self.task.build(loaded) if sample.sample_id in wanted]
         stops = StopRule.for_model(loaded)
         with Instrument(loaded.model, loaded.layout) as instrument:
 
@@ -233,15 +228,14 @@ class Compression(Experiment):
                     )
                     yield part, {"samples": pd.DataFrame(rows)}
 
-            execute_parts(
+            execute_samples(
                 store,
-                [Part.of(sample.sample_id, sample) for sample in samples],
+                prepared.parts,
+                lambda: self.task.build(loaded),
                 compute,
                 shard=execution.shard,
-                batches=in_batches_of(1),
                 progress=execution.progress,
                 description="compress",
-                claim=False,
             )
 
     def finalize(self, store: RunStore) -> None:

@@ -35,7 +35,7 @@ from babelheads.models import LoadedModel, resolved_precision
 from babelheads.probe import HeadGates, Instrument, ProbeSettings
 from babelheads.runner.decode import DEFAULT_PREFILL_CHUNK, Row, decode_rows
 from babelheads.runner.jobs import DEFAULT_BATCH_SIZE, region_labels
-from babelheads.runner.parts import Part, claimed, execute_parts, in_batches_of
+from babelheads.runner.parts import Part, execute_samples
 from babelheads.runner.prefix import SharedPrefill, branch_points
 from babelheads.runner.stops import StopRule
 from babelheads.runs import RunStore
@@ -139,11 +139,6 @@ class DynamicAblation(Experiment):
         return Prepared(self.task.sample_ids(), {"layout": asdict(loaded.layout)})
 
     def execute(self, store: RunStore, loaded: LoadedModel, prepared: Prepared, execution: Execution) -> None:
-        todo = claimed(store, [Part(part_id, None) for part_id in prepared.parts], execution.shard)
-        if not todo:
-            return
-        wanted = {part.part_id for part in todo}
-        samples = [sample for sample in self.task.build(loaded) if sample.sample_id in wanted]
         size = execution.batch_size or DEFAULT_BATCH_SIZE.get(loaded.device.type, 8)
         settings = ProbeSettings(top_k=4, mass_sink=0, mass_window=0)
         with Instrument(loaded.model, loaded.layout, settings) as instrument:
@@ -157,15 +152,14 @@ class DynamicAblation(Experiment):
                         _ablate_sample(instrument, loaded, sample, self.task, ranking, self.config, size),
                     )
 
-            execute_parts(
+            execute_samples(
                 store,
-                [Part.of(sample.sample_id, sample) for sample in samples],
+                prepared.parts,
+                lambda: self.task.build(loaded),
                 compute,
                 shard=execution.shard,
-                batches=in_batches_of(1),
                 progress=execution.progress,
                 description="dynamic-ablate",
-                claim=False,
             )
 
     def finalize(self, store: RunStore) -> None:

@@ -100,3 +100,32 @@ def execute_parts(
                 bar.update()
     finally:
         bar.close()
+
+
+def execute_samples(
+    store: RunStore,
+    part_ids: Sequence[str],
+    build: Callable[[], Iterable[object]],
+    compute: Callable[[list[Part]], Iterable[tuple[Part, Tables]]],
+    *,
+    shard,
+    progress: bool = True,
+    description: str = "run",
+) -> None:
+    """Parts that are a task's samples (part id = sample id), computed one at a time; the samples are
+    built only when this worker has parts left to run."""
+    todo = claimed(store, [Part(part_id, None) for part_id in part_ids], shard)
+    if not todo:
+        return
+    wanted = {part.part_id for part in todo}
+    samples = [sample for sample in build() if sample.sample_id in wanted]
+    execute_parts(
+        store,
+        [Part.of(sample.sample_id, sample) for sample in samples],
+        compute,
+        shard=shard,
+        batches=in_batches_of(1),
+        progress=progress,
+        description=description,
+        claim=False,
+    )
