@@ -26,7 +26,7 @@ from typing import ClassVar
 from babelheads.errors import BabelheadsError
 from babelheads.execution import DEFAULT_EXECUTION, Execution
 from babelheads.kinds import FINALIZED
-from babelheads.models import LoadedModel
+from babelheads.models import LoadedModel, resolved_precision
 from babelheads.runs import RunStore
 from babelheads.sources import Source
 
@@ -135,6 +135,17 @@ def run_experiment(experiment: Experiment, out: Path, execution: Execution = DEF
         experiment.finalize(store)
         store.write_json(FINALIZED, {"parts": len(store.finished())})
     return store
+
+
+def run_identity(config: dict, data: dict, dtype: str, execution: Execution, **sources: object) -> dict:
+    """The usual identity: the config (without analysis settings), the data's digests, the precision
+    ``dtype`` resolves to on this device, and the digests of the source runs read (by name)."""
+    return {
+        "config": config,
+        "data": data,
+        "precision": resolved_precision(dtype, execution.device),
+        **sources,
+    }
 
 
 def _load(choice: ModelChoice, execution: Execution) -> LoadedModel:

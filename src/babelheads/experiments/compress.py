@@ -21,13 +21,13 @@ from babelheads.analysis.aggregate import completed
 from babelheads.analysis.compression import compress_contrasts, compress_scores
 from babelheads.errors import BabelheadsError
 from babelheads.execution import DEFAULT_EXECUTION, Execution
-from babelheads.experiments.base import Experiment, ModelChoice, Prepared, run_experiment
+from babelheads.experiments.base import Experiment, ModelChoice, Prepared, run_experiment, run_identity
 from babelheads.heads import HeadLayout, head_label
 from babelheads.kvcache import policies
 from babelheads.kvcache.cache import compressed_layers, fork
 from babelheads.kvcache.decode import CompressedDecode, compressed_decode_from, prefill_context
 from babelheads.kvcache.policies import POLICIES, PolicySettings
-from babelheads.models import LoadedModel, config_layout, resolved_precision
+from babelheads.models import LoadedModel, config_layout
 from babelheads.probe import Instrument
 from babelheads.runner.parts import Part, execute_samples
 from babelheads.runner.stops import StopRule
@@ -196,12 +196,13 @@ class Compression(Experiment):
         return self.config.seed
 
     def identity(self, execution: Execution) -> dict:
-        return {
-            "config": self.config.identity(self.model_name),
-            "data": self.task.identity(),
-            "heads": self.heads_identity,
-            "precision": resolved_precision(self.config.dtype, execution.device),
-        }
+        return run_identity(
+            self.config.identity(self.model_name),
+            self.task.identity(),
+            self.config.dtype,
+            execution,
+            heads=self.heads_identity,
+        )
 
     def model(self) -> ModelChoice:
         return ModelChoice(self.model_name, self.config.dtype)

@@ -8,9 +8,9 @@ from pathlib import Path
 from babelheads.analysis.aggregate import AggregateSettings, aggregate
 from babelheads.errors import TaskError
 from babelheads.execution import DEFAULT_EXECUTION, Execution
-from babelheads.experiments.base import Experiment, ModelChoice, Prepared, run_experiment
+from babelheads.experiments.base import Experiment, ModelChoice, Prepared, run_experiment, run_identity
 from babelheads.head_masks import check_mask_fits, head_mask_gates, mask_digest
-from babelheads.models import DEFAULT_MODEL, LoadedModel, config_layout, resolved_precision
+from babelheads.models import DEFAULT_MODEL, LoadedModel, config_layout
 from babelheads.official import export_official
 from babelheads.probe import ProbeSettings
 from babelheads.runner import Job, run_jobs
@@ -79,11 +79,7 @@ class Detection(Experiment):
         return self.config.seed
 
     def identity(self, execution: Execution) -> dict:
-        return {
-            "config": self.config.identity(),
-            "data": self.task.identity(),
-            "precision": resolved_precision(self.config.dtype, execution.device),
-        }
+        return run_identity(self.config.identity(), self.task.identity(), self.config.dtype, execution)
 
     def model(self) -> ModelChoice:
         chat = {"auto": None, "chat": True, "plain": False}[self.config.task.prompt]

@@ -33,9 +33,9 @@ from babelheads.analysis.head_probes import (
 )
 from babelheads.errors import BabelheadsError, TaskError
 from babelheads.execution import DEFAULT_EXECUTION, Execution
-from babelheads.experiments.base import Experiment, ModelChoice, Prepared, run_experiment
+from babelheads.experiments.base import Experiment, ModelChoice, Prepared, run_experiment, run_identity
 from babelheads.heads import flat_label
-from babelheads.models import DEFAULT_MODEL, LoadedModel, config_layout, resolved_precision
+from babelheads.models import DEFAULT_MODEL, LoadedModel, config_layout
 from babelheads.probe import ProbeSettings as RecordSettings
 from babelheads.runner import Job, run_jobs
 from babelheads.runs import RunStore
@@ -134,11 +134,7 @@ class DynamicRecording(Experiment):
         return self.config.seed
 
     def identity(self, execution: Execution) -> dict:
-        return {
-            "config": self.config.identity(),
-            "data": self.task.identity(),
-            "precision": resolved_precision(self.config.dtype, execution.device),
-        }
+        return run_identity(self.config.identity(), self.task.identity(), self.config.dtype, execution)
 
     def model(self) -> ModelChoice:
         return ModelChoice(self.config.model, self.config.dtype)

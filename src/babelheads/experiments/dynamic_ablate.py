@@ -28,10 +28,10 @@ from babelheads.analysis.dynamic_ablation import contrasts, per_sample, summary
 from babelheads.analysis.dynamic_heads import check_static_k
 from babelheads.errors import BabelheadsError
 from babelheads.execution import DEFAULT_EXECUTION, Execution
-from babelheads.experiments.base import Experiment, ModelChoice, Prepared, run_experiment
+from babelheads.experiments.base import Experiment, ModelChoice, Prepared, run_experiment, run_identity
 from babelheads.head_masks import MASK_METHODS as METHODS
 from babelheads.heads import HeadLayout
-from babelheads.models import LoadedModel, resolved_precision
+from babelheads.models import LoadedModel
 from babelheads.probe import HeadGates, Instrument, ProbeSettings
 from babelheads.runner.decode import DEFAULT_PREFILL_CHUNK, Row, decode_rows
 from babelheads.runner.jobs import DEFAULT_BATCH_SIZE, region_labels
@@ -119,12 +119,13 @@ class DynamicAblation(Experiment):
         return self.config.seed
 
     def identity(self, execution: Execution) -> dict:
-        return {
-            "config": self.config.identity(self.model_name),
-            "data": self.task.identity(),
-            "heads": self.heads.digest,
-            "precision": resolved_precision(self.config.dtype, execution.device),
-        }
+        return run_identity(
+            self.config.identity(self.model_name),
+            self.task.identity(),
+            self.config.dtype,
+            execution,
+            heads=self.heads.digest,
+        )
 
     def model(self) -> ModelChoice:
         return ModelChoice(self.model_name, self.config.dtype)

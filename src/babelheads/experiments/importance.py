@@ -19,8 +19,8 @@ from babelheads.analysis.language_heads import (
 )
 from babelheads.errors import BabelheadsError
 from babelheads.execution import DEFAULT_EXECUTION, Execution
-from babelheads.experiments.base import Experiment, ModelChoice, Prepared, run_experiment
-from babelheads.models import LoadedModel, resolved_precision
+from babelheads.experiments.base import Experiment, ModelChoice, Prepared, run_experiment, run_identity
+from babelheads.models import LoadedModel
 from babelheads.probe import HeadGates, Instrument
 from babelheads.runner.losses import Scored, check_differentiable, frozen_weights, row_losses, rows_per_pass
 from babelheads.runner.parts import Part, execute_parts, in_batches_of
@@ -139,11 +139,7 @@ class Importance(Experiment):
         return self.config.texts.seed
 
     def identity(self, execution: Execution) -> dict:
-        return {
-            "config": self.config.identity(),
-            "data": self.task.identity(),
-            "precision": resolved_precision(self.config.dtype, execution.device),
-        }
+        return run_identity(self.config.identity(), self.task.identity(), self.config.dtype, execution)
 
     def model(self) -> ModelChoice:
         return ModelChoice(self.config.model, self.config.dtype)

@@ -23,9 +23,9 @@ from babelheads.data.languages import Language, load_language
 from babelheads.data.multihop import TwoHop, load_two_hop
 from babelheads.errors import BabelheadsError
 from babelheads.execution import DEFAULT_EXECUTION, Execution
-from babelheads.experiments.base import Experiment, ModelChoice, Prepared, run_experiment
+from babelheads.experiments.base import Experiment, ModelChoice, Prepared, run_experiment, run_identity
 from babelheads.heads import flat_label
-from babelheads.models import LoadedModel, resolved_precision
+from babelheads.models import LoadedModel
 from babelheads.probe import Instrument, ProbeSettings
 from babelheads.rag.collection import build_collection, cached_index
 from babelheads.rag.loop import SELECTIONS, Branch, LoopSettings, Question, RetrievalLoop
@@ -144,29 +144,21 @@ class RetrievalAugmented(Experiment):
 
     def identity(self, execution: Execution) -> dict:
         items, collections = self.items, self.collections
-        return {
-            "config": self.config.identity(self.model_name),
-            "data": {
-                **{
-                    f"questions:{code}": content_digest([asdict(item) for item in items[code]])
-                    for code in items
-                },
-                **{
-                    f"collection:{code}": content_digest([asdict(doc) for doc in docs])
-                    for code, docs in collections.items()
-                },
-                **{
-                    f"language:{code}": content_digest(asdict(language))
-                    for code, language in self.languages.items()
-                },
-                **{
-                    f"stop_words:{code}": content_digest(sorted(words))
-                    for code, words in self.stop_words.items()
-                },
+        data = {
+            **{f"questions:{code}": content_digest([asdict(item) for item in items[code]]) for code in items},
+            **{
+                f"collection:{code}": content_digest([asdict(d) for d in docs])
+                for code, docs in collections.items()
             },
-            "heads": self.heads.digest if self.heads else None,
-            "precision": resolved_precision(self.config.dtype, execution.device),
+            **{f"language:{code}": content_digest(asdict(lang)) for code, lang in self.languages.items()},
+            **{
+                f"stop_words:{code}": content_digest(sorted(words)) for code, words in self.stop_words.items()
+            },
         }
+        heads = self.heads.digest if self.heads else None
+        return run_identity(
+            self.config.identity(self.model_name), data, self.config.dtype, execution, heads=heads
+        )
 
     def model(self) -> ModelChoice:
         return ModelChoice(self.model_name, self.config.dtype)
