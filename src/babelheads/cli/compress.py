@@ -8,7 +8,25 @@ from typing import Annotated
 import typer
 
 from babelheads.cli.app import app
-from babelheads.cli.options import ConfigFile, FromRun, _codes, _execution, _floats, _ints
+from babelheads.cli.options import (
+    BatchSize,
+    ConfigFile,
+    Device,
+    Dtype,
+    FromRun,
+    HeadsModel,
+    HeldOutSeed,
+    Languages,
+    Out,
+    Quiet,
+    Replicates,
+    Shard,
+    _all_finished,
+    _codes,
+    _execution,
+    _floats,
+    _ints,
+)
 from babelheads.kvcache.names import POLICIES
 
 
@@ -17,8 +35,8 @@ def compress_command(
     heads: Annotated[
         Path, typer.Option(help='A detect, dynamic or importance run, or a score file {"L-H": score}.')
     ],
-    model: Annotated[str | None, typer.Option(help="Default: the heads run's model.")] = None,
-    languages: Annotated[str, typer.Option(help="NIAH languages (comma-separated).")] = "en,de,zh",
+    model: HeadsModel = None,
+    languages: Languages = "en,de,zh",
     head_sets: Annotated[
         str,
         typer.Option(
@@ -45,12 +63,14 @@ def compress_command(
     depths: Annotated[str, typer.Option(help="Needle depths in [0, 1].")] = "0.25,0.5,0.75",
     needles_per_cell: Annotated[int, typer.Option()] = 2,
     max_new_tokens: Annotated[int, typer.Option()] = 24,
-    replicates: Annotated[int, typer.Option(help="Bootstrap replicates.")] = 1000,
-    out: Annotated[Path, typer.Option(help="Run directory (resumes).")] = Path("runs/compress"),
-    seed: Annotated[int, typer.Option(help="Haystack seed: another than the heads run's.")] = 1,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
-    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16, float16.")] = "auto",
-    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    replicates: Replicates = 1000,
+    out: Out = Path("runs/compress"),
+    seed: HeldOutSeed = 1,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    batch_size: BatchSize = None,
+    shard: Shard = "0/1",
+    quiet: Quiet = False,
     config_file: ConfigFile = None,
     from_run: FromRun = None,
 ) -> None:
@@ -82,6 +102,9 @@ def compress_command(
         dtype=dtype,
         replicates=replicates,
     )
-    store = compress(config, out, _execution(device, quiet, 1))
+    execution = _execution(device, quiet, batch_size=batch_size, shard=shard)
+    store = compress(config, out, execution)
+    if not _all_finished(store, execution):
+        return
     typer.echo(compress_summary(store))
     typer.echo(f"\nrun written to {store.root}")

@@ -9,26 +9,42 @@ from typing import Annotated
 import typer
 
 from babelheads.cli.app import app
-from babelheads.cli.options import BatchSize, ConfigFile, FromRun, _codes, _execution, _floats, _ints
+from babelheads.cli.options import (
+    BatchSize,
+    ConfigFile,
+    Device,
+    Dtype,
+    FromRun,
+    HeadsModel,
+    HeldOutSeed,
+    Languages,
+    Model,
+    Out,
+    Quiet,
+    Replicates,
+    Seed,
+    Shard,
+    _all_finished,
+    _codes,
+    _execution,
+    _floats,
+    _ints,
+)
 from babelheads.errors import BabelheadsError
 
-Quiet = Annotated[bool, typer.Option(help="No progress bar.")]
-Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")]
-Model = Annotated[str, typer.Option(help="Built-in name, hub id, model directory or .gguf file.")]
 StaticK = Annotated[int, typer.Option(help="Static top-K heads (0: --static-share of all heads).")]
 StaticShare = Annotated[float, typer.Option(help="K as a share of all heads when --static-k is 0.")]
 Span = Annotated[
     str,
     typer.Option(help="needle: the paper's S (top-1 on a needle token = the emitted one); answer: Wu et al."),
 ]
-Replicates = Annotated[int, typer.Option(help="Bootstrap replicates.")]
 
 
 @app.command("dynamic")
 def dynamic_command(
     model: Model = "gemma-3-270m",
     task: Annotated[str, typer.Option(help="niah (needle tests) or multihop (two-hop questions).")] = "niah",
-    languages: Annotated[str, typer.Option(help="Comma-separated language codes.")] = "en,de,zh",
+    languages: Languages = "en,de,zh",
     needles: Annotated[
         str,
         typer.Option(help="niah: 'magic' (The magic word is <UUID>.), 'builtin', a JSON file or directory."),
@@ -65,13 +81,12 @@ def dynamic_command(
     shuffles: Annotated[
         int, typer.Option(help="Shuffled-pair CCA fits per lag (their mean is the baseline).")
     ] = 3,
-    out: Annotated[Path, typer.Option(help="Run directory (resumes if it holds the same run).")] = Path(
-        "runs/dynamic"
-    ),
-    seed: Annotated[int, typer.Option()] = 0,
+    out: Out = Path("runs/dynamic"),
+    seed: Seed = 0,
     device: Device = "auto",
-    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16, float16.")] = "auto",
+    dtype: Dtype = "auto",
     batch_size: BatchSize = None,
+    shard: Shard = "0/1",
     quiet: Quiet = False,
     config_file: ConfigFile = None,
     from_run: FromRun = None,
@@ -123,7 +138,10 @@ def dynamic_command(
         dtype=dtype,
         analysis=analysis,
     )
-    store = dynamic(config, out, _execution(device, quiet, batch_size))
+    execution = _execution(device, quiet, batch_size=batch_size, shard=shard)
+    store = dynamic(config, out, execution)
+    if not _all_finished(store, execution):
+        return
     typer.echo(dynamic_summary(store))
     typer.echo(f"\nrun written to {store.root}")
 
@@ -135,7 +153,8 @@ def dynamic_stats(
     static_share: StaticShare = 0.05,
     span: Span = "needle",
     replicates: Replicates = 1000,
-    seed: Annotated[int, typer.Option(help="Seed of the selection/test halves and the bootstrap.")] = 0,
+    seed: Seed = 0,
+    config_file: ConfigFile = None,
 ) -> None:
     """How dynamic a run's retrieval heads are (Table 1 statistics), from its stored events: nothing is
     decoded. Writes dynamic_stats and static_heads into the run."""
@@ -158,8 +177,8 @@ def dynamic_stats(
 @app.command("dynamic-ablate")
 def dynamic_ablate_command(
     heads: Annotated[Path, typer.Option(help="A detect or dynamic run: its scores rank the static heads.")],
-    model: Annotated[str | None, typer.Option(help="Default: the heads run's model.")] = None,
-    languages: Annotated[str, typer.Option(help="Comma-separated language codes.")] = "en,de,zh",
+    model: HeadsModel = None,
+    languages: Languages = "en,de,zh",
     needles: Annotated[str, typer.Option(help="'magic', 'builtin', a JSON file or directory.")] = "magic",
     needle_kind: Annotated[str, typer.Option(help="all, fact, key or magic.")] = "all",
     lengths: Annotated[str, typer.Option(help="Prompt lengths in tokens.")] = "1000",
@@ -174,13 +193,15 @@ def dynamic_ablate_command(
         str, typer.Option(help="gate (zero the head's output) or uniform (the official code).")
     ] = "gate",
     replicates: Replicates = 1000,
-    out: Annotated[Path, typer.Option(help="Run directory (resumes).")] = Path("runs/dynamic-ablate"),
-    seed: Annotated[int, typer.Option(help="Haystack seed: another than the heads run's.")] = 1,
+    out: Out = Path("runs/dynamic-ablate"),
+    seed: HeldOutSeed = 1,
     device: Device = "auto",
-    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16, float16.")] = "auto",
+    dtype: Dtype = "auto",
     batch_size: BatchSize = None,
+    shard: Shard = "0/1",
     quiet: Quiet = False,
     config_file: ConfigFile = None,
+    from_run: FromRun = None,
 ) -> None:
     """At each step, mask that step's dynamic heads (or as many static or random heads) and regenerate
     the token, teacher-forced on the clean continuation; held-out haystacks."""
@@ -209,6 +230,9 @@ def dynamic_ablate_command(
         dtype=dtype,
         replicates=replicates,
     )
-    store = dynamic_ablate(config, out, _execution(device, quiet, batch_size))
+    execution = _execution(device, quiet, batch_size=batch_size, shard=shard)
+    store = dynamic_ablate(config, out, execution)
+    if not _all_finished(store, execution):
+        return
     typer.echo(dynamic_ablation_summary(store))
     typer.echo(f"\nrun written to {store.root}")

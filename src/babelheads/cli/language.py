@@ -8,22 +8,31 @@ from typing import Annotated
 import typer
 
 from babelheads.cli.app import app
-from babelheads.cli.options import BatchSize, ConfigFile, FromRun, HeadMask, _codes, _execution
-
-Quiet = Annotated[bool, typer.Option(help="No progress bar.")]
-Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")]
-TextsPerPass = Annotated[
-    int | None,
-    typer.Option("--batch-size", help="Texts per forward and backward pass; default 1 on CPU, 8 on a GPU."),
-]
+from babelheads.cli.options import (
+    BatchSize,
+    ConfigFile,
+    Device,
+    Dtype,
+    FromRun,
+    HeadMask,
+    Languages,
+    Model,
+    Out,
+    Quiet,
+    Replicates,
+    Seed,
+    Shard,
+    TestedLanguages,
+    _all_finished,
+    _codes,
+    _execution,
+)
 
 
 @app.command()
 def importance(
-    model: Annotated[
-        str, typer.Option(help="Built-in name, hub id, model directory or .gguf file.")
-    ] = "gemma-3-270m",
-    languages: Annotated[str, typer.Option(help="Comma-separated language codes.")] = "en,de,zh,fr,es",
+    model: Model = "gemma-3-270m",
+    languages: Languages = "en,de,zh,fr,es",
     corpus: Annotated[
         str, typer.Option(help="'builtin', a text file, a directory, or hf:NAME[:CONFIG[:SPLIT[:COLUMN]]].")
     ] = "builtin",
@@ -41,13 +50,12 @@ def importance(
         int | None, typer.Option(help="Candidate in this many languages = general (default 80%).")
     ] = None,
     share: Annotated[float, typer.Option(help="n = int(layers x heads x share) specific heads.")] = 0.02,
-    out: Annotated[Path, typer.Option(help="Run directory (resumes if it holds the same run).")] = Path(
-        "runs/importance"
-    ),
-    seed: Annotated[int, typer.Option()] = 0,
+    out: Out = Path("runs/importance"),
+    seed: Seed = 0,
     device: Device = "auto",
-    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16, float16.")] = "auto",
-    batch_size: TextsPerPass = None,
+    dtype: Dtype = "auto",
+    batch_size: BatchSize = None,
+    shard: Shard = "0/1",
     quiet: Quiet = False,
     config_file: ConfigFile = None,
     from_run: FromRun = None,
@@ -65,7 +73,10 @@ def importance(
         drift=drift,
         selection=Selection(formula, percentile, min_languages, share),
     )
-    store = run_importance(config, out, _execution(device, quiet, batch_size))
+    execution = _execution(device, quiet, batch_size=batch_size, shard=shard)
+    store = run_importance(config, out, execution)
+    if not _all_finished(store, execution):
+        return
     typer.echo(importance_summary(store))
     typer.echo(f"\nrun written to {store.root}")
 
@@ -76,7 +87,7 @@ def language_test(
     experiment: Annotated[
         str, typer.Option("--exp", help="ppl, ppl-cross, general, off-target, attn-transfer or retrieval.")
     ] = "ppl",
-    languages: Annotated[str, typer.Option(help="Languages to test; default: the importance run's.")] = "",
+    languages: TestedLanguages = "",
     texts: Annotated[int, typer.Option(help="Held-out texts per language (perplexity).")] = 12,
     window: Annotated[int, typer.Option(help="Tokens per held-out text.")] = 128,
     random_seeds: Annotated[int, typer.Option(help="Random head sets of the same count.")] = 3,
@@ -88,11 +99,15 @@ def language_test(
     head_mask: HeadMask = None,
     detect: Annotated[Path | None, typer.Option(help="retrieval: a detection run of the same model.")] = None,
     threshold: Annotated[float, typer.Option(help="retrieval: retrieval-head score threshold.")] = 0.1,
-    replicates: Annotated[int, typer.Option(help="Bootstrap replicates.")] = 1000,
-    out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<exp>).")] = None,
-    seed: Annotated[int, typer.Option()] = 0,
+    replicates: Replicates = 1000,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Run directory (resumes if it holds the same run; default runs/<exp>)."),
+    ] = None,
+    seed: Seed = 0,
     device: Device = "auto",
     batch_size: BatchSize = None,
+    shard: Shard = "0/1",
     quiet: Quiet = False,
     config_file: ConfigFile = None,
     from_run: FromRun = None,
@@ -120,7 +135,10 @@ def language_test(
         replicates=replicates,
         seed=seed,
     )
-    store = run_test(config, out or Path("runs") / experiment, _execution(device, quiet, batch_size))
+    execution = _execution(device, quiet, batch_size=batch_size, shard=shard)
+    store = run_test(config, out or Path("runs") / experiment, execution)
+    if not _all_finished(store, execution):
+        return
     typer.echo(language_test_summary(store))
     typer.echo(f"\nrun written to {store.root}")
 
@@ -141,11 +159,12 @@ def adapt(
     train_questions: Annotated[int, typer.Option(help="Training questions (0: the whole half).")] = 0,
     eval_questions: Annotated[int, typer.Option(help="Held-out questions (0: the whole half).")] = 0,
     random_seeds: Annotated[int, typer.Option(help="Random head sets trained the same way.")] = 2,
-    replicates: Annotated[int, typer.Option(help="Bootstrap replicates.")] = 1000,
-    out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/adapt"),
-    seed: Annotated[int, typer.Option()] = 0,
+    replicates: Replicates = 1000,
+    out: Out = Path("runs/adapt"),
+    seed: Seed = 0,
     device: Device = "auto",
     batch_size: BatchSize = None,
+    shard: Shard = "0/1",
     quiet: Quiet = False,
     config_file: ConfigFile = None,
     from_run: FromRun = None,
@@ -172,6 +191,9 @@ def adapt(
         replicates=replicates,
         seed=seed,
     )
-    store = run_adapt(config, out, _execution(device, quiet, batch_size))
+    execution = _execution(device, quiet, batch_size=batch_size, shard=shard)
+    store = run_adapt(config, out, execution)
+    if not _all_finished(store, execution):
+        return
     typer.echo(adaptation_summary(store))
     typer.echo(f"\nrun written to {store.root}; the learned mask: {store.root / 'head_mask.json'}")

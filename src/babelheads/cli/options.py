@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from babelheads.errors import BabelheadsError
+
+if TYPE_CHECKING:  # both load torch or pandas; the CLI imports them when a command runs
+    from babelheads.execution import Execution
+    from babelheads.runs import RunStore
 
 
 def _codes(text: str) -> tuple[str, ...]:
@@ -69,10 +73,42 @@ ConfigFile = _settings_option(
 FromRun = _settings_option(
     "from", "Replay an existing run's settings (its manifest); flags given here change them."
 )
+# One definition per option, so every command spells and documents it the same; each command passes
+# its own default in its signature.
+Model = Annotated[str, typer.Option(help="Built-in name, hub id, model directory or .gguf file.")]
+HeadsModel = Annotated[
+    str | None,
+    typer.Option(
+        help="Built-in name, hub id, model directory or .gguf file; default: the heads run's model."
+    ),
+]
+Languages = Annotated[str, typer.Option(help="Comma-separated language codes.")]
+TestedLanguages = Annotated[
+    str,
+    typer.Option(help="Comma-separated language codes to test; default: the run's whose heads are tested."),
+]
+Out = Annotated[Path, typer.Option(help="Run directory (resumes if it holds the same run).")]
+Seed = Annotated[int, typer.Option(help="Seed of what the command draws (samples, random heads, bootstrap).")]
+HeldOutSeed = Annotated[
+    int,
+    typer.Option(
+        help="Seed of the haystacks: another than the heads run's, so no head is tested where chosen."
+    ),
+]
+Replicates = Annotated[int, typer.Option(help="Bootstrap replicates.")]
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")]
+Dtype = Annotated[str, typer.Option(help="auto, float32, bfloat16, float16.")]
 BatchSize = Annotated[
     int | None,
-    typer.Option(help="Rows decoded together; default 8 on CPU, on a GPU up to 16 as memory allows."),
+    typer.Option(
+        help="Rows computed together (prompts decoded, texts per pass); default: what the device suits "
+        "(more on a GPU, as memory allows)."
+    ),
 ]
+Shard = Annotated[
+    str, typer.Option(help="I/N: run the I-th of N blocks of the run's parts (workers sharing one --out).")
+]
+Quiet = Annotated[bool, typer.Option(help="No progress bars.")]
 SharePrefix = Annotated[
     bool, typer.Option(help="Prefill prompts' shared token prefixes once (off: each prompt alone).")
 ]
@@ -83,41 +119,41 @@ HeadMask = Annotated[
     Path | None,
     typer.Option(help="A head-mask file (babelheads adapt writes one) scaling each head in every pass."),
 ]
-ShardOption = Annotated[
-    str, typer.Option(help="I/N: run the I-th of N blocks of samples (workers sharing one run directory).")
-]
 
 
 def _execution(
     device: str,
     quiet: bool,
+    *,
     batch_size: int | None = None,
+    shard: str = "0/1",
     share_prefix: bool = True,
     device_map: str | None = None,
-    shard: str = "0/1",
-):
+) -> Execution:
+    from babelheads import runner
     from babelheads.execution import Execution
-    from babelheads.runner import Shard
 
     return Execution(
         device=device,
         device_map=device_map,
         batch_size=batch_size,
         share_prefix=share_prefix,
-        shard=Shard.parse(shard),
+        shard=runner.Shard.parse(shard),
         progress=not quiet,
     )
 
 
-def _all_finished(store, execution) -> bool:
-    """A shard's worker reports its share; the summary waits for the run's last sample."""
+def _all_finished(store: RunStore, execution: Execution) -> bool:
+    """A shard's worker reports its share; the summary waits for the run's last part, whose worker
+    writes the derived tables the summary reads."""
     if execution.shard.count == 1:
         return True
-    if (store.root / "scores.parquet").exists() or (store.root / "ablation.parquet").exists():
+    parts, finished = store.recorded_parts(), store.finished()
+    if parts is not None and set(parts) <= finished:
         return True
+    total = "" if parts is None else f" of {len(parts)}"
     typer.echo(
-        f"shard {execution.shard} done: {len(store.finished())} samples of the run finished in "
-        f"{store.root}. The worker that finishes the last sample writes the run's tables "
-        "(or run again without --shard)."
+        f"shard {execution.shard} done: {len(finished)}{total} parts of the run finished in {store.root}. "
+        "The worker that finishes the last part writes the run's tables (or run again without --shard)."
     )
     return False

@@ -9,7 +9,23 @@ from typing import Annotated
 import typer
 
 from babelheads.cli.app import app
-from babelheads.cli.options import BatchSize, ConfigFile, FromRun, _codes, _execution
+from babelheads.cli.options import (
+    BatchSize,
+    ConfigFile,
+    Device,
+    Dtype,
+    FromRun,
+    HeadsModel,
+    Languages,
+    Out,
+    Quiet,
+    Replicates,
+    Seed,
+    Shard,
+    _all_finished,
+    _codes,
+    _execution,
+)
 from babelheads.rag.selections import SELECTIONS
 
 
@@ -19,8 +35,8 @@ def rag_command(
         Path | None,
         typer.Option(help="A dynamic run: its probe predicts the dynamic heads, its scores rank the static."),
     ] = None,
-    model: Annotated[str | None, typer.Option(help="Default: the heads run's model.")] = None,
-    languages: Annotated[str, typer.Option(help="Comma-separated language codes.")] = "en,de,zh",
+    model: HeadsModel = None,
+    languages: Languages = "en,de,zh",
     questions: Annotated[
         str,
         typer.Option(help="'builtin' (en, de, zh), a two-hop JSON file or directory, or hf:NAME (HotpotQA)."),
@@ -48,15 +64,14 @@ def rag_command(
         str, typer.Option(help="all (the pooled probe) or language (each language's own).")
     ] = "all",
     prompt: Annotated[str, typer.Option(help="auto, chat or plain.")] = "auto",
-    replicates: Annotated[int, typer.Option(help="Bootstrap replicates.")] = 1000,
-    out: Annotated[Path, typer.Option(help="Run directory (resumes if it holds the same run).")] = Path(
-        "runs/rag"
-    ),
-    seed: Annotated[int, typer.Option(help="Seed of the question choice and the bootstrap.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
-    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16, float16.")] = "auto",
+    replicates: Replicates = 1000,
+    out: Out = Path("runs/rag"),
+    seed: Seed = 0,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
     batch_size: BatchSize = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    shard: Shard = "0/1",
+    quiet: Quiet = False,
     config_file: ConfigFile = None,
     from_run: FromRun = None,
 ) -> None:
@@ -85,6 +100,9 @@ def rag_command(
         replicates=replicates,
         seed=seed,
     )
-    store = rag(config, out, _execution(device, quiet, batch_size))
+    execution = _execution(device, quiet, batch_size=batch_size, shard=shard)
+    store = rag(config, out, execution)
+    if not _all_finished(store, execution):
+        return
     typer.echo(rag_summary(store))
     typer.echo(f"\nrun written to {store.root}")

@@ -11,11 +11,20 @@ from babelheads.cli.app import app
 from babelheads.cli.options import (
     BatchSize,
     ConfigFile,
+    Device,
     DeviceMap,
+    Dtype,
     FromRun,
     HeadMask,
-    ShardOption,
+    Languages,
+    Model,
+    Out,
+    Quiet,
+    Replicates,
+    Seed,
+    Shard,
     SharePrefix,
+    TestedLanguages,
     _all_finished,
     _execution,
     _floats,
@@ -26,10 +35,8 @@ from babelheads.errors import BabelheadsError
 
 @app.command()
 def detect(
-    model: Annotated[
-        str, typer.Option(help="Built-in name, hub id, model directory or .gguf file.")
-    ] = "gemma-3-270m",
-    languages: Annotated[str, typer.Option(help="Comma-separated language codes.")] = "en,de,zh",
+    model: Model = "gemma-3-270m",
+    languages: Languages = "en,de,zh",
     pairs: Annotated[
         str, typer.Option(help="Retrieval + translation instead: SOURCE:ANSWER pairs, e.g. en:zh,en:de.")
     ] = "",
@@ -60,18 +67,16 @@ def detect(
     top_k: Annotated[int, typer.Option(help="Attention peaks kept per head and step.")] = 4,
     sink_tokens: Annotated[int, typer.Option(help="Leave the first N positions out of the peaks.")] = 0,
     prompt: Annotated[str, typer.Option(help="auto, chat or plain.")] = "auto",
-    out: Annotated[Path, typer.Option(help="Run directory (resumes if it holds the same run).")] = Path(
-        "runs/detect"
-    ),
-    seed: Annotated[int, typer.Option()] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
-    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16, float16.")] = "auto",
+    out: Out = Path("runs/detect"),
+    seed: Seed = 0,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
     batch_size: BatchSize = None,
     share_prefix: SharePrefix = True,
     device_map: DeviceMap = None,
-    shard: ShardOption = "0/1",
+    shard: Shard = "0/1",
     head_mask: HeadMask = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    quiet: Quiet = False,
     config_file: ConfigFile = None,
     from_run: FromRun = None,
 ) -> None:
@@ -106,7 +111,9 @@ def detect(
         analysis=analysis,
         head_mask=str(head_mask) if head_mask else None,
     )
-    execution = _execution(device, quiet, batch_size, share_prefix, device_map, shard)
+    execution = _execution(
+        device, quiet, batch_size=batch_size, shard=shard, share_prefix=share_prefix, device_map=device_map
+    )
     store = run_detect(config, out, execution)
     if not _all_finished(store, execution):
         return
@@ -134,9 +141,10 @@ def summary(
     """Print the score distribution and top heads of a detection run; re-aggregate without re-running."""
     from dataclasses import replace
 
-    from babelheads.experiments.detect import finalize, recorded_analysis
+    from babelheads.experiments.detect import finalize
     from babelheads.report.text import check_summary_options, detection_summary
     from babelheads.runs import RunStore
+    from babelheads.sources import recorded_analysis
 
     check_summary_options(top, threshold)  # before --write rewrites anything
     store = RunStore(run)
@@ -163,7 +171,7 @@ def compare(
     threshold: Annotated[float, typer.Option(help="Retrieval-head threshold.")] = 0.1,
     strong: Annotated[float, typer.Option(help="Strong-head threshold.")] = 0.5,
     replicates: Annotated[int, typer.Option(help="Bootstrap replicates over samples.")] = 200,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: Seed = 0,
     models: Annotated[
         bool, typer.Option(help="Compare two models (one run each) instead of languages.")
     ] = False,
@@ -187,13 +195,13 @@ def compare(
 @app.command()
 def ablate(
     run: Annotated[Path, typer.Argument(help="The detection run whose scores pick the heads.")],
-    out: Annotated[Path, typer.Option(help="Run directory for the ablation.")] = Path("runs/ablate"),
+    out: Out = Path("runs/ablate"),
     task: Annotated[str, typer.Option(help="niah (held-out needle tests) or cot (word problems).")] = "niah",
     holdout: Annotated[
         str, typer.Option(help="niah: seed (other haystacks), needles (unused needles) or none.")
     ] = "seed",
     problems: Annotated[int, typer.Option(help="cot: word problems per language.")] = 30,
-    languages: Annotated[str, typer.Option(help="Languages to test; default: the detection run's.")] = "",
+    languages: TestedLanguages = "",
     k: Annotated[str, typer.Option(help="Numbers of heads to mask (a sweep).")] = "2,4,8",
     head_sets: Annotated[
         str, typer.Option(help="top, random, agnostic, specific.")
@@ -209,14 +217,16 @@ def ablate(
     needle_kind: Annotated[str, typer.Option(help="all, fact or key.")] = "all",
     needles_per_cell: Annotated[int, typer.Option()] = 1,
     max_new_tokens: Annotated[int, typer.Option()] = 16,
-    seed: Annotated[int, typer.Option()] = 0,
-    device: Annotated[str, typer.Option()] = "auto",
+    success_threshold: Annotated[float, typer.Option(help="ROUGE-1 recall above this is a success.")] = 0.5,
+    replicates: Replicates = 200,
+    seed: Seed = 0,
+    device: Device = "auto",
     batch_size: BatchSize = None,
     share_prefix: SharePrefix = True,
     device_map: DeviceMap = None,
-    shard: ShardOption = "0/1",
+    shard: Shard = "0/1",
     head_mask: HeadMask = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    quiet: Quiet = False,
     config_file: ConfigFile = None,
     from_run: FromRun = None,
 ) -> None:
@@ -242,10 +252,14 @@ def ablate(
         needle_kind=needle_kind,
         needles_per_cell=needles_per_cell,
         max_new_tokens=max_new_tokens,
+        success_threshold=success_threshold,
+        replicates=replicates,
         seed=seed,
         head_mask=str(head_mask) if head_mask else None,
     )
-    execution = _execution(device, quiet, batch_size, share_prefix, device_map, shard)
+    execution = _execution(
+        device, quiet, batch_size=batch_size, shard=shard, share_prefix=share_prefix, device_map=device_map
+    )
     store = run_ablate(config, out, execution)
     if not _all_finished(store, execution):
         return
@@ -256,18 +270,16 @@ def ablate(
 @app.command()
 def study(
     out: Annotated[Path, typer.Option(help="Directory for every run and the report.")] = Path("runs/study"),
-    model: Annotated[
-        str, typer.Option(help="Built-in name, hub id, model directory or .gguf file.")
-    ] = "gemma-3-270m",
-    languages: Annotated[str, typer.Option(help="Comma-separated language codes.")] = "en,de,zh",
+    model: Model = "gemma-3-270m",
+    languages: Languages = "en,de,zh",
     translate_from: Annotated[str, typer.Option(help="Source language of the translation task.")] = "en",
-    seed: Annotated[int, typer.Option()] = 0,
-    device: Annotated[str, typer.Option()] = "auto",
-    dtype: Annotated[str, typer.Option()] = "auto",
+    seed: Seed = 0,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
     batch_size: BatchSize = None,
     share_prefix: SharePrefix = True,
     device_map: DeviceMap = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: Quiet = False,
     config_file: ConfigFile = None,
 ) -> None:
     """The whole study in one command: detect, translate, compare, ablate, report."""
@@ -280,7 +292,9 @@ def study(
         seed=seed,
         dtype=dtype,
     )
-    execution = _execution(device, quiet, batch_size, share_prefix, device_map)
+    execution = _execution(
+        device, quiet, batch_size=batch_size, share_prefix=share_prefix, device_map=device_map
+    )
     report = run_study(config, out, execution, say=lambda line: typer.echo(line, err=True))
     typer.echo(f"report written to {report}")
 
