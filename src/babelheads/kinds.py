@@ -119,8 +119,9 @@ def _rag(manifest: dict, run: Path) -> dict:
 def _with_niah(manifest: dict, run: Path) -> dict:
     config = dict(manifest["spec"]["config"])
     values = _flatten(config, ("niah", "settings"))  # compress: the policies' settings are flags
-    if "settings" in manifest["spec"]["config"]:
-        values["seed"] = manifest["spec"]["config"]["niah"]["seed"]  # --seed is the haystacks' seed
+    # --seed is the haystacks' seed (compress and dynamic-ablate alike); the config's own seed, which
+    # draws random heads, has no flag, and replayed as --seed it would test on the heads run's haystacks.
+    values["seed"] = config["niah"]["seed"]
     return values
 
 
