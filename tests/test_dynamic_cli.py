@@ -191,7 +191,7 @@ def test_two_hop_samples_mark_both_facts_the_answer_and_the_context(tiny_tokeniz
     samples = [sample for sample in task.build(loaded) if hasattr(sample, "spans")]
     assert len(samples) >= 10
     for sample in samples:
-        item = next(item for item in task.items[sample.condition] if sample.sample_id.endswith(item.id))
+        item = next(item for item in task.items[sample.language] if sample.sample_id.endswith(item.id))
 
         def decode(span, ids=sample.input_ids):
             return tiny_tokenizer_session.decode(ids[span[0] : span[1]]).strip()

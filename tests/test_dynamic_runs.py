@@ -188,10 +188,8 @@ def test_the_ablation_command_and_the_report_end_to_end(run, tmp_path, monkeypat
 
 def test_rag_takes_the_probes_heads_per_step_and_the_runs_static_ranking(run, copier, tmp_path):
     from babelheads.experiments.rag import RagConfig, _load_heads, rag
+    from babelheads.rag.loop import SELECTIONS, LoopSettings
     from babelheads.sources import load_probe, open_source
-    from babelheads.rag.loop import SELECTIONS
-
-    from babelheads.rag.loop import LoopSettings
 
     # The copier has 4 heads: a query from 3 of them leaves a head out of every choice.
     config = RagConfig(
@@ -212,8 +210,8 @@ def test_rag_takes_the_probes_heads_per_step_and_the_runs_static_ranking(run, co
 
 
 def test_compress_takes_a_runs_retrieval_scores_as_head_scores(run, copier, tmp_path):
-    from babelheads.errors import BabelheadsError
     from babelheads.analysis.dynamic_heads import retrieval_rankings
+    from babelheads.errors import BabelheadsError
     from babelheads.experiments.compress import CompressConfig, compress, head_scores
 
     # The heads run's own haystacks (its seed) are refused: heads are tested on other samples.

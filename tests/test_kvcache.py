@@ -424,10 +424,9 @@ def test_head_budget_gives_what_a_capped_head_cannot_hold_to_the_others():
 def test_head_scores_come_from_importance_runs_and_score_files(tmp_path):
     """LAHIS importance per language, and an official-format score file, as head scores."""
     import json
+    from dataclasses import asdict
 
     import pandas as pd
-
-    from dataclasses import asdict
 
     from babelheads.experiments.compress import CompressConfig, chosen_sets, head_scores
     from babelheads.heads import HeadLayout

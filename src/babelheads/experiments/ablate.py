@@ -142,7 +142,7 @@ def _identity(config: AblateConfig) -> dict:
 def _unused_needles(settings: NiahSettings, used: list[str]) -> list[str]:
     from babelheads.data.needles import load_needles
 
-    source = settings.conditions()[0][0]
+    source = settings.language_pairs()[0][0]
     kind = settings.needle_kind
     all_ids = [
         needle.id

@@ -316,7 +316,7 @@ def _sample_rows(
     rows = []
     reference = None
     for condition, keep in _conditions(
-        config, sets, sample.condition, loaded.layout, layers, context_end, prefilled
+        config, sets, sample.language, loaded.layout, layers, context_end, prefilled
     ):
         result: CompressedDecode = compressed_decode_from(
             instrument, fork(prefilled), sample.input_ids, context_end, keep, config.max_new_tokens, stops
@@ -330,7 +330,7 @@ def _sample_rows(
         )
         row = {
             "sample_id": sample.sample_id,
-            "language": sample.condition,
+            "language": sample.language,
             "status": "ok",
             **condition,
             "output": text,

@@ -147,7 +147,7 @@ class DynamicAblation(Experiment):
             def compute(batch: list[Part]):
                 for part in batch:
                     sample = part.work
-                    ranking = self.ranking[sample.condition]
+                    ranking = self.ranking[sample.language]
                     yield (
                         part,
                         _ablate_sample(instrument, loaded, sample, self.task, ranking, self.config, size),
@@ -275,7 +275,7 @@ def _ablate_sample(
     table = pd.DataFrame(plans)
     table["heads"] = [" ".join(layout.label(h) for h in heads) for heads in table["heads"]]
     table.insert(0, "sample_id", sample.sample_id)
-    table.insert(1, "language", sample.condition)
+    table.insert(1, "language", sample.language)
     outcome = []
     for (condition, k, seed), group in _sequences(table, steps).items():
         text = loaded.tokenizer.decode(group, skip_special_tokens=True).strip()
@@ -283,7 +283,7 @@ def _ablate_sample(
         outcome.append(
             {
                 "sample_id": sample.sample_id,
-                "language": sample.condition,
+                "language": sample.language,
                 "status": "ok",
                 "condition": condition,
                 "k": k,

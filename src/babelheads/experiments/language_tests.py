@@ -410,7 +410,7 @@ def _generation_jobs(loaded: LoadedModel, task, plan, base) -> list[Job]:
             (("condition", condition.name), ("unit", sample.sample_id), ("task", task.name)),
         )
         for sample in task.build(loaded)
-        for condition in _conditions_of(plan, sample.condition)
+        for condition in _conditions_of(plan, sample.language)
     ]
 
 

@@ -232,7 +232,7 @@ def _tables(
     decoded: Decoded | None,
 ) -> dict[str, pd.DataFrame]:
     sample = job.sample
-    base = {"sample_id": sample.sample_id, "language": sample.condition, **dict(job.columns)}
+    base = {"sample_id": sample.sample_id, "language": sample.language, **dict(job.columns)}
     if isinstance(sample, Skipped) or decoded is None:
         row = {**base, **sample.meta, "status": "skipped", "reason": sample.reason, "success": False}
         return {"samples": pd.DataFrame([row])}

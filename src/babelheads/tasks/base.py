@@ -40,13 +40,14 @@ class Sample:
     """One prompt to decode.
 
     sample_id : a file name that is safe on every OS (see :func:`safe_id`).
-    condition : the label results are grouped by: a language ('en') or a variant of one ('en>zh').
+    language : the label results are grouped by (the samples table's 'language'): a language ('en')
+        or a variant of one ('en>zh' retrieval + translation, 'en/cot' a prompt style).
     spans : named half-open token spans [start, end) into ``input_ids``, e.g. 'needle' and 'answer'.
     meta : further columns for the run's samples table (length, depth, needle id, ...).
     """
 
     sample_id: str
-    condition: str
+    language: str
     input_ids: tuple[int, ...]
     expected: str
     spans: Mapping[str, tuple[int, int]] = field(default_factory=dict)
@@ -62,7 +63,7 @@ class Skipped:
     """A sample that could not be built; the run records it with its reason and goes on."""
 
     sample_id: str
-    condition: str
+    language: str
     reason: str
     meta: Mapping[str, object] = field(default_factory=dict)
 
@@ -70,7 +71,7 @@ class Skipped:
         """Its row of a run's samples table: recorded with the reason, counted nowhere."""
         return {
             "sample_id": self.sample_id,
-            "language": self.condition,
+            "language": self.language,
             "status": "skipped",
             "reason": self.reason,
         }

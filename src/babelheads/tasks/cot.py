@@ -88,7 +88,7 @@ class CotTask:
                     yield code, mode, problem_set, problem
 
     @staticmethod
-    def condition(language: str, mode: str) -> str:
+    def label(language: str, mode: str) -> str:
         return f"{language}/{mode}"
 
     def sample_ids(self) -> list[str]:
@@ -112,7 +112,7 @@ class CotTask:
             samples.append(
                 Sample(
                     sample_id,
-                    self.condition(code, mode),
+                    self.label(code, mode),
                     tuple(ids),
                     str(problem.answer),
                     meta={

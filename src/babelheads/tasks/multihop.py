@@ -95,7 +95,7 @@ class MultihopTask:
         return built
 
     def score(self, sample: Sample, output: str) -> dict[str, object]:
-        language = self._languages[sample.condition]
+        language = self._languages[sample.language]
         check = check_answer(sample.expected, output, language.answer_tokenizer, self.success_threshold)
         return {
             "rouge1_recall": check.rouge1_recall,

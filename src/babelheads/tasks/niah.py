@@ -38,7 +38,7 @@ def check_prompt_format(prompt: str) -> None:
 class NiahSettings:
     """What decides the samples of a NIAH run.
 
-    languages : plain retrieval in each; pairs : 'SOURCE:ANSWER' retrieval + translation conditions
+    languages : plain retrieval in each; pairs : 'SOURCE:ANSWER' retrieval + translation
     (haystack, needle and question in SOURCE, the answer asked for in ANSWER); pairs replace languages.
     """
 
@@ -75,17 +75,14 @@ class NiahSettings:
     def root(self) -> Path | None:
         return Path(self.data_dir) if self.data_dir else None
 
-    def conditions(self) -> list[tuple[str, str | None]]:
+    def language_pairs(self) -> list[tuple[str, str | None]]:
         """(haystack language, answer language or None): pairs when given, else the languages."""
         if self.pairs:
             return [(pair.split(":", 1)[0], pair.split(":", 1)[1]) for pair in self.pairs]
         return [(code, None) for code in self.languages]
 
-    def condition_labels(self) -> list[str]:
-        return [source if target is None else f"{source}>{target}" for source, target in self.conditions()]
-
     def answer_languages(self) -> list[str]:
-        return list(dict.fromkeys(target or source for source, target in self.conditions()))
+        return list(dict.fromkeys(target or source for source, target in self.language_pairs()))
 
 
 @dataclass(frozen=True)
@@ -105,7 +102,7 @@ class NiahCell:
     instruction: str = ""
 
     @property
-    def condition(self) -> str:
+    def label(self) -> str:
         """'en' for plain retrieval, 'en>zh' for retrieval in English answered in Chinese."""
         return self.language if self.answer_language is None else f"{self.language}>{self.answer_language}"
 
@@ -115,8 +112,8 @@ class NiahCell:
 
     @property
     def sample_id(self) -> str:
-        condition = self.condition.replace(">", "_to_")
-        return safe_id(f"{condition}-L{self.length}-D{self.depth:.3f}-{self.needle.id}")
+        label = self.label.replace(">", "_to_")
+        return safe_id(f"{label}-L{self.length}-D{self.depth:.3f}-{self.needle.id}")
 
     def meta(self) -> dict[str, object]:
         return {
@@ -166,7 +163,7 @@ class NiahTask:
         self._haystacks: dict[str, str] = {}
         self._languages = {
             code: load_language(code, settings.root)
-            for pair in settings.conditions()
+            for pair in settings.language_pairs()
             for code in pair
             if code is not None
         }
@@ -174,7 +171,7 @@ class NiahTask:
     def _plan(self) -> list[NiahCell]:
         settings, root = self.settings, self.settings.root
         cells = []
-        for source, target in settings.conditions():
+        for source, target in settings.language_pairs():
             load_language(source, root)
             grid = grid_cells(
                 source,
@@ -227,7 +224,7 @@ class NiahTask:
             identity[f"language:{code}"] = content_digest(asdict(language))
             needles = load_needles(settings.needles, code, root)
             identity[f"needles:{code}"] = content_digest([asdict(needle) for needle in needles])
-        for source, _ in settings.conditions():
+        for source, _ in settings.language_pairs():
             identity[f"corpus:{source}"] = content_digest(self._haystack(source))
         return identity
 
@@ -320,7 +317,7 @@ class NiahBuilder:
                 return sample
         return Skipped(
             cell.sample_id,
-            cell.condition,
+            cell.label,
             f"needle {cell.needle.id!r} merges with the neighbouring characters at the "
             f"{min(BOUNDARY_TRIES, len(boundaries))} sentence boundaries nearest depth {cell.depth}, so its "
             "answer span cannot be located exactly",
@@ -353,7 +350,7 @@ class NiahBuilder:
         haystack = token_span(offsets, (start, start + len(context)))
         return Sample(
             cell.sample_id,
-            cell.condition,
+            cell.label,
             tuple(ids),
             cell.expected_answer,
             {"needle": needle_span, "answer": answer_span, "context": haystack},
