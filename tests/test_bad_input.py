@@ -395,7 +395,7 @@ def test_rag_head_count_is_checked_against_the_heads_runs_layout(detect_run):
     from babelheads.experiments.rag import RagConfig, _heads_run
     from babelheads.rag.loop import LoopSettings
 
-    config = RagConfig(heads=str(detect_run), selections=("static", "none"), loop=LoopSettings(heads=13))
+    config = RagConfig(heads=str(detect_run), selections=("static", "none"), loop=LoopSettings(head_count=13))
     with pytest.raises(BabelheadsError, match=r"--head-count must be between 1 and the model's 12 heads"):
         _heads_run(config)
     _heads_run(RagConfig(heads=str(detect_run), selections=("static", "none"), loop=LoopSettings(heads=12)))

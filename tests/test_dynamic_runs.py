@@ -193,7 +193,7 @@ def test_rag_takes_the_probes_heads_per_step_and_the_runs_static_ranking(run, co
 
     # The copier has 4 heads: a query from 3 of them leaves a head out of every choice.
     config = RagConfig(
-        heads=str(run.root), languages=("en", "de"), count=2, replicates=50, loop=LoopSettings(heads=3)
+        heads=str(run.root), languages=("en", "de"), count=2, replicates=50, loop=LoopSettings(head_count=3)
     )
     heads = _load_heads(open_source(run.root, ("dynamic",), "--heads"), config)
     ranking = open_source(run.root, ("dynamic",), "--heads").rankings()

@@ -206,7 +206,9 @@ def test_questions_a_two_hop_heads_run_was_fitted_on_are_left_out():
 
 
 # The loop on a tiny random model: every content token's RIND is above 0, so threshold 0 triggers.
-SETTINGS = LoopSettings(threshold=0.0, max_new_tokens=8, retrievals=2, documents=2, heads=2, query_tokens=3)
+SETTINGS = LoopSettings(
+    threshold=0.0, max_new_tokens=8, retrievals=2, documents=2, head_count=2, query_tokens=3
+)
 FIXED_HEADS = [1, 6]
 
 

@@ -112,7 +112,8 @@ def _dynamic(manifest: dict, run: Path) -> dict:
 def _rag(manifest: dict, run: Path) -> dict:
     config = dict(manifest["spec"]["config"])
     loop = dict(config.pop("loop"))
-    loop["head_count"] = loop.pop("heads")  # --head-count beside --heads RUN
+    if "heads" in loop:  # runs before the loop's count was named head_count
+        loop["head_count"] = loop.pop("heads")
     return {**loop, **config}
 
 

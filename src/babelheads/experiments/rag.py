@@ -249,10 +249,10 @@ def _check_head_count(config: RagConfig, manifest: dict) -> None:
     if not isinstance(layout, dict) or not {"dynamic", "static"} & set(config.selections):
         return
     total = int(layout["num_layers"]) * int(layout["num_heads"])
-    if config.loop.heads > total:
+    if config.loop.head_count > total:
         raise BabelheadsError(
             f"--head-count must be between 1 and the model's {total} heads ({layout['num_layers']} layers "
-            f"x {layout['num_heads']} heads, from {config.heads}). Got {config.loop.heads}."
+            f"x {layout['num_heads']} heads, from {config.heads}). Got {config.loop.head_count}."
         )
 
 
@@ -281,7 +281,7 @@ def _load_heads(heads_run: Source | None, config: RagConfig) -> _Heads:
     probes: dict[str, TrainedProbe] = {}
     static: dict[str, np.ndarray] = {}
     if heads_run is None:
-        return _Heads(probes, static, config.loop.heads)
+        return _Heads(probes, static, config.loop.head_count)
     if "static" in config.selections:
         ranking = heads_run.rankings()
         missing = [code for code in config.languages if code not in ranking]
@@ -294,7 +294,7 @@ def _load_heads(heads_run: Source | None, config: RagConfig) -> _Heads:
     if "dynamic" in config.selections:
         for code in config.languages:
             probes[code] = load_probe(Path(config.heads), ALL if config.probe == ALL else code)
-    return _Heads(probes, static, config.loop.heads)
+    return _Heads(probes, static, config.loop.head_count)
 
 
 TRACE_COLUMNS = [

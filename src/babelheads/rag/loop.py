@@ -52,7 +52,7 @@ HeadChooser = Callable[[str, str, np.ndarray], tuple[list[int], list[float]]]
 @dataclass(frozen=True)
 class LoopSettings:
     """threshold : RIND above which a token triggers retrieval. retrievals : at most this many per
-    answer, each adding up to ``documents`` documents. heads : heads whose attention forms the query
+    answer, each adding up to ``documents`` documents. head_count : heads whose attention forms the query
     (dynamic, static). query_tokens : top positions taken; gap : positions at most this far apart form
     one cluster; widen : positions added on both sides of a cluster."""
 
@@ -60,7 +60,7 @@ class LoopSettings:
     max_new_tokens: int = 24
     retrievals: int = 3
     documents: int = 3
-    heads: int = 5
+    head_count: int = 5
     query_tokens: int = 6
     gap: int = 1
     widen: int = 1
@@ -76,9 +76,9 @@ class LoopSettings:
                 "threshold must be >= 0; max_new_tokens, retrievals and documents >= 1. Got "
                 f"{self.threshold}, {self.max_new_tokens}, {self.retrievals}, {self.documents}."
             )
-        if self.heads < 1 or self.query_tokens < 1 or self.gap < 0 or self.widen < 0:
+        if self.head_count < 1 or self.query_tokens < 1 or self.gap < 0 or self.widen < 0:
             raise BabelheadsError(
-                f"heads and query_tokens must be >= 1, gap and widen >= 0. Got {self.heads}, "
+                f"head_count and query_tokens must be >= 1, gap and widen >= 0. Got {self.head_count}, "
                 f"{self.query_tokens}, {self.gap}, {self.widen}."
             )
 
