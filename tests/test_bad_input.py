@@ -398,7 +398,8 @@ def test_rag_head_count_is_checked_against_the_heads_runs_layout(detect_run):
     config = RagConfig(heads=str(detect_run), selections=("static", "none"), loop=LoopSettings(head_count=13))
     with pytest.raises(BabelheadsError, match=r"--head-count must be between 1 and the model's 12 heads"):
         _heads_run(config)
-    _heads_run(RagConfig(heads=str(detect_run), selections=("static", "none"), loop=LoopSettings(heads=12)))
+    fitting = LoopSettings(head_count=12)
+    _heads_run(RagConfig(heads=str(detect_run), selections=("static", "none"), loop=fitting))
 
 
 def test_dynamic_settings_refuse_a_static_k_above_the_model_and_bad_replicates(tiny_model_dir, detect_run):
