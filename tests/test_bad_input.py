@@ -110,6 +110,7 @@ def inputs(work, detect_run) -> dict[str, Path]:
         "empty_scores": work / "empty.json",
         "text_scores": work / "text.json",
         "far_scores": work / "far.json",
+        "good_scores": work / "good.json",
         "report_dir": work / "report-dir",
         "truncated": work / "truncated",
         "no_spec": work / "no-spec",
@@ -118,6 +119,7 @@ def inputs(work, detect_run) -> dict[str, Path]:
     files["empty_scores"].write_text("{}")
     files["text_scores"].write_text(json.dumps({"11-2": "high"}))
     files["far_scores"].write_text(json.dumps({"99-7": 0.9, "0-1": 0.2}))
+    files["good_scores"].write_text(json.dumps({"0-1": 0.2}))
     files["report_dir"].mkdir()
     for name in ("truncated", "no_spec"):
         shutil.copytree(detect_run, files[name])
@@ -165,6 +167,10 @@ def outcomes(work, inputs, tiny_model_dir, detect_run, importance_run, varied_de
         "manifest-compare": with_out("manifest-compare", "compare", inputs["truncated"]),
         "manifest-ablate": with_out("manifest-ablate", "ablate", inputs["no_spec"], *quiet),
         "manifest-from": with_out("manifest-from", "detect", "--from", inputs["truncated"], "--quiet"),
+        "compress-batch": with_out(
+            "compress-batch", *small_compress, "--heads", inputs["good_scores"], "--batch-size", "4"
+        ),
+        "drift-shard": with_out("drift-shard", *small_importance, "--drift", "--shard", "0/2"),
         "retrieval-paper": with_out(
             "retrieval-paper",
             *["language-test", lahis, "--exp", "retrieval", "--detect", varied_detect_run],
@@ -554,3 +560,10 @@ def test_retrieval_overlap_compares_score_with_the_formula_when_both_tables_have
         table = retrieval_overlap(retrieval, language_heads, importance, 4, formula, 0.1)
         en = table[table["language"] == "en"]
         assert en["spearman_retrieval_vs_importance"].to_numpy() == pytest.approx([rho] * 3), en
+
+
+def test_an_execution_setting_a_kind_cannot_honour_is_refused_not_ignored(outcomes, work):
+    """compress decodes one sample at a time; importance --drift scores a language's texts in sequence."""
+    assert_refused(outcomes["compress-batch"], r"one sample at a time.*--batch-size 4 would be ignored")
+    assert_refused(outcomes["drift-shard"], r"--drift scores a language's texts in sequence")
+    assert not (work / "compress-batch").exists() and not (work / "drift-shard").exists()

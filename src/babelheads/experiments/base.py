@@ -79,6 +79,11 @@ class Experiment(ABC):
         """The model the parts run on; None for a run that only analyses its sources' tables (its
         identity then names the model)."""
 
+    def check_execution(self, execution: Execution) -> None:
+        """Refuse an execution setting this kind cannot honour (rather than ignore it); nothing is
+        loaded or written yet. Every setting is honoured unless a kind says otherwise."""
+        return None
+
     def sources(self) -> Sequence[Source]:
         """The runs this one reads; each must be of the loaded model."""
         return ()
@@ -107,6 +112,7 @@ class Experiment(ABC):
 def run_experiment(experiment: Experiment, out: Path, execution: Execution = DEFAULT_EXECUTION) -> RunStore:
     """Run (or resume) ``experiment`` into ``out``; returns the store. Its derived tables are written
     once every part has finished (a shard that is not the last leaves them to the last)."""
+    experiment.check_execution(execution)
     store = RunStore(Path(out))
     choice = experiment.model()
     spec = {"kind": experiment.kind, **experiment.identity(execution)}

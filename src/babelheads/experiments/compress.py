@@ -191,6 +191,13 @@ class Compression(Experiment):
             raise BabelheadsError("Give --model: a score file does not name its model.")
         self.task = NiahTask(config.niah)
 
+    def check_execution(self, execution: Execution) -> None:
+        if execution.batch_size not in (None, 1):
+            raise BabelheadsError(
+                f"compress decodes one sample at a time (a compressed cache holds one sequence), so "
+                f"--batch-size {execution.batch_size} would be ignored. Leave it out."
+            )
+
     @property
     def seed(self) -> int:
         return self.config.seed

@@ -89,6 +89,8 @@ class Detection(Experiment):
         return self.task.sample_ids()
 
     def prepare(self, loaded: LoadedModel) -> Prepared:
+        if self.config.head_mask is not None:  # a model whose config was unreadable before it loaded
+            check_mask_fits(self.config.head_mask, loaded.layout)
         facts = {"layout": asdict(loaded.layout), "analysis": asdict(self.config.analysis)}
         return Prepared(self.task.sample_ids(), facts, self.task.build(loaded))
 

@@ -143,6 +143,9 @@ class DynamicRecording(Experiment):
         return self.task.sample_ids()
 
     def prepare(self, loaded: LoadedModel) -> Prepared:
+        # Checked on construction where the model's config was readable without loading it; here for
+        # the rest, before anything is written (the analysis runs only after every sample).
+        self.config.analysis.check_heads(asdict(loaded.layout), self.config.model)
         return Prepared(self.task.sample_ids(), {"layout": asdict(loaded.layout)}, self.task.build(loaded))
 
     def execute(self, store: RunStore, loaded: LoadedModel, prepared: Prepared, execution: Execution) -> None:

@@ -125,14 +125,16 @@ class Importance(Experiment):
 
     kind = "importance"
 
-    def __init__(self, config: ImportanceConfig, shard_count: int = 1):
-        if config.drift and shard_count > 1:
+    def __init__(self, config: ImportanceConfig):
+        self.config = config
+        self.task = TextWindows(config.texts)
+
+    def check_execution(self, execution: Execution) -> None:
+        if self.config.drift and execution.shard.count > 1:
             raise BabelheadsError(
                 "--drift scores a language's texts in sequence (each on the gates the last one moved), "
                 "so it cannot be split into shards. Leave out --shard or --drift."
             )
-        self.config = config
-        self.task = TextWindows(config.texts)
 
     @property
     def seed(self) -> int:
@@ -174,7 +176,7 @@ class Importance(Experiment):
 
 def importance(config: ImportanceConfig, out: Path, execution: Execution = DEFAULT_EXECUTION) -> RunStore:
     """Run (or resume) importance scoring into ``out``; one part per text, every language."""
-    return run_experiment(Importance(config, execution.shard.count), out, execution)
+    return run_experiment(Importance(config), out, execution)
 
 
 def _gradients(loaded: LoadedModel, instrument: Instrument):
