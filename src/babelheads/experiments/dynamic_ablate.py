@@ -34,7 +34,7 @@ from babelheads.heads import HeadLayout
 from babelheads.models import LoadedModel
 from babelheads.probe import HeadGates, Instrument, ProbeSettings
 from babelheads.runner.decode import DEFAULT_PREFILL_CHUNK, Row, decode_rows
-from babelheads.runner.jobs import DEFAULT_BATCH_SIZE, region_labels
+from babelheads.runner.jobs import region_labels, rows_under_cap
 from babelheads.runner.parts import Part, execute_samples
 from babelheads.runner.prefix import SharedPrefill, branch_points
 from babelheads.runner.stops import StopRule
@@ -140,8 +140,12 @@ class DynamicAblation(Experiment):
         return Prepared(self.task.sample_ids(), {"layout": asdict(loaded.layout)})
 
     def execute(self, store: RunStore, loaded: LoadedModel, prepared: Prepared, execution: Execution) -> None:
-        size = execution.batch_size or DEFAULT_BATCH_SIZE.get(loaded.device.type, 8)
         settings = ProbeSettings(top_k=4, mass_sink=0, mass_window=0)
+
+        def size(sample: Sample) -> int:  # one-step rows of this sample, under the device's cap
+            longest = len(sample.input_ids) + self.config.max_new_tokens
+            return rows_under_cap(execution.batch_size, loaded, longest)
+
         with Instrument(loaded.model, loaded.layout, settings) as instrument:
 
             def compute(batch: list[Part]):
@@ -150,7 +154,9 @@ class DynamicAblation(Experiment):
                     ranking = self.ranking[sample.language]
                     yield (
                         part,
-                        _ablate_sample(instrument, loaded, sample, self.task, ranking, self.config, size),
+                        _ablate_sample(
+                            instrument, loaded, sample, self.task, ranking, self.config, size(sample)
+                        ),
                     )
 
             execute_samples(

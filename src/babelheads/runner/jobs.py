@@ -110,6 +110,14 @@ class RunSettings:
         return max(rows, 1)
 
 
+def rows_under_cap(batch_size: int | None, loaded: LoadedModel, longest: int) -> int:
+    """Rows decoded together: the user's batch size, else the device's default, on a GPU cut so that
+    rows of ``longest`` tokens keep their KV caches within the memory cap (see RunSettings)."""
+    element = next(loaded.model.parameters()).element_size()
+    settings = RunSettings(batch_size=batch_size)
+    return settings.rows_per_batch(loaded.device, kv_bytes_per_row(loaded.layout, longest, element))
+
+
 def run_jobs(
     store: RunStore,
     loaded: LoadedModel,
