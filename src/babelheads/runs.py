@@ -178,6 +178,12 @@ class RunStore:
         os.replace(temporary, path)
         return path
 
+    def write_table(self, name: str, frame: pd.DataFrame) -> Path:
+        """A derived table as Parquet (for the tools) and CSV (for people), under one name."""
+        path = self.write_derived(name, frame)
+        self.write_csv(name, frame)
+        return path
+
     def write_csv(self, name: str, frame: pd.DataFrame) -> Path:
         path = self.root / "csv" / f"{name}.csv"
         path.parent.mkdir(parents=True, exist_ok=True)

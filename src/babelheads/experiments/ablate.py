@@ -264,5 +264,4 @@ def finalize(store: RunStore, config: AblateConfig, sets: list[HeadSet]) -> None
     result["task"] = config.task
     result["method"] = config.method
     result["phases"] = config.phases
-    store.write_derived("ablation", result)
-    store.write_csv("ablation", result)
+    store.write_table("ablation", result)

@@ -294,5 +294,4 @@ def finalize(store: RunStore, config: AdaptConfig) -> None:
     answers = answers.assign(correct=answers["success"].astype(float), language=config.language)
     answers["condition"] = answers["condition"].replace({"original": "none"})
     table = effects.contrasts(answers, "correct", {"adapted": "adapted"}, config.replicates, config.seed)
-    store.write_derived("adaptation", table)
-    store.write_csv("adaptation", table)
+    store.write_table("adaptation", table)

@@ -87,6 +87,5 @@ def run_compare(
     store.check_compatible(spec, ignore=("run_digests",))
     store.create(spec, config.seed)
     for name, table in tables.items():
-        store.write_derived(name, table)
-        store.write_csv(name, table)
+        store.write_table(name, table)
     return tables, notes

@@ -368,8 +368,6 @@ def _sample_rows(
 def finalize(store: RunStore, config: CompressConfig) -> None:
     samples = completed(store.table("samples"))
     scores = compress_scores(samples, config.replicates, config.seed)
-    store.write_derived("compress_scores", scores)
-    store.write_csv("compress_scores", scores)
+    store.write_table("compress_scores", scores)
     contrasts = compress_contrasts(samples, config.replicates, config.seed)
-    store.write_derived("compress_contrasts", contrasts)
-    store.write_csv("compress_contrasts", contrasts)
+    store.write_table("compress_contrasts", contrasts)

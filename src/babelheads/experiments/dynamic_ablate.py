@@ -328,6 +328,5 @@ def finalize(store: RunStore, config: DynamicAblateConfig) -> None:
     beside ``samples_run``."""
     table = per_sample(completed(store.table("samples")), store.table("steps"))
     summary_table = summary(table, config.replicates, config.seed)
-    store.write_derived("dynamic_ablation", summary_table)
-    store.write_csv("dynamic_ablation", summary_table)
+    store.write_table("dynamic_ablation", summary_table)
     store.write_derived("dynamic_ablation_contrasts", contrasts(table, config.replicates, config.seed))

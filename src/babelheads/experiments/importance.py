@@ -248,12 +248,10 @@ def _tables(
 
 def finalize(store: RunStore, config: ImportanceConfig) -> None:
     table = importance_scores(store.table("gradients"))
-    store.write_derived("importance", table)
-    store.write_csv("importance", table)
+    store.write_table("importance", table)
     selection = config.selection
     heads = select_language_heads(
         table, selection.formula, selection.percentile, selection.min_languages, selection.share
     )
-    store.write_derived("language_heads", heads)
-    store.write_csv("language_heads", heads)
+    store.write_table("language_heads", heads)
     store.write_json(SELECTION_FILE, {**asdict(selection), **heads.attrs})

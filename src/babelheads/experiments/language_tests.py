@@ -299,8 +299,7 @@ class RetrievalMeetsLanguage(Experiment):
             self.source.store.read_json("selection.json")["formula"],
             self.config.threshold,
         )
-        store.write_derived("retrieval_overlap", table)
-        store.write_csv("retrieval_overlap", table)
+        store.write_table("retrieval_overlap", table)
 
 
 def language_test(
@@ -455,5 +454,4 @@ def finalize(store: RunStore, config: LanguageTestConfig) -> None:
             ignore_index=True,
         )
     for name, frame in tables.items():
-        store.write_derived(name, frame)
-        store.write_csv(name, frame)
+        store.write_table(name, frame)

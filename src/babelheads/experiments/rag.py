@@ -385,8 +385,6 @@ def _flat(entry: dict, loop: RetrievalLoop, loaded: LoadedModel) -> dict:
 def finalize(store: RunStore, config: RagConfig) -> None:
     samples = store.table("samples")
     scores = rag_scores(samples, config.replicates, config.seed)
-    store.write_derived("rag_scores", scores)
-    store.write_csv("rag_scores", scores)
+    store.write_table("rag_scores", scores)
     contrasts = rag_contrasts(samples, config.replicates, config.seed)
-    store.write_derived("rag_contrasts", contrasts)
-    store.write_csv("rag_contrasts", contrasts)
+    store.write_table("rag_contrasts", contrasts)
