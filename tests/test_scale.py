@@ -183,7 +183,8 @@ def test_an_ablation_manifest_replays_to_the_ablate_flags(tmp_path):
     flags = replay_run(tmp_path, "ablate", fields)
     assert flags["task"] == "cot" and flags["k"] == "2,4" and flags["lengths"] == "800"
     assert flags["phases"] == "decode" and flags["problems"] == 12 and flags["run"] == "runs/detect"
-    assert "replicates" not in flags, "settings without a flag are not invented"
+    assert flags["replicates"] == config.replicates  # an analysis setting, and a flag since the contract
+    assert set(flags) <= fields, "settings without a flag are not invented"
     context = command.make_context("ablate", ["runs/detect"], default_map=flags)
     assert context.params["k"] == "2,4" and context.params["problems"] == 12
 
