@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from babelheads.analysis.aggregate import AggregateSettings
+from babelheads.analysis.dynamic_heads import retrieval_rankings
 from babelheads.errors import BabelheadsError
 from babelheads.heads import HeadLayout
 from babelheads.kinds import REGISTRY
@@ -102,12 +103,7 @@ class Source:
     def rankings(self) -> dict[str, np.ndarray]:
         """Per language, every head with a score, best first (layer-major indices), from a detect or
         dynamic run's retrieval scores (the paper's variant, successful samples)."""
-        from babelheads.analysis.dynamic_heads import retrieval_rankings
-
-        ranked = retrieval_rankings(
-            self.store.table("samples"), self.store.table("head_scores"), self.layout.num_heads
-        )
-        return {language: scores.index.to_numpy() for language, scores in ranked.items()}
+        return {language: scores.index.to_numpy() for language, scores in self._retrieval().items()}
 
     def score_arrays(self) -> dict[str, np.ndarray]:
         """Per language, a (layers, query heads) score array: retrieval scores of a detect or dynamic
@@ -119,17 +115,16 @@ class Source:
                 language: scores_array(group.rename(columns={"paper": "score"}), layout)
                 for language, group in table.groupby("language")
             }
-        from babelheads.analysis.dynamic_heads import retrieval_rankings
-
-        ranked = retrieval_rankings(
-            self.store.table("samples"), self.store.table("head_scores"), layout.num_heads
-        )
         arrays = {}
-        for language, scores in ranked.items():
+        for language, scores in self._retrieval().items():
             array = np.zeros(layout.total_heads)
             array[scores.index.to_numpy()] = scores.to_numpy(float)
             arrays[language] = array.reshape(layout.num_layers, layout.num_heads)
         return arrays
+
+    def _retrieval(self) -> dict[str, pd.Series]:
+        samples, head_scores = self.store.table("samples"), self.store.table("head_scores")
+        return retrieval_rankings(samples, head_scores, self.layout.num_heads)
 
 
 def open_source(
@@ -168,16 +163,15 @@ def is_finished(store: RunStore, kind: str) -> bool:
 
 
 def scores_array(frame: pd.DataFrame, layout: HeadLayout) -> np.ndarray:
-    """A (layers, query heads) array from rows of layer, head and score; heads it lacks are 0."""
+    """A (layers, query heads) array from rows of layer, head and score of a run of this layout; heads
+    it lacks are 0."""
     array = np.zeros((layout.num_layers, layout.num_heads))
-    for _, row in frame.iterrows():
-        if row["layer"] < layout.num_layers and row["head"] < layout.num_heads:
-            array[int(row["layer"]), int(row["head"])] = float(row["score"])
+    array[frame["layer"].to_numpy(int), frame["head"].to_numpy(int)] = frame["score"].to_numpy(float)
     return array
 
 
 def recorded_analysis(store: RunStore) -> tuple[AggregateSettings, list[str]]:
-    """The analysis settings a run's score tables were last written with, and their notes."""
+    """The analysis settings a detect run's score tables were last written with, and their notes."""
     path = store.root / ANALYSIS_FILE
     recorded = json.loads(path.read_text()) if path.exists() else store.manifest().get("analysis", {})
     notes = list(recorded.pop("notes", []))
