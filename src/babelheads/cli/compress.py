@@ -21,11 +21,11 @@ from babelheads.cli.options import (
     Quiet,
     Replicates,
     Shard,
-    _all_finished,
     _codes,
     _execution,
     _floats,
     _ints,
+    report_run,
 )
 from babelheads.kvcache.names import POLICIES
 
@@ -104,7 +104,4 @@ def compress_command(
     )
     execution = _execution(device, quiet, batch_size=batch_size, shard=shard)
     store = compress(config, out, execution)
-    if not _all_finished(store, execution):
-        return
-    typer.echo(compress_summary(store))
-    typer.echo(f"\nrun written to {store.root}")
+    report_run(store, execution, compress_summary)

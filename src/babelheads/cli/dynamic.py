@@ -24,11 +24,11 @@ from babelheads.cli.options import (
     Replicates,
     Seed,
     Shard,
-    _all_finished,
     _codes,
     _execution,
     _floats,
     _ints,
+    report_run,
 )
 from babelheads.errors import BabelheadsError
 
@@ -140,10 +140,7 @@ def dynamic_command(
     )
     execution = _execution(device, quiet, batch_size=batch_size, shard=shard)
     store = dynamic(config, out, execution)
-    if not _all_finished(store, execution):
-        return
-    typer.echo(dynamic_summary(store))
-    typer.echo(f"\nrun written to {store.root}")
+    report_run(store, execution, dynamic_summary)
 
 
 @app.command("dynamic-stats")
@@ -232,7 +229,4 @@ def dynamic_ablate_command(
     )
     execution = _execution(device, quiet, batch_size=batch_size, shard=shard)
     store = dynamic_ablate(config, out, execution)
-    if not _all_finished(store, execution):
-        return
-    typer.echo(dynamic_ablation_summary(store))
-    typer.echo(f"\nrun written to {store.root}")
+    report_run(store, execution, dynamic_ablation_summary)

@@ -23,9 +23,9 @@ from babelheads.cli.options import (
     Seed,
     Shard,
     TestedLanguages,
-    _all_finished,
     _codes,
     _execution,
+    report_run,
 )
 
 
@@ -75,10 +75,7 @@ def importance(
     )
     execution = _execution(device, quiet, batch_size=batch_size, shard=shard)
     store = run_importance(config, out, execution)
-    if not _all_finished(store, execution):
-        return
-    typer.echo(importance_summary(store))
-    typer.echo(f"\nrun written to {store.root}")
+    report_run(store, execution, importance_summary)
 
 
 @app.command("language-test")
@@ -137,10 +134,7 @@ def language_test(
     )
     execution = _execution(device, quiet, batch_size=batch_size, shard=shard)
     store = run_test(config, out or Path("runs") / experiment, execution)
-    if not _all_finished(store, execution):
-        return
-    typer.echo(language_test_summary(store))
-    typer.echo(f"\nrun written to {store.root}")
+    report_run(store, execution, language_test_summary)
 
 
 @app.command()
@@ -193,7 +187,5 @@ def adapt(
     )
     execution = _execution(device, quiet, batch_size=batch_size, shard=shard)
     store = run_adapt(config, out, execution)
-    if not _all_finished(store, execution):
-        return
-    typer.echo(adaptation_summary(store))
-    typer.echo(f"\nrun written to {store.root}; the learned mask: {store.root / 'head_mask.json'}")
+    if report_run(store, execution, adaptation_summary):
+        typer.echo(f"the learned mask: {store.root / 'head_mask.json'}")

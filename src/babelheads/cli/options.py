@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -143,17 +144,23 @@ def _execution(
     )
 
 
-def _all_finished(store: RunStore, execution: Execution) -> bool:
-    """A shard's worker reports its share; the summary waits for the run's last part, whose worker
-    writes the derived tables the summary reads."""
-    if execution.shard.count == 1:
-        return True
-    parts, finished = store.recorded_parts(), store.finished()
-    if parts is not None and set(parts) <= finished:
-        return True
-    total = "" if parts is None else f" of {len(parts)}"
-    typer.echo(
-        f"shard {execution.shard} done: {len(finished)}{total} parts of the run finished in {store.root}. "
-        "The worker that finishes the last part writes the run's tables (or run again without --shard)."
-    )
-    return False
+def report_run(
+    store: RunStore, execution: Execution, summary: Callable[[RunStore], str], written: str = "run written to"
+) -> bool:
+    """The run's summary once its tables are written (a finished run's last step); whether it was. A
+    shard's worker whose run has parts left reports its share: the worker that finishes the last part
+    writes them."""
+    from babelheads.kinds import FINALIZED
+
+    if not (store.root / FINALIZED).exists():
+        parts, finished = store.recorded_parts(), store.finished()
+        total = "" if parts is None else f" of {len(parts)}"
+        typer.echo(
+            f"shard {execution.shard} done: {len(finished)}{total} parts of the run finished in "
+            f"{store.root}. "
+            "The worker that finishes the last part writes the run's tables (or run again without --shard)."
+        )
+        return False
+    typer.echo(summary(store))
+    typer.echo(f"\n{written} {store.root}")
+    return True

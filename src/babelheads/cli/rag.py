@@ -22,9 +22,9 @@ from babelheads.cli.options import (
     Replicates,
     Seed,
     Shard,
-    _all_finished,
     _codes,
     _execution,
+    report_run,
 )
 from babelheads.rag.selections import SELECTIONS
 
@@ -102,7 +102,4 @@ def rag_command(
     )
     execution = _execution(device, quiet, batch_size=batch_size, shard=shard)
     store = rag(config, out, execution)
-    if not _all_finished(store, execution):
-        return
-    typer.echo(rag_summary(store))
-    typer.echo(f"\nrun written to {store.root}")
+    report_run(store, execution, rag_summary)

@@ -25,10 +25,10 @@ from babelheads.cli.options import (
     Shard,
     SharePrefix,
     TestedLanguages,
-    _all_finished,
     _execution,
     _floats,
     _ints,
+    report_run,
 )
 from babelheads.errors import BabelheadsError
 
@@ -115,10 +115,7 @@ def detect(
         device, quiet, batch_size=batch_size, shard=shard, share_prefix=share_prefix, device_map=device_map
     )
     store = run_detect(config, out, execution)
-    if not _all_finished(store, execution):
-        return
-    typer.echo(detection_summary(store))
-    typer.echo(f"\nrun written to {store.root}")
+    report_run(store, execution, detection_summary)
 
 
 @app.command()
@@ -261,10 +258,7 @@ def ablate(
         device, quiet, batch_size=batch_size, shard=shard, share_prefix=share_prefix, device_map=device_map
     )
     store = run_ablate(config, out, execution)
-    if not _all_finished(store, execution):
-        return
-    typer.echo(ablation_summary(store))
-    typer.echo(f"\nablation written to {store.root}")
+    report_run(store, execution, ablation_summary, "ablation written to")
 
 
 @app.command()

@@ -8,7 +8,8 @@ ordering and batching jobs, and the tables each writes to a run.
 
 from babelheads.runner.cache import cache_argument
 from babelheads.runner.decode import DEFAULT_PREFILL_CHUNK, Decoded, Row, decode_rows, greedy_decode
-from babelheads.runner.jobs import Job, RunSettings, Shard, run_jobs
+from babelheads.runner.jobs import Job, RunSettings, run_jobs
+from babelheads.runner.parts import Shard
 from babelheads.runner.prefix import SharedPrefill
 from babelheads.runner.stops import StopRule
 

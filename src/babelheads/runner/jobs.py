@@ -15,12 +15,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from babelheads.errors import BabelheadsError
 from babelheads.models import LoadedModel
 from babelheads.probe import HeadGates, Instrument, ProbeSettings
 from babelheads.runner.cache import kv_bytes_per_row
 from babelheads.runner.decode import DEFAULT_PREFILL_CHUNK, Decoded, Row, decode_rows
-from babelheads.runner.parts import Part, claimed, execute_parts, in_batches_of
+from babelheads.runner.parts import Part, Shard, claimed, execute_parts, in_batches_of
 from babelheads.runner.prefix import DEFAULT_MAX_SNAPSHOTS, SharedPrefill, branch_points
 from babelheads.runner.stops import StopRule
 from babelheads.runs import RunStore
@@ -42,35 +41,6 @@ class Job:
     sample: Sample | Skipped
     gates: HeadGates | None = None
     columns: tuple[tuple[str, object], ...] = ()
-
-
-@dataclass(frozen=True)
-class Shard:
-    """Worker ``index`` of ``count``: it takes one contiguous block of the run's job list (neighbours
-    share prompt prefixes), so no two workers ever compute the same sample."""
-
-    index: int = 0
-    count: int = 1
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.index < self.count:
-            raise BabelheadsError(f"A shard I/N needs 0 <= I < N. Got {self.index}/{self.count}.")
-
-    @classmethod
-    def parse(cls, text: str) -> Shard:
-        index, _, count = text.partition("/")
-        try:
-            return cls(int(index), int(count))
-        except ValueError:
-            raise BabelheadsError(
-                f"--shard reads I/N, e.g. 0/4 for the first of four workers. Got {text!r}."
-            ) from None
-
-    def takes(self, position: int, total: int) -> bool:
-        return position * self.count // max(total, 1) == self.index
-
-    def __str__(self) -> str:
-        return f"{self.index}/{self.count}"
 
 
 @dataclass(frozen=True)

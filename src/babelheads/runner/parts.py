@@ -11,10 +11,40 @@ from dataclasses import dataclass
 import pandas as pd
 from tqdm.auto import tqdm
 
+from babelheads.errors import BabelheadsError
 from babelheads.runs import RunStore
 from babelheads.tasks.base import Skipped
 
 Tables = dict[str, pd.DataFrame]
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Worker ``index`` of ``count``: it takes one contiguous block of the run's parts (neighbours
+    share prompt prefixes), so no two workers ever compute the same part."""
+
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.count:
+            raise BabelheadsError(f"A shard I/N needs 0 <= I < N. Got {self.index}/{self.count}.")
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        index, _, count = text.partition("/")
+        try:
+            return cls(int(index), int(count))
+        except ValueError:
+            raise BabelheadsError(
+                f"--shard reads I/N, e.g. 0/4 for the first of four workers. Got {text!r}."
+            ) from None
+
+    def takes(self, position: int, total: int) -> bool:
+        return position * self.count // max(total, 1) == self.index
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
 
 
 @dataclass(frozen=True)
@@ -53,7 +83,7 @@ def skipped_row(part: Part) -> Tables:
     return {"samples": pd.DataFrame([part.skipped.row()])}
 
 
-def claimed(store: RunStore, parts: Sequence[Part], shard) -> list[Part]:
+def claimed(store: RunStore, parts: Sequence[Part], shard: Shard) -> list[Part]:
     """The parts this worker runs: its shard's block of the whole list, less those already finished.
     The block is taken over the whole list, so every worker of a run agrees on it."""
     finished = store.finished()
@@ -69,7 +99,7 @@ def execute_parts(
     parts: Sequence[Part],
     compute: Callable[[list[Part]], Iterable[tuple[Part, Tables]]],
     *,
-    shard,
+    shard: Shard,
     batches: Batches,
     progress: bool = True,
     description: str = "run",
@@ -108,7 +138,7 @@ def execute_samples(
     build: Callable[[], Iterable[object]],
     compute: Callable[[list[Part]], Iterable[tuple[Part, Tables]]],
     *,
-    shard,
+    shard: Shard,
     progress: bool = True,
     description: str = "run",
 ) -> None:
