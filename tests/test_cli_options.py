@@ -180,3 +180,18 @@ def test_rag_shards(tiny_model_dir, tmp_path, monkeypatch, capsys) -> None:
         "--quiet",
     ]
     assert_shards_equal_one_run(monkeypatch, capsys, tmp_path, args)
+
+
+def test_every_kind_in_the_registry_has_its_command_and_a_sweepable_one_takes_what_a_sweep_passes():
+    """A sweep runs `COMMAND --out OUT --quiet [--shard I/N]`; --from needs the command to exist."""
+    import typer
+
+    from babelheads import cli
+    from babelheads.kinds import REGISTRY
+
+    commands = typer.main.get_command(cli.app).commands
+    for kind in REGISTRY.values():
+        assert kind.command in commands, kind
+        names = {param.name for param in commands[kind.command].params}
+        if kind.sweepable:
+            assert {"out", "quiet", "shard"} <= names, kind
