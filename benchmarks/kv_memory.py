@@ -87,10 +87,10 @@ def main() -> None:
             for policy, row in scores.iterrows():
                 peak = samples.loc[samples["policy"] == policy, "peak_decode"].max()
                 memory = "" if peak != peak else f", peak {peak / 2**20:.0f} MiB"
-                accuracy = f"{row['accuracy']:.2f} [{row['accuracy_low']:.2f}, {row['accuracy_high']:.2f}]"
+                accuracy = f"{row['accuracy']:.2f} [{row['accuracy_lo']:.2f}, {row['accuracy_hi']:.2f}]"
                 print(
                     f"| {model} | {length} | {policy} | {row['bytes_ratio']:.3f} | "
-                    f"{row['full_layers_ratio']:.3f} | {accuracy}{memory} | {int(row['samples'])} |"
+                    f"{row['full_layers_ratio']:.3f} | {accuracy}{memory} | {int(row['n'])} |"
                 )
             if model == "smollm2-135m":
                 last = scores

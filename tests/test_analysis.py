@@ -291,7 +291,8 @@ def test_bootstrap_of_identical_samples_collapses_every_interval_to_the_point():
     row = np.array([0.3, 0.7, 0.0, 0.15])
     matrix = _matrix({"en": np.tile(row, (6, 1)), "de": np.tile(row[::-1], (4, 1))})
     frame = bootstrap(matrix, _statistic, replicates=50, seed=0)
-    assert list(frame.columns) == ["statistic", "value", "lo", "hi", "replicates"]
+    assert list(frame.columns) == ["statistic", "value", "lo", "hi", "n", "replicates"]
+    assert (frame["n"] == 4).all()  # the fewest samples of any condition
     assert frame["statistic"].tolist() == ["en0", "gap"]
     assert frame["value"].tolist() == pytest.approx([0.3, 0.7 - 0.0])
     assert (frame["lo"] == frame["value"]).all()
@@ -553,7 +554,7 @@ def test_unknown_head_set_and_missing_language_raise():
 
 def test_paired_delta_mean_is_the_mean_of_differences():
     masked, baseline = np.array([1, 0, 1, 1]), np.array([1, 1, 0, 0])
-    mean, lo, hi = paired_delta(masked, baseline, replicates=200, seed=0)
+    mean, lo, hi, _ = paired_delta(masked, baseline, replicates=200, seed=0)
     assert mean == pytest.approx(0.25)
     assert -1 <= lo <= mean <= hi <= 1
     assert lo < hi
@@ -564,7 +565,7 @@ def test_paired_delta_mean_is_the_mean_of_differences():
 
 
 def test_paired_delta_with_equal_differences_has_a_degenerate_interval():
-    mean, lo, hi = paired_delta(np.array([1.5, 2.5, 3.5]), np.array([1.0, 2.0, 3.0]), 100, 3)
+    mean, lo, hi, _ = paired_delta(np.array([1.5, 2.5, 3.5]), np.array([1.0, 2.0, 3.0]), 100, 3)
     assert mean == lo == hi == 0.5
 
 
@@ -572,8 +573,8 @@ def test_paired_delta_of_nothing_is_nan_without_warnings():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         result = paired_delta(np.array([]), np.array([]), 100, 0)
-    assert len(result) == 3
-    assert all(math.isnan(value) for value in result)
+    assert result.n == 0
+    assert all(math.isnan(value) for value in result[:3])
 
 
 def _evaluations() -> pd.DataFrame:
@@ -624,7 +625,7 @@ def test_effects_accuracy_and_deltas_per_language_match_hand_computation():
     top_en = _effect(table, "top", "en")
     assert top_en["accuracy"] == pytest.approx(1 / 3)
     assert top_en["rouge1_recall"] == pytest.approx(0.5 / 3)
-    assert top_en["samples"] == 3
+    assert top_en["n"] == 3
     assert top_en["delta_accuracy"] == pytest.approx(-1 / 3)  # per sample: -1, 0, 0
     assert top_en["delta_rouge"] == pytest.approx(-1 / 3)  # per sample: -1, 0, 0
     assert (top_en["k"], top_en["seed"], top_en["count"], top_en["heads"]) == (2, -1, 2, "0-0 1-0")
@@ -648,7 +649,7 @@ def test_effects_pair_by_sample_id_not_by_row_order():
             assert same[column] == same[f"{column}_lo"] == same[f"{column}_hi"] == 0, (language, column)
     # m3 has only en-b: its change is against en-b's baseline (failed), not the language's mean.
     partial = _effect(table, "agnostic", "en")
-    assert partial["samples"] == 1
+    assert partial["n"] == 1 and np.isnan(partial["delta_accuracy_lo"])  # one sample: no interval
     assert partial["accuracy"] == 1.0
     assert partial["delta_accuracy"] == 1.0
     assert partial["delta_rouge"] == 1.0

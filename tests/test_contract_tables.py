@@ -30,6 +30,28 @@ def test_tables_equal_the_goldens(every_kind, kind):
         pd.testing.assert_frame_equal(found[name], frame, check_exact=False, rtol=1e-5, obj=f"{kind}/{name}")
 
 
+def _intervals(frame: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """The (estimate, lo, hi) column triples of a table: value/lo/hi, and <name>/<name>_lo/<name>_hi."""
+    found = [("value", "lo", "hi")] if "lo" in frame else []
+    return found + [(c[:-3], c, f"{c[:-3]}_hi") for c in frame.columns if c.endswith("_lo")]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_interval_has_the_one_schema_and_contains_its_estimate(every_kind, kind):
+    """value, lo, hi, n (or <name>, <name>_lo, <name>_hi beside one n); no low/high spellings; an
+    interval contains its estimate; under two units there is no interval (NaN, never zero width)."""
+    for name, frame in tables(every_kind[kind]).items():
+        old = [c for c in frame.columns if c in ("low", "high") or c.endswith(("_low", "_high"))]
+        assert not old, (name, old)
+        for estimate, lo, hi in _intervals(frame):
+            assert {estimate, hi} <= set(frame.columns), (name, estimate)
+            assert "n" in frame, (name, "an interval without n")
+            bounded = frame[frame[lo].notna()]
+            assert (bounded[lo] <= bounded[estimate] + 1e-12).all(), (name, estimate)
+            assert (bounded[estimate] <= bounded[hi] + 1e-12).all(), (name, estimate)
+            assert frame.loc[frame["n"] < 2, [lo, hi]].isna().all().all(), (name, estimate)
+
+
 @pytest.mark.parametrize("kind", list(ANALYSIS_CHANGES))
 def test_an_analysis_setting_reanalyses_without_running_a_part(every_kind, tiny_model_dir, kind):
     root = every_kind[kind].parent

@@ -57,9 +57,9 @@ def test_table_one_statistics_equal_a_hand_computed_case():
     assert table.loc["entropy", "value"] == pytest.approx(scipy.stats.entropy([3, 2, 1]))
     assert table.loc["entropy", "reference"] == pytest.approx(np.log(2))
     assert table.loc["mean_set_size", "value"] == pytest.approx(6 / 5)
-    assert (table["samples"] == 2).all() and (table["retrieval_steps"] == 5).all()
+    assert (table["n"] == 2).all() and (table["retrieval_steps"] == 5).all()
     for name in ("jaccard_static", "jaccard_adjacent", "entropy"):
-        assert table.loc[name, "low"] <= table.loc[name, "value"] <= table.loc[name, "high"]
+        assert table.loc[name, "lo"] <= table.loc[name, "value"] <= table.loc[name, "hi"]
 
 
 def test_a_bootstrap_draw_is_the_statistic_of_the_drawn_samples():
@@ -83,7 +83,7 @@ def test_too_few_samples_give_no_interval_and_a_warning():
     events, samples = _events({("A", 0): {0}, ("A", 1): {0, 1}})
     with pytest.warns(ThinDataWarning):
         table = dynamism(step_heads(events, samples.iloc[:1]), np.array([0]), replicates=50)
-    assert table["low"].isna().all() and table["value"].notna().all()
+    assert table["lo"].isna().all() and table["value"].notna().all()
 
 
 def test_runs_without_per_step_scores_are_refused_with_the_fix():
@@ -175,8 +175,8 @@ def test_the_probe_beats_the_static_prior_and_shuffled_labels_on_a_planted_signa
     assert scores.loc["probe", "f1"] > scores.loc["shuffled labels", "f1"] + 0.2
     assert scores.loc["probe", "auprc"] > 0.8
     # Intervals resample whole test samples; the gain over the prior is paired on the same draws.
-    assert scores.loc["probe", "f1_low"] <= scores.loc["probe", "f1"] <= scores.loc["probe", "f1_high"]
-    assert scores.loc["probe", "auprc_gain_low"] > 0
+    assert scores.loc["probe", "f1_lo"] <= scores.loc["probe", "f1"] <= scores.loc["probe", "f1_hi"]
+    assert scores.loc["probe", "auprc_gain_lo"] > 0
     assert scores.loc["static prior", "auprc_gain"] == 0
     assert set(curves["predictor"]) == {"probe", "static prior", "shuffled labels"}
     # The fitted probe, saved and loaded, gives the test AUPRC the table reports.
@@ -209,7 +209,7 @@ def test_the_regressor_explains_a_planted_score_and_its_baselines_do_not():
     table = table.set_index("predictor")
     assert table.loc["regressor", "r2"] > 0.7 and (table["heads"] == 2).all()
     assert table.loc["shuffled targets", "r2"] < 0.2 and table.loc["training mean", "r2"] <= 0.05
-    assert table.loc["regressor", "r2_low"] > table.loc["shuffled targets", "r2_high"]
+    assert table.loc["regressor", "r2_lo"] > table.loc["shuffled targets", "r2_hi"]
 
 
 def test_eq2_is_support_over_context_and_nan_where_a_head_sees_no_context():

@@ -325,8 +325,8 @@ def test_random_baseline_intervals_include_the_spread_between_head_draws():
         rows.append({"unit": unit, "condition": "random-x:a:0", "v": 1.0})  # a harmless draw
         rows.append({"unit": unit, "condition": "random-x:a:1", "v": 2.0})  # a draw that hits a key head
     effect = paired(pd.DataFrame(rows), "v", ["random-x:a:0", "random-x:a:1"], ["none"], 400, 0)
-    assert effect["difference"] == pytest.approx(0.5)
-    assert effect["lo"] == pytest.approx(0.0) and effect["hi"] == pytest.approx(1.0)
+    assert effect.value == pytest.approx(0.5)
+    assert effect.lo == pytest.approx(0.0) and effect.hi == pytest.approx(1.0)
 
 
 def test_random_head_sets_are_distinct_while_the_pool_allows():

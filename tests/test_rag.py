@@ -379,12 +379,12 @@ def test_scores_and_contrasts_pair_questions_and_pool_languages():
     assert list(scores.index.get_level_values("language").unique()) == ["de", "en", "all"]
     contrasts = rag_contrasts(samples, 200, 0).set_index(["language", "metric", "contrast"])
     row = contrasts.loc[("all", "f1", "dynamic - none")]
-    assert row["difference"] == pytest.approx((0.5 + 0.0 + 1.0 + 0.0) / 4)
-    assert row["low"] <= row["difference"] <= row["high"] and row["questions"] == 4
+    assert row["value"] == pytest.approx((0.5 + 0.0 + 1.0 + 0.0) / 4)
+    assert row["lo"] <= row["value"] <= row["hi"] and row["n"] == 4
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         one = rag_contrasts(samples[samples["sample_id"] == "q0"], 200, 0)
-    assert one["low"].isna().all()
+    assert one["lo"].isna().all()
 
 
 FAST = ["--device", "cpu", "--quiet", "--replicates", "50", "--max-new-tokens", "6"]

@@ -34,8 +34,8 @@ def test_per_step_heads_differ_from_the_static_set_and_spread_over_more_heads(ge
     stats = gemma.derived("dynamic_stats").set_index(["language", "statistic"])
     for language in ("en", "zh"):
         # Held here: Jaccard with the static top-4 about 0.7, its interval well below 1.
-        assert stats.loc[(language, "jaccard_static"), "high"] < 0.9
-        assert stats.loc[(language, "jaccard_adjacent"), "high"] < 0.9
+        assert stats.loc[(language, "jaccard_static"), "hi"] < 0.9
+        assert stats.loc[(language, "jaccard_adjacent"), "hi"] < 0.9
         # More heads share the retrieval steps than a fixed set of K would: entropy above ln K.
         assert stats.loc[(language, "entropy"), "value"] > stats.loc[(language, "entropy"), "reference"]
 
@@ -59,9 +59,9 @@ def test_masking_a_steps_dynamic_heads_breaks_it_like_static_heads_and_unlike_ra
     store = dynamic_ablate(config, tmp_path / "ablate", QUIET)
     contrasts = store.derived("dynamic_ablation_contrasts").set_index(["metric", "contrast"])
     # Held here: random heads keep ~95 % of the tokens, dynamic heads ~8 %.
-    assert contrasts.loc[("token_kept", "dynamic - random"), "difference_high"] < -0.5
+    assert contrasts.loc[("token_kept", "dynamic - random"), "hi"] < -0.5
     # Not the paper's finding: as many static top heads break the steps as much (or slightly more).
-    assert contrasts.loc[("token_kept", "dynamic - static"), "difference"] > -0.1
+    assert contrasts.loc[("token_kept", "dynamic - static"), "value"] > -0.1
     summary = store.derived("dynamic_ablation").set_index(["condition", "k"])
     assert summary.loc[("progressive", 4), "token_kept"] < summary.loc[("progressive", 1), "token_kept"]
 
@@ -75,7 +75,7 @@ def test_head_guided_retrieval_answers_two_hop_questions_better_than_none(gemma,
     # Held here: every head-guided query brings the supporting facts often enough that F1 rises over
     # answering without documents (about +0.17), while the question-only query is not beaten.
     for selection in ("dynamic", "static", "dragin"):
-        assert contrasts.loc[("f1", f"{selection} - none"), "low"] > 0
+        assert contrasts.loc[("f1", f"{selection} - none"), "lo"] > 0
     scores = store.derived("rag_scores").set_index("selection")
     assert scores.loc["dynamic", "gold_found"] > 0.5 and scores.loc["none", "retrievals"] == 0
 
@@ -109,4 +109,4 @@ def test_smollm2_heads_are_dynamic_too(tmp_path):
         model="smollm2-135m", niah=task, analysis=DynamicAnalysis(replicates=300, probes=False)
     )
     stats = dynamic(config, tmp_path / "smol", QUIET).derived("dynamic_stats").set_index("statistic")
-    assert stats.loc["jaccard_static", "high"] < 0.9
+    assert stats.loc["jaccard_static", "hi"] < 0.9

@@ -78,7 +78,7 @@ def ablation_frame(languages=("en", "de"), baseline: float = 0.8, samples: int =
             "language": language,
             "accuracy": accuracy,
             "rouge1_recall": accuracy,
-            "samples": samples,
+            "n": samples,
             "delta_accuracy": accuracy - baseline,
             "delta_accuracy_lo": accuracy - baseline - 0.1,
             "delta_accuracy_hi": accuracy - baseline + 0.1,

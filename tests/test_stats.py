@@ -11,7 +11,6 @@ import pytest
 from scipy import stats as scipy_stats
 
 from babelheads.analysis.stats import (
-    PERCENTILES,
     bootstrap_mean,
     bootstrap_statistics,
     difference_of_means,
@@ -35,19 +34,20 @@ def test_percentile_interval_interpolates_linearly_between_draws():
     assert all(math.isnan(bound) for bound in percentile_interval(np.array([])))
 
 
-def test_a_level_cuts_where_the_level_estimators_always_cut():
-    # (1 - 0.95) / 2 * 100 is not 2.5 in floating point; the tables of bootstrap_mean were cut there
-    assert percentiles(0.95) == (2.500000000000002, 97.5)
-    assert PERCENTILES == (2.5, 97.5)
+def test_every_interval_cuts_at_the_same_percentiles():
+    # (1 - 0.95) / 2 * 100 is 2.500000000000002 in floating point; every estimator cuts at 2.5
+    assert percentiles(0.95) == (2.5, 97.5) and percentiles(0.9) == (5.0, 95.0)
+    draws = np.linspace(0.0, 1.0, 41)
+    assert percentile_interval(draws) == percentile_interval(draws, percentiles(0.95))
 
 
 def test_bootstrap_mean_of_two_units_by_hand():
     # Each draw of two units from {0, 10} has mean 0 (p = 1/4), 5 (1/2) or 10 (1/4): with 1000 draws
     # far more than 2.5 % lie at each end, so the interval is the whole range and the mean is 5.
-    value, low, high = bootstrap_mean(np.array([0.0, 10.0]), replicates=1000, seed=0)
+    value, low, high, _ = bootstrap_mean(np.array([0.0, 10.0]), replicates=1000, seed=0)
     assert (value, low, high) == (5.0, 0.0, 10.0)
     # no spread, no width
-    assert tuple(bootstrap_mean(np.array([3.0, 3.0, 3.0]), 200, 1)) == (3.0, 3.0, 3.0)
+    assert tuple(bootstrap_mean(np.array([3.0, 3.0, 3.0]), 200, 1)) == (3.0, 3.0, 3.0, 3)
 
 
 def test_bootstrap_mean_draws_the_resamples_scipy_draws():
@@ -67,7 +67,7 @@ def test_bootstrap_mean_draws_the_resamples_scipy_draws():
             vectorized=True,
         ).confidence_interval
         assert ours.value == pytest.approx(values.mean(), abs=1e-15)
-        assert (ours.low, ours.high) == pytest.approx((theirs.low, theirs.high), abs=1e-12)
+        assert (ours.lo, ours.hi) == pytest.approx((theirs.low, theirs.high), abs=1e-12)
 
 
 def test_bootstrap_mean_is_seeded():
@@ -86,10 +86,10 @@ def test_paired_contrast_by_hand():
     second = pd.Series({"a": 0.0, "b": 1.0, "c": 5.0, "e": 2.0})
     # d is NaN under the first condition and e missing from it: a, b, c pair, differences 1, 2, 0
     contrast = paired_contrast(first, second, replicates=500, seed=4)
-    assert contrast.units == 3
+    assert contrast.n == 3
     assert contrast.value == 1.0
-    assert (contrast.low, contrast.high) == tuple(bootstrap_mean(np.array([1.0, 2.0, 0.0]), 500, 4))[1:]
-    assert 0.0 <= contrast.low <= 1.0 <= contrast.high <= 2.0
+    assert (contrast.lo, contrast.hi) == tuple(bootstrap_mean(np.array([1.0, 2.0, 0.0]), 500, 4))[1:3]
+    assert 0.0 <= contrast.lo <= 1.0 <= contrast.hi <= 2.0
 
 
 def test_paired_contrast_resamples_units_not_conditions():
@@ -99,19 +99,17 @@ def test_paired_contrast_resamples_units_not_conditions():
     second = first + 0.5
     paired = paired_contrast(first, second, 400, 1)
     assert paired.value == pytest.approx(-0.5)
-    assert (paired.low, paired.high) == pytest.approx((-0.5, -0.5))
+    assert (paired.lo, paired.hi) == pytest.approx((-0.5, -0.5))
     apart = difference_of_means(first.to_numpy(), second.to_numpy(), 400, 1)
     assert apart.value == pytest.approx(-0.5)
-    assert apart.high - apart.low > 0.5
+    assert apart.hi - apart.lo > 0.5
 
 
 def test_difference_of_means_by_hand():
     # one value per side repeated: every draw gives 4 - 1
-    assert tuple(difference_of_means(np.array([4.0, 4.0]), np.array([1.0, 1.0, 1.0]), 100, 0)) == (
-        3.0,
-        3.0,
-        3.0,
-    )
+    # n is the smaller side's units
+    found = difference_of_means(np.array([4.0, 4.0]), np.array([1.0, 1.0, 1.0]), 100, 0)
+    assert tuple(found) == (3.0, 3.0, 3.0, 2)
 
 
 def test_nested_contrast_resamples_the_conditions_of_a_side():
@@ -120,8 +118,8 @@ def test_nested_contrast_resamples_the_conditions_of_a_side():
     # and only the draw between the sets (not the units: they cancel) moves it.
     first = np.hstack([units + 1.0, units])
     contrast = nested_contrast(first, units, 400, 0)
-    assert contrast.value == 0.5 and contrast.units == 6
-    assert (contrast.low, contrast.high) == (0.0, 1.0)
+    assert contrast.value == 0.5 and contrast.n == 6
+    assert (contrast.lo, contrast.hi) == (0.0, 1.0)
     # with no second side: the mean level of the first
     assert nested_contrast(units, np.empty((6, 0)), 100, 0).value == 2.5
 
@@ -140,7 +138,7 @@ def test_bootstrap_statistics_counts_only_defined_draws():
     assert table.loc["mean", "value"] == 0.5 and table.loc["inverse", "value"] == 2.0
     assert table.loc["mean", "replicates"] == 400
     assert 200 < table.loc["inverse", "replicates"] < 400
-    assert (table.loc["mean", "low"], table.loc["mean", "high"]) == (0.0, 1.0)
+    assert (table.loc["mean", "lo"], table.loc["mean", "hi"]) == (0.0, 1.0)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -150,27 +148,27 @@ def test_bootstrap_statistics_counts_only_defined_draws():
 
 def test_one_unit_gives_a_nan_interval_and_a_warning():
     with pytest.warns(ThinDataWarning, match="1 unit"):
-        value, low, high = bootstrap_mean(np.array([0.7]), 100, 0)
+        value, low, high, _ = bootstrap_mean(np.array([0.7]), 100, 0)
     assert value == 0.7 and math.isnan(low) and math.isnan(high)
     with pytest.warns(ThinDataWarning):
         contrast = paired_contrast(pd.Series({"a": 1.0, "b": 2.0}), pd.Series({"a": 0.0}), 100, 0)
-    assert (contrast.value, contrast.units) == (1.0, 1) and math.isnan(contrast.low)
+    assert (contrast.value, contrast.n) == (1.0, 1) and math.isnan(contrast.lo)
     with pytest.warns(ThinDataWarning):
         apart = difference_of_means(np.array([1.0, 2.0]), np.array([0.0]), 100, 0)
-    assert apart.value == 1.5 and math.isnan(apart.high)
+    assert apart.value == 1.5 and math.isnan(apart.hi)
     with pytest.warns(ThinDataWarning):
         nested = nested_contrast(np.array([[1.0, 2.0]]), np.array([[0.0]]), 100, 0)
-    assert nested.value == 1.5 and math.isnan(nested.low)
+    assert nested.value == 1.5 and math.isnan(nested.lo)
 
 
 def test_the_rule_can_be_relaxed_or_silenced_by_callers_that_keep_their_tables():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        # min_units=1: the zero-width interval the ablation and compare tables have always had
-        assert tuple(bootstrap_mean(np.array([0.7]), 100, 0, min_units=1)) == (0.7, 0.7, 0.7)
+        # min_units=1: a caller may ask for the zero-width interval of one unit
+        assert tuple(bootstrap_mean(np.array([0.7]), 100, 0, min_units=1)) == (0.7, 0.7, 0.7, 1)
         # warn=False: the caller warns once for the whole table
-        assert math.isnan(bootstrap_mean(np.array([0.7]), 100, 0, warn=False).low)
+        assert math.isnan(bootstrap_mean(np.array([0.7]), 100, 0, warn=False).lo)
         # nothing measured: NaN everywhere, and nothing to warn of
-        assert all(math.isnan(bound) for bound in bootstrap_mean(np.array([]), 100, 0))
-        assert all(math.isnan(bound) for bound in bootstrap_mean(np.array([np.nan, np.nan]), 100, 0))
-        assert paired_contrast(pd.Series(dtype=float), pd.Series(dtype=float), 100, 0).units == 0
+        assert all(math.isnan(bound) for bound in bootstrap_mean(np.array([]), 100, 0)[:3])
+        assert all(math.isnan(bound) for bound in bootstrap_mean(np.array([np.nan, np.nan]), 100, 0)[:3])
+        assert paired_contrast(pd.Series(dtype=float), pd.Series(dtype=float), 100, 0).n == 0

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from babelheads.analysis.stats import LEVEL, Interval, bootstrap_mean
+from babelheads.analysis.stats import LEVEL, Interval, bootstrap_mean, columns
 from babelheads.errors import BabelheadsError
 from babelheads.heads import HeadAddress
 
@@ -117,10 +117,10 @@ def paired_delta(
     masked: np.ndarray, baseline: np.ndarray, replicates: int, seed: int, level: float = LEVEL
 ) -> Interval:
     """Mean of masked - baseline over paired samples (arrays of shape (samples,), already aligned),
-    with a percentile bootstrap interval. A NaN difference is kept (it makes the mean NaN), and one
-    sample keeps its zero-width interval: the ablation tables have always had both."""
+    with a percentile bootstrap interval. A NaN difference is kept (it makes the mean NaN); under
+    MIN_UNITS samples the interval is NaN, with a ThinDataWarning."""
     differences = np.asarray(masked, dtype=float) - np.asarray(baseline, dtype=float)
-    return bootstrap_mean(differences, replicates, seed, level, min_units=1)
+    return bootstrap_mean(differences, replicates, seed, level)
 
 
 def effects(evaluations: pd.DataFrame, sets: pd.DataFrame, replicates: int, seed: int) -> pd.DataFrame:
@@ -152,13 +152,9 @@ def effects(evaluations: pd.DataFrame, sets: pd.DataFrame, replicates: int, seed
                     "language": language,
                     "accuracy": float(frame["success"].mean()),
                     "rouge1_recall": float(frame["rouge1_recall"].mean()),
-                    "samples": len(frame),
-                    "delta_accuracy": accuracy[0],
-                    "delta_accuracy_lo": accuracy[1],
-                    "delta_accuracy_hi": accuracy[2],
-                    "delta_rouge": rouge[0],
-                    "delta_rouge_lo": rouge[1],
-                    "delta_rouge_hi": rouge[2],
+                    "n": len(frame),
+                    **columns("delta_accuracy", accuracy),
+                    **columns("delta_rouge", rouge),
                 }
             )
     return pd.DataFrame(rows)

@@ -17,7 +17,7 @@ from babelheads.analysis import crosslingual
 from babelheads.analysis.aggregate import AggregateSettings, with_success
 from babelheads.analysis.distribution import distribution
 from babelheads.analysis.scores import ScoreMatrix, bootstrap, score_matrix
-from babelheads.analysis.stats import bootstrap_mean, difference_of_means
+from babelheads.analysis.stats import COLUMNS, bootstrap_mean, difference_of_means, row
 from babelheads.errors import BabelheadsError, ThinDataWarning
 from babelheads.heads import HeadAddress
 
@@ -127,8 +127,8 @@ def crosslingual_tables(runs: list[DetectionTables], config: CompareConfig) -> d
         split = crosslingual.split_keys(statistics[ranks])
         contrast = split["measure"].str.endswith("_gap")
         tables["rank_agreement"] = _rank_table(split[~contrast])
-        tables["rank_contrasts"] = split.loc[contrast, ["measure", "pair", "subset", "value", "lo", "hi"]]
-        tables["rank_contrasts"] = tables["rank_contrasts"].reset_index(drop=True)
+        chosen = split.loc[contrast, ["measure", "pair", "subset", *COLUMNS]]
+        tables["rank_contrasts"] = chosen.reset_index(drop=True)
     translation = translation_table(runs, config)
     if not translation.empty:
         tables["translation"] = translation
@@ -164,7 +164,7 @@ def _rank_table(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per language pair and head subset, every measure with its interval."""
     rows = []
     for (pair, subset), group in frame.groupby(["pair", "subset"], sort=False):
-        row = {"pair": pair, "subset": subset}
+        row = {"pair": pair, "subset": subset, "n": int(group["n"].iloc[0])}
         for record in group.itertuples():
             row[record.measure] = record.value
             if record.measure in ("spearman", "kendall", "rank_diff"):
@@ -252,22 +252,19 @@ def _translation_rows(
     )
     base = {"condition": condition, "monolingual": source, "needle_kind": kind, "top_heads": len(ranking)}
     rows = [
-        {**base, "measure": row.statistic, "value": row.value, "lo": row.lo, "hi": row.hi}
-        for row in statistics.itertuples()
+        {**base, "measure": measured.statistic, **{name: getattr(measured, name) for name in COLUMNS}}
+        for measured in statistics.itertuples()
     ]
     chosen = samples[samples["needle_kind"] == kind]
     outcomes = {
         label: chosen.loc[chosen["language"] == label, "success"].to_numpy(dtype=float)
         for label in (source, condition)
     }
-    # min_units=1: one sample keeps the zero-width interval these rows always had
     for measure, label in (("accuracy_mono", source), ("accuracy_translation", condition)):
-        value, lo, hi = bootstrap_mean(outcomes[label], config.replicates, config.seed, min_units=1)
-        rows.append({**base, "measure": measure, "value": value, "lo": lo, "hi": hi})
-    value, lo, hi = difference_of_means(
-        outcomes[source], outcomes[condition], config.replicates, config.seed, min_units=1
-    )
-    rows.append({**base, "measure": "accuracy_drop", "value": value, "lo": lo, "hi": hi})
+        accuracy = bootstrap_mean(outcomes[label], config.replicates, config.seed)
+        rows.append({**base, "measure": measure, **row(accuracy)})
+    drop = difference_of_means(outcomes[source], outcomes[condition], config.replicates, config.seed)
+    rows.append({**base, "measure": "accuracy_drop", **row(drop)})
     return rows
 
 

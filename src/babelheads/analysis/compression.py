@@ -11,14 +11,15 @@ import warnings
 
 import pandas as pd
 
-from babelheads.analysis.stats import MIN_UNITS, bootstrap_mean, paired_contrast
+from babelheads.analysis.stats import COLUMNS, MIN_UNITS, bootstrap_mean, columns, paired_contrast, row
 from babelheads.errors import ThinDataWarning
 
 
 def compress_scores(samples: pd.DataFrame, replicates: int, seed: int) -> pd.DataFrame:
     """Per language, policy, head set and share: accuracy over samples (random draws averaged per
-    sample first) with its interval (accuracy_low, accuracy_high; NaN under MIN_UNITS samples, with one
-    warning for the run), mean ROUGE-1 recall, byte ratios against full, and KV heads kept whole."""
+    sample first) with its interval (accuracy_lo, accuracy_hi over n samples; NaN under MIN_UNITS
+    samples, with one warning for the run), mean ROUGE-1 recall, byte ratios against full, and KV heads
+    kept whole."""
     rows = []
     keys = ["language", "policy", "heads", "share"]
     for key, group in samples.groupby(keys, sort=True):
@@ -29,10 +30,8 @@ def compress_scores(samples: pd.DataFrame, replicates: int, seed: int) -> pd.Dat
         rows.append(
             {
                 **dict(zip(keys, key, strict=True)),
-                "samples": len(per_sample),
-                "accuracy": accuracy.value,
-                "accuracy_low": accuracy.low,
-                "accuracy_high": accuracy.high,
+                "n": len(per_sample),
+                **columns("accuracy", accuracy),
                 "rouge1_recall": float(per_sample["rouge1_recall"].mean()),
                 "bytes_ratio": float(per_sample["bytes_ratio"].mean()),
                 "full_layers_ratio": float(per_sample["full_layers_ratio"].mean()),
@@ -41,7 +40,7 @@ def compress_scores(samples: pd.DataFrame, replicates: int, seed: int) -> pd.Dat
             }
         )
     scores = pd.DataFrame(rows)
-    if (scores["samples"] < MIN_UNITS).any():
+    if (scores["n"] < MIN_UNITS).any():
         warnings.warn(
             "Some conditions have fewer than 2 samples: no intervals (NaN).", ThinDataWarning, stacklevel=2
         )
@@ -51,7 +50,8 @@ def compress_scores(samples: pd.DataFrame, replicates: int, seed: int) -> pd.Dat
 def compress_contrasts(samples: pd.DataFrame, replicates: int, seed: int) -> pd.DataFrame:
     """Paired per sample, at equal bytes: each head set's head-split (and head-budget) minus the
     uniform window and minus random heads (mean over draws), and head-split minus full; success rates
-    with intervals (low, high; NaN under MIN_UNITS paired samples, which compress_scores warns of)."""
+    with intervals (value, lo, hi over n paired samples; NaN under MIN_UNITS, which compress_scores warns
+    of)."""
     rows = []
     for (language, share), group in samples.groupby(["language", "share"], sort=True):
         if share == 1.0 and set(group["policy"]) == {"full"}:
@@ -80,11 +80,7 @@ def compress_contrasts(samples: pd.DataFrame, replicates: int, seed: int) -> pd.
                             "share": share,
                             "heads": heads,
                             "contrast": f"{policy} - {baseline}",
-                            "difference": contrast.value,
-                            "low": contrast.low,
-                            "high": contrast.high,
-                            "samples": contrast.units,
+                            **row(contrast),
                         }
                     )
-    columns = ["language", "share", "heads", "contrast", "difference", "low", "high", "samples"]
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=["language", "share", "heads", "contrast", *COLUMNS])

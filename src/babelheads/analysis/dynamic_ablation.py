@@ -13,7 +13,8 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from babelheads.analysis.stats import MIN_UNITS, bootstrap_mean, paired_contrast
+from babelheads.analysis.stats import COLUMNS, MIN_UNITS, bootstrap_mean, columns, paired_contrast
+from babelheads.analysis.stats import row as interval_row
 from babelheads.errors import ThinDataWarning
 
 
@@ -39,8 +40,8 @@ def answered_right(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def summary(table: pd.DataFrame, replicates: int, seed: int) -> pd.DataFrame:
-    """Per language, condition and k, over the samples answered right (``samples``; ``samples_run``
-    ran): exact match, ROUGE-L and tokens kept with intervals (<metric>_low, <metric>_high; NaN under
+    """Per language, condition and k, over the n samples answered right (``samples_run`` ran): exact
+    match, ROUGE-L and tokens kept with intervals (<metric>_lo, <metric>_hi; NaN under
     MIN_UNITS samples, with one warning naming the languages), and the mean heads masked and
     compensating."""
     used = answered_right(table)
@@ -51,20 +52,18 @@ def summary(table: pd.DataFrame, replicates: int, seed: int) -> pd.DataFrame:
             "language": language,
             "condition": condition,
             "k": k,
-            "samples": len(chosen),
+            "n": len(chosen),
             "samples_run": len(group),
         }
         for metric in ("exact", "rougeL", "token_kept"):
-            point, low, high = bootstrap_mean(
-                chosen[metric].dropna().to_numpy(float), replicates, seed, warn=False
-            )
-            row.update({metric: point, f"{metric}_low": low, f"{metric}_high": high})
+            measured = bootstrap_mean(chosen[metric].dropna().to_numpy(float), replicates, seed, warn=False)
+            row.update(columns(metric, measured))
         for metric in ("masked_heads", "compensating", "compensating_static"):
             row[metric] = float(chosen[metric].mean()) if len(chosen) else np.nan
         rows.append(row)
     table = pd.DataFrame(rows)
-    if (table["samples"] < MIN_UNITS).any():
-        thin = sorted(set(table.loc[table["samples"] < MIN_UNITS, "language"]))
+    if (table["n"] < MIN_UNITS).any():
+        thin = sorted(set(table.loc[table["n"] < MIN_UNITS, "language"]))
         warnings.warn(
             f"{', '.join(thin)}: fewer than 2 samples answered right without masks: no intervals (NaN).",
             ThinDataWarning,
@@ -76,7 +75,7 @@ def summary(table: pd.DataFrame, replicates: int, seed: int) -> pd.DataFrame:
 def contrasts(table: pd.DataFrame, replicates: int, seed: int) -> pd.DataFrame:
     """Paired per sample answered right (``table``: per_sample): each metric with the dynamic heads
     masked minus with as many static heads, and minus as many random heads (mean over draws); negative
-    means masking dynamic heads hurts more. Intervals: difference_low, difference_high."""
+    means masking dynamic heads hurts more. Each as value, lo, hi over n samples."""
     rows = []
     for language, group in answered_right(table).groupby("language"):
         for metric in ("token_kept", "exact"):
@@ -92,11 +91,7 @@ def contrasts(table: pd.DataFrame, replicates: int, seed: int) -> pd.DataFrame:
                             "language": language,
                             "metric": metric,
                             "contrast": f"dynamic - {baseline}",
-                            "difference": contrast.value,
-                            "difference_low": contrast.low,
-                            "difference_high": contrast.high,
-                            "samples": contrast.units,
+                            **interval_row(contrast),
                         }
                     )
-    columns = ["language", "metric", "contrast", "difference", "difference_low", "difference_high", "samples"]
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=["language", "metric", "contrast", *COLUMNS])

@@ -142,8 +142,8 @@ def _statistics(parts: SampleParts, weights: np.ndarray) -> dict[str, np.ndarray
 def dynamism(steps: StepHeads, static: np.ndarray, replicates: int = 1000, seed: int = 0) -> pd.DataFrame:
     """The Table 1 statistics of one language's steps, each with a 95 % interval over samples.
 
-    Rows: statistic, value, low, high, reference (ln K for the entropy, 1 for the Jaccards: a static
-    set would give them), samples, retrieval_steps.
+    Rows: statistic, value, lo, hi, n (samples), reference (ln K for the entropy, 1 for the Jaccards:
+    a static set would give them), retrieval_steps.
     """
     order, parts = sample_parts(steps, static)
     point = _statistics(parts, np.ones((1, len(order))))
@@ -159,17 +159,17 @@ def dynamism(steps: StepHeads, static: np.ndarray, replicates: int = 1000, seed:
     }
     rows = []
     for name, value in point.items():
-        low = high = np.nan
+        lo = hi = np.nan
         if name in spread:  # a draw without retrieval steps (or pairs) has no ratio: it does not count
-            low, high = percentile_interval(spread[name][np.isfinite(spread[name])])
+            lo, hi = percentile_interval(spread[name][np.isfinite(spread[name])])
         rows.append(
             {
                 "statistic": name,
                 "value": float(value[0]),
-                "low": float(low),
-                "high": float(high),
+                "lo": float(lo),
+                "hi": float(hi),
+                "n": len(order),
                 "reference": float(references[name]),
-                "samples": len(order),
                 "retrieval_steps": int(parts.retrieval_steps.sum()),
             }
         )

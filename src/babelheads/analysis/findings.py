@@ -212,7 +212,7 @@ def _masking(ablation: dict[str, pd.DataFrame] | None, replicates: int = 1000, s
             for name, mask in masks.items()
         }
         common = by_mask["agnostic"].index.intersection(by_mask["specific"].index)
-        value, lo, hi = paired_delta(
+        value, lo, hi, _ = paired_delta(
             by_mask["specific"].loc[common].to_numpy(),
             by_mask["agnostic"].loc[common].to_numpy(),
             replicates,

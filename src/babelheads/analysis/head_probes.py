@@ -286,8 +286,8 @@ def _sample_draws(sample_ids: np.ndarray, settings: ProbeSettings) -> list[np.nd
 
 def _bounds(name: str, draws: np.ndarray) -> dict[str, float]:
     # a draw without a positive, or without variation, has no F1, AUPRC or R^2: it does not count
-    low, high = percentile_interval(draws[np.isfinite(draws)])
-    return {f"{name}_low": low, f"{name}_high": high}
+    lo, hi = percentile_interval(draws[np.isfinite(draws)])
+    return {f"{name}_lo": lo, f"{name}_hi": hi}
 
 
 def _auprc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -391,7 +391,7 @@ def probe_heads(
                 "threshold": threshold,
                 "test_steps": int(test.sum()),
                 "test_positives": int(truth.sum()),
-                "test_samples": len(set(test_ids)),
+                "n": len(set(test_ids)),
             }
         )
         precision, recall, _ = precision_recall_curve(truth.ravel(), test_scores.ravel())
@@ -455,7 +455,7 @@ def regress_heads(data: StepData, settings: ProbeSettings) -> pd.DataFrame:
                 **_bounds("r2", np.array([r2(drawn, predicted) for drawn in draws])),
                 "heads": int(varying.sum()),
                 "test_steps": int(test.sum()),
-                "test_samples": len(set(test_ids)),
+                "n": len(set(test_ids)),
             }
             for name, predicted in predictions.items()
         ]

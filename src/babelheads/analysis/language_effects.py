@@ -7,40 +7,43 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from babelheads.analysis.stats import Contrast, bootstrap_statistics, nested_contrast
+from babelheads.analysis.stats import COLUMNS, Interval, bootstrap_statistics, columns, nested_contrast
+from babelheads.analysis.stats import row as interval_row
 
 RANDOM_PREFIX = "random"
 
 
 def _contrast(
     frame: pd.DataFrame, value: str, first: list[str], second: list[str], replicates: int, seed: int
-) -> Contrast:
+) -> Interval:
     """mean over units of value(first) - value(second) (``second`` empty: of value(first)), each side
     averaged over its conditions (the seeds of a random set), on units that have all of them; the
-    bootstrap also resamples a side's several random head sets (:func:`stats.nested_contrast`). One unit
-    keeps its zero-width interval, as these tables always had."""
+    bootstrap also resamples a side's several random head sets (:func:`stats.nested_contrast`). Under
+    MIN_UNITS units the interval is NaN."""
     wide = frame[frame["condition"].isin(first + second)].pivot_table(
         index="unit", columns="condition", values=value, aggfunc="mean"
     )
     if not set(first + second) <= set(wide.columns):
-        return Contrast(np.nan, np.nan, np.nan, 0)
+        return Interval(np.nan, np.nan, np.nan, 0)
     wide = wide.dropna()
     return nested_contrast(
-        wide[first].to_numpy(dtype=float), wide[second].to_numpy(dtype=float), replicates, seed, min_units=1
+        wide[first].to_numpy(dtype=float), wide[second].to_numpy(dtype=float), replicates, seed
     )
 
 
 def paired(
     frame: pd.DataFrame, value: str, first: list[str], second: list[str], replicates: int, seed: int
-) -> dict:
+) -> Interval:
     """mean over units of value(first) - value(second), units present in both, with its interval."""
-    contrast = _contrast(frame, value, first, second, replicates, seed)
-    return {"difference": contrast.value, "lo": contrast.low, "hi": contrast.high, "units": contrast.units}
+    return _contrast(frame, value, first, second, replicates, seed)
 
 
-def level(frame: pd.DataFrame, value: str, conditions: list[str], replicates: int, seed: int) -> dict:
-    contrast = _contrast(frame, value, conditions, [], replicates, seed)
-    return {"mean": contrast.value, "lo": contrast.low, "hi": contrast.high}
+def level(frame: pd.DataFrame, value: str, conditions: list[str], replicates: int, seed: int) -> Interval:
+    """mean over units of value(conditions), with its interval."""
+    return _contrast(frame, value, conditions, [], replicates, seed)
+
+
+NO_INTERVAL = Interval(np.nan, np.nan, np.nan, 0)
 
 
 def _random(frame: pd.DataFrame, name: str) -> list[str]:
@@ -51,62 +54,45 @@ def contrasts(
     frame: pd.DataFrame, value: str, masked: dict[str, str], replicates: int, seed: int
 ) -> pd.DataFrame:
     """Per language: ``value`` under no mask, under each masked condition (``masked`` maps a label to a
-    condition) and its random counterparts ('random-<label>:...', every seed); differences against both."""
+    condition) and its random counterparts ('random-<label>:...', every seed); differences against both.
+    ``measure`` names the value measured (log_ppl, correct, ...); n counts the units (texts, prompts)."""
     rows = []
     for language, group in frame.groupby("language", sort=True):
         none = level(group, value, ["none"], replicates, seed)
         for label, condition in masked.items():
             condition = condition.format(language=language)
             random = _random(group, label)
-            row = {"language": language, "heads": label, "value": value, "none": none["mean"]}
+            row = {"language": language, "heads": label, "measure": value, "none": none.value}
             if condition not in set(group["condition"]):  # no such heads here: NaN, never a zero effect
-                rows.append({**row, "units": int(group["unit"].nunique())})
+                rows.append({**row, "n": int(group["unit"].nunique())})
                 continue
             for name, conditions in (("masked", [condition]), ("random", random)):
-                measured = level(group, value, conditions, replicates, seed) if conditions else {}
-                row.update(
-                    {
-                        name: measured.get("mean", np.nan),
-                        f"{name}_lo": measured.get("lo", np.nan),
-                        f"{name}_hi": measured.get("hi", np.nan),
-                    }
-                )
+                measured = level(group, value, conditions, replicates, seed) if conditions else NO_INTERVAL
+                row.update(columns(name, measured))
             for name, (first, second) in {
                 "masked_minus_none": ([condition], ["none"]),
                 "random_minus_none": (random, ["none"]),
                 "masked_minus_random": ([condition], random),
             }.items():
-                effect = paired(group, value, first, second, replicates, seed) if first and second else {}
-                row.update(
-                    {
-                        name: effect.get("difference", np.nan),
-                        f"{name}_lo": effect.get("lo", np.nan),
-                        f"{name}_hi": effect.get("hi", np.nan),
-                    }
-                )
-            row["units"] = int(group["unit"].nunique())
+                both = first and second
+                effect = paired(group, value, first, second, replicates, seed) if both else NO_INTERVAL
+                row.update(columns(name, effect))
+            row["n"] = int(group["unit"].nunique())
             rows.append(row)
     return pd.DataFrame(rows)
 
 
 def cross_matrix(frame: pd.DataFrame, replicates: int, seed: int) -> pd.DataFrame:
     """Test language x masked-head language: the rise of mean log-perplexity (nats per token) over no
-    mask, paired per text, with intervals."""
+    mask, paired per text: value, lo, hi over n texts."""
     rows = []
     for language, group in frame.groupby("language", sort=True):
         for condition in sorted(c for c in group["condition"].unique() if c.startswith("specific:")):
             effect = paired(group, "log_ppl", [condition], ["none"], replicates, seed)
             rows.append(
-                {
-                    "test_language": language,
-                    "heads_of": condition.split(":", 1)[1],
-                    "delta_log_ppl": effect["difference"],
-                    "lo": effect["lo"],
-                    "hi": effect["hi"],
-                    "texts": effect["units"],
-                }
+                {"test_language": language, "heads_of": condition.split(":", 1)[1], **interval_row(effect)}
             )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["test_language", "heads_of", *COLUMNS])
 
 
 def diagonality(frame: pd.DataFrame, replicates: int, seed: int) -> pd.DataFrame:
@@ -144,7 +130,7 @@ def diagonality(frame: pd.DataFrame, replicates: int, seed: int) -> pd.DataFrame
             "test_language": names[0],
             "measure": "diagonal_" + names[1],
             "value": table["value"],
-            "lo": table["low"],
-            "hi": table["high"],
+            "lo": table["lo"],
+            "hi": table["hi"],
         }
     )

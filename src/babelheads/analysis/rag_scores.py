@@ -10,7 +10,8 @@ import warnings
 
 import pandas as pd
 
-from babelheads.analysis.stats import MIN_UNITS, bootstrap_mean, paired_contrast
+from babelheads.analysis.stats import COLUMNS, MIN_UNITS, bootstrap_mean, columns, paired_contrast
+from babelheads.analysis.stats import row as interval_row
 from babelheads.errors import ThinDataWarning
 from babelheads.rag.selections import HEAD_GUIDED, SELECTIONS
 from babelheads.sources import ALL
@@ -32,15 +33,15 @@ def _with_pooled(samples: pd.DataFrame) -> pd.DataFrame:
 
 def rag_scores(samples: pd.DataFrame, replicates: int, seed: int) -> pd.DataFrame:
     """Per language and selection: EM, token F1 and containment over questions with bootstrap
-    intervals (<metric>_low, <metric>_high; NaN for one question); mean retrievals, documents in the
-    final context and the share of supporting facts among them."""
+    intervals (<metric>_lo, <metric>_hi over n questions; NaN for one question); mean retrievals,
+    documents in the final context and the share of supporting facts among them."""
     rows = []
     for (language, selection), group in _with_pooled(samples).groupby(["language", "selection"], sort=False):
-        row = {"language": language, "selection": selection, "questions": len(group)}
+        row = {"language": language, "selection": selection, "n": len(group)}
         for metric in METRICS:
             # rag_contrasts warns once for the run; a warning per cell would only repeat it
-            point, low, high = bootstrap_mean(group[metric].to_numpy(float), replicates, seed, warn=False)
-            row.update({metric: point, f"{metric}_low": low, f"{metric}_high": high})
+            measured = bootstrap_mean(group[metric].to_numpy(float), replicates, seed, warn=False)
+            row.update(columns(metric, measured))
         for column in ("retrievals", "documents", "gold_found"):
             row[column] = float(group[column].mean())
         row["retrieved"] = float((group["retrievals"] > 0).mean())
@@ -59,7 +60,8 @@ def _selection_order(column: pd.Series) -> pd.Series:
 
 def rag_contrasts(samples: pd.DataFrame, replicates: int, seed: int) -> pd.DataFrame:
     """Paired per question: each head-guided selection minus no retrieval and minus the question-only
-    query, and dynamic minus static and minus DRAGIN's heads, for EM and F1, with intervals (low, high)."""
+    query, and dynamic minus static and minus DRAGIN's heads, for EM and F1, with intervals (value, lo,
+    hi over n questions)."""
     rows = []
     for language, group in _with_pooled(samples).groupby("language", sort=True):
         for metric in ("exact", "f1"):
@@ -72,13 +74,9 @@ def rag_contrasts(samples: pd.DataFrame, replicates: int, seed: int) -> pd.DataF
                             "language": language,
                             "metric": metric,
                             "contrast": f"{first} - {second}",
-                            "difference": contrast.value,
-                            "low": contrast.low,
-                            "high": contrast.high,
-                            "questions": contrast.units,
+                            **interval_row(contrast),
                         }
                     )
     if samples["sample_id"].nunique() < MIN_UNITS:
         warnings.warn("Fewer than 2 questions: no intervals (NaN).", ThinDataWarning, stacklevel=2)
-    columns = ["language", "metric", "contrast", "difference", "low", "high", "questions"]
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=["language", "metric", "contrast", *COLUMNS])

@@ -96,7 +96,8 @@ def bootstrap(
     """Percentile intervals over samples (each condition's drawn on its own) for every value
     ``statistic`` returns from mean scores.
 
-    Returns a frame with columns statistic, value (on the full data), lo, hi, replicates.
+    Returns a frame with columns statistic, value (on the full data), lo, hi, n (the fewest samples
+    of any condition), replicates.
     """
     table = bootstrap_statistics(
         matrix,
@@ -106,4 +107,5 @@ def bootstrap(
         seed,
         percentiles(level),
     )
-    return table.rename(columns={"low": "lo", "high": "hi"})
+    table.insert(4, "n", min(matrix.counts().values(), default=0))
+    return table

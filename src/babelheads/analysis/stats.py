@@ -23,49 +23,56 @@ import pandas as pd
 from babelheads.errors import ThinDataWarning
 
 MIN_UNITS = 2
-PERCENTILES = (2.5, 97.5)
-"""The 95 % interval's percentiles as written (the estimators of draws they are handed use these)."""
 LEVEL = 0.95
 
 Data = TypeVar("Data")
 
 
 class Interval(NamedTuple):
-    """A point estimate and its interval's bounds (NaN where there is none)."""
+    """A point estimate, its interval's bounds (NaN where there is none) and the units behind it.
+
+    The one interval schema: every table writes an interval as ``value``, ``lo``, ``hi``, ``n`` (or,
+    where a row holds several, ``<name>``, ``<name>_lo``, ``<name>_hi`` beside one ``n``). For a paired
+    contrast ``n`` counts the units that had both conditions; for two independent samples, the smaller.
+    """
 
     value: float
-    low: float
-    high: float
+    lo: float
+    hi: float
+    n: int
 
 
-class Contrast(NamedTuple):
-    """A paired contrast: the mean difference, its interval, and how many units had both conditions."""
+COLUMNS = ("value", "lo", "hi", "n")
+"""An interval's columns in a table that holds one per row."""
 
-    value: float
-    low: float
-    high: float
-    units: int
+
+def columns(name: str, interval: Interval) -> dict[str, float]:
+    """``interval`` as the columns ``<name>``, ``<name>_lo``, ``<name>_hi`` of a row that holds several
+    intervals (the row's ``n`` is written once, by the caller)."""
+    return {name: interval.value, f"{name}_lo": interval.lo, f"{name}_hi": interval.hi}
+
+
+def row(interval: Interval) -> dict[str, float]:
+    """``interval`` as the columns value, lo, hi, n of a row that holds one."""
+    return dict(zip(COLUMNS, interval, strict=True))
 
 
 def percentiles(level: float) -> tuple[float, float]:
-    """The percentiles bounding a central ``level`` interval: ``(1 - level) / 2 * 100`` and 100 minus it.
-
-    For 0.95 that is (2.500000000000002, 97.5), not PERCENTILES: the estimators that take a level have
-    always cut there, and moving the cut to 2.5 changes the interpolated lower bound in its last digits.
-    """
-    tail = (1 - level) / 2 * 100
+    """The percentiles bounding a central ``level`` interval: ``(1 - level) / 2 * 100`` and 100 minus it,
+    rounded to 10 digits so that 0.95 cuts at exactly (2.5, 97.5), like every other interval here."""
+    tail = round((1 - level) / 2 * 100, 10)
     return tail, 100 - tail
 
 
-def percentile_interval(draws: np.ndarray, bounds: tuple[float, float] = PERCENTILES) -> tuple[float, float]:
+def percentile_interval(draws: np.ndarray, bounds: tuple[float, float] | None = None) -> tuple[float, float]:
     """The ``bounds`` percentiles of ``draws`` (shape (replicates,)); NaN for no draws.
 
     Draws are used as given: where a statistic can be undefined in a draw, the caller drops those first.
     """
     if len(draws) == 0:
         return np.nan, np.nan
-    low, high = np.percentile(draws, bounds)
-    return float(low), float(high)
+    lo, hi = np.percentile(draws, bounds or percentiles(LEVEL))
+    return float(lo), float(hi)
 
 
 def _too_few(units: int, min_units: int, warn: bool) -> bool:
@@ -96,13 +103,13 @@ def bootstrap_mean(
     """
     values = np.asarray(values, dtype=float)
     if len(values) == 0 or np.isnan(values).all():
-        return Interval(np.nan, np.nan, np.nan)
+        return Interval(np.nan, np.nan, np.nan, 0)
     point = float(values.mean())
     if _too_few(len(values), min_units, warn):
-        return Interval(point, np.nan, np.nan)
+        return Interval(point, np.nan, np.nan, len(values))
     rng = np.random.default_rng(seed)
     draws = values[rng.integers(0, len(values), (replicates, len(values)))].mean(axis=1)
-    return Interval(point, *percentile_interval(draws, percentiles(level)))
+    return Interval(point, *percentile_interval(draws, percentiles(level)), len(values))
 
 
 def paired_contrast(
@@ -114,13 +121,12 @@ def paired_contrast(
     *,
     min_units: int = MIN_UNITS,
     warn: bool = True,
-) -> Contrast:
+) -> Interval:
     """mean over units of ``first - second``, each a Series of one value per unit (indexed by unit)
     under one condition. Units missing, or NaN, under either condition are left out; the bootstrap
     resamples the remaining units' differences (:func:`bootstrap_mean`)."""
     differences = (first.astype(float) - second.astype(float)).dropna().to_numpy(float)
-    value, low, high = bootstrap_mean(differences, replicates, seed, level, min_units=min_units, warn=warn)
-    return Contrast(value, low, high, len(differences))
+    return bootstrap_mean(differences, replicates, seed, level, min_units=min_units, warn=warn)
 
 
 def difference_of_means(
@@ -137,15 +143,16 @@ def difference_of_means(
     its own: all of ``first``'s draws, then all of ``second``'s, from one generator. NaN when either is
     empty; the interval needs ``min_units`` on both sides."""
     first, second = np.asarray(first, dtype=float), np.asarray(second, dtype=float)
-    if len(first) == 0 or len(second) == 0:
-        return Interval(np.nan, np.nan, np.nan)
+    units = min(len(first), len(second))
+    if units == 0:
+        return Interval(np.nan, np.nan, np.nan, 0)
     point = float(first.mean() - second.mean())
-    if _too_few(min(len(first), len(second)), min_units, warn):
-        return Interval(point, np.nan, np.nan)
+    if _too_few(units, min_units, warn):
+        return Interval(point, np.nan, np.nan, units)
     rng = np.random.default_rng(seed)
     first_draws = first[rng.integers(0, len(first), (replicates, len(first)))].mean(axis=1)
     second_draws = second[rng.integers(0, len(second), (replicates, len(second)))].mean(axis=1)
-    return Interval(point, *percentile_interval(first_draws - second_draws, percentiles(level)))
+    return Interval(point, *percentile_interval(first_draws - second_draws, percentiles(level)), units)
 
 
 def nested_contrast(
@@ -154,10 +161,10 @@ def nested_contrast(
     replicates: int,
     seed: int,
     *,
-    bounds: tuple[float, float] = PERCENTILES,
+    bounds: tuple[float, float] | None = None,
     min_units: int = MIN_UNITS,
     warn: bool = True,
-) -> Contrast:
+) -> Interval:
     """mean over units of (row mean of ``first``) - (row mean of ``second``), paired by unit.
 
     first : shape (units, a), each unit's values under ``a`` conditions of one kind (the seeds of a
@@ -168,7 +175,7 @@ def nested_contrast(
     """
     units = len(first)
     if units == 0:
-        return Contrast(np.nan, np.nan, np.nan, 0)
+        return Interval(np.nan, np.nan, np.nan, 0)
     columns_first, columns_second = first.shape[1], second.shape[1]
 
     def estimate(rows: np.ndarray, chosen_first: np.ndarray, chosen_second: np.ndarray) -> float:
@@ -178,14 +185,14 @@ def nested_contrast(
 
     point = estimate(np.arange(units), np.arange(columns_first), np.arange(columns_second))
     if np.isnan(point) or _too_few(units, min_units, warn):
-        return Contrast(point, np.nan, np.nan, units)
+        return Interval(point, np.nan, np.nan, units)
     rng = np.random.default_rng(seed)
     draws = np.empty(replicates)
     for index in range(replicates):
         rows = rng.integers(0, units, units)
         chosen_first = _draw_columns(rng, columns_first)
         draws[index] = estimate(rows, chosen_first, _draw_columns(rng, columns_second))
-    return Contrast(point, *percentile_interval(draws, bounds), units)
+    return Interval(point, *percentile_interval(draws, bounds), units)
 
 
 def _draw_columns(rng: np.random.Generator, count: int) -> np.ndarray:
@@ -200,13 +207,13 @@ def bootstrap_statistics(
     resample: Callable[[Data, np.random.Generator], Data],
     replicates: int,
     seed: int,
-    bounds: tuple[float, float] = PERCENTILES,
+    bounds: tuple[float, float] | None = None,
 ) -> pd.DataFrame:
     """Intervals for every value ``statistic`` returns, from ``replicates`` draws of ``resample(data,
     rng)`` with one generator. A draw where a value is NaN (or missing) does not count towards its
     interval (a ratio whose denominator drew zero).
 
-    Returns one row per value: statistic, value (on ``data``), low, high, replicates (draws counted).
+    Returns one row per value: statistic, value (on ``data``), lo, hi, replicates (draws counted).
     """
     point = statistic(data)
     rng = np.random.default_rng(seed)
@@ -219,6 +226,6 @@ def bootstrap_statistics(
     for name, value in point.items():
         sample = np.asarray(draws[name], dtype=float)
         sample = sample[~np.isnan(sample)]
-        low, high = percentile_interval(sample, bounds)
-        rows.append({"statistic": name, "value": value, "low": low, "high": high, "replicates": len(sample)})
+        lo, hi = percentile_interval(sample, bounds)
+        rows.append({"statistic": name, "value": value, "lo": lo, "hi": hi, "replicates": len(sample)})
     return pd.DataFrame(rows)

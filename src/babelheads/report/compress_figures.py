@@ -30,7 +30,7 @@ def accuracy_bytes_chart(scores: pd.DataFrame) -> Figure:
             if chosen.empty:
                 continue
             values = chosen["accuracy"].to_numpy(float)
-            low, high = chosen["accuracy_low"].to_numpy(float), chosen["accuracy_high"].to_numpy(float)
+            low, high = chosen["accuracy_lo"].to_numpy(float), chosen["accuracy_hi"].to_numpy(float)
             ax.errorbar(
                 chosen["bytes_ratio"] + (index - 2) * 0.006,  # policies at equal bytes side by side
                 values,

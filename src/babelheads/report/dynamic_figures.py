@@ -65,7 +65,7 @@ def statistics_chart(stats: pd.DataFrame) -> Figure:
         rows = stats[stats["statistic"] == name].set_index("language").reindex(languages)
         x = np.arange(len(languages))
         values = rows["value"].to_numpy(float)
-        errors = np.vstack([values - rows["low"].to_numpy(float), rows["high"].to_numpy(float) - values])
+        errors = np.vstack([values - rows["lo"].to_numpy(float), rows["hi"].to_numpy(float) - values])
         ax.errorbar(x, values, yerr=np.nan_to_num(errors), fmt="o", color="#d62728", capsize=4)
         if name == "entropy":
             ax.scatter(x, rows["reference"], marker="_", s=400, color="#1f77b4", label="ln K")
@@ -158,7 +158,7 @@ def ablation_chart(summary: pd.DataFrame) -> Figure:
         rows = summary[(summary["condition"] == condition)].set_index("language").reindex(languages)
         x = np.arange(len(languages)) + (index - 1.5) * width
         values = rows["token_kept"].to_numpy(float)
-        low, high = rows["token_kept_low"].to_numpy(float), rows["token_kept_high"].to_numpy(float)
+        low, high = rows["token_kept_lo"].to_numpy(float), rows["token_kept_hi"].to_numpy(float)
         left.bar(
             x,
             values,

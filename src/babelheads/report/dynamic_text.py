@@ -26,8 +26,10 @@ def verdict(low: float, high: float, units: str = "samples") -> str:
     return "  (inconclusive)"
 
 
-def _interval(row: pd.Series, value: str = "value", low: str = "low", high: str = "high") -> str:
-    return f"{_number(row[value])} [{_number(row[low])}, {_number(row[high])}]"
+def _interval(row: pd.Series, name: str | None = None) -> str:
+    """The row's interval: value, lo, hi, or, for a row of several, <name>, <name>_lo, <name>_hi."""
+    value, lo, hi = (name, f"{name}_lo", f"{name}_hi") if name else ("value", "lo", "hi")
+    return f"{_number(row[value])} [{_number(row[lo])}, {_number(row[hi])}]"
 
 
 def statistics_text(stats: pd.DataFrame, static: pd.DataFrame) -> str:
@@ -42,7 +44,7 @@ def statistics_text(stats: pd.DataFrame, static: pd.DataFrame) -> str:
         k = int(group["k"].iloc[0])
         heads = " ".join(static.loc[static["language"] == language, "head"])
         lines.append(
-            f"[{language}] {int(group['samples'].iloc[0])} test samples, "
+            f"[{language}] {int(group['n'].iloc[0])} test samples, "
             f"{int(group['retrieval_steps'].iloc[0])} retrieval steps; static top-{k} (other half): {heads}"
         )
         lines.append(
@@ -83,25 +85,21 @@ def probes_text(store: RunStore) -> str:
     for language, group in probe.groupby("language", sort=False):
         rows = group.set_index("predictor")
         parts = [
-            f"{name} F1 {_interval(rows.loc[name], 'f1', 'f1_low', 'f1_high')} AUPRC "
-            f"{_interval(rows.loc[name], 'auprc', 'auprc_low', 'auprc_high')}"
+            f"{name} F1 {_interval(rows.loc[name], 'f1')} AUPRC {_interval(rows.loc[name], 'auprc')}"
             for name in ("probe", "static prior", "shuffled labels")
             if name in rows.index
         ]
         lines.append(
             f"[{language}] probe on {int(group['test_steps'].iloc[0])} test steps of "
-            f"{int(group['test_samples'].iloc[0])} samples: " + "; ".join(parts)
+            f"{int(group['n'].iloc[0])} samples: " + "; ".join(parts)
         )
         if "probe" in rows.index:
-            lines.append(
-                f"  probe AUPRC minus static prior: "
-                f"{_interval(rows.loc['probe'], 'auprc_gain', 'auprc_gain_low', 'auprc_gain_high')}"
-            )
+            lines.append(f"  probe AUPRC minus static prior: {_interval(rows.loc['probe'], 'auprc_gain')}")
     if store.has_derived("regression"):
         regression = store.derived("regression")
         for language, group in regression.groupby("language", sort=False):
             rows = group.set_index("predictor")
-            parts = [f"{name} {_interval(rows.loc[name], 'r2', 'r2_low', 'r2_high')}" for name in rows.index]
+            parts = [f"{name} {_interval(rows.loc[name], 'r2')}" for name in rows.index]
             lines.append(
                 f"[{language}] Eq. 2 regressor R^2 on test (variance-weighted over "
                 f"{int(group['heads'].iloc[0])} heads): " + "; ".join(parts)
@@ -129,7 +127,7 @@ def dynamic_ablation_summary(store: RunStore) -> str:
     lines = []
     for language, group in summary.groupby("language", sort=True):
         lines.append(
-            f"[{language}] {int(group['samples'].max())} of {int(group['samples_run'].max())} samples "
+            f"[{language}] {int(group['n'].max())} of {int(group['samples_run'].max())} samples "
             "answered right without masks; per-step masks, teacher-forced on the clean continuation:"
         )
         for _, row in group.iterrows():
@@ -144,13 +142,10 @@ def dynamic_ablation_summary(store: RunStore) -> str:
                 )
             lines.append(
                 f"  {label:<16} tokens kept "
-                f"{_interval(row, 'token_kept', 'token_kept_low', 'token_kept_high')}"
-                f"  exact {_interval(row, 'exact', 'exact_low', 'exact_high')}"
+                f"{_interval(row, 'token_kept')}"
+                f"  exact {_interval(row, 'exact')}"
                 f"  heads masked {_number(row['masked_heads'], 1)}{extra}"
             )
         for _, row in contrasts[contrasts["language"] == language].iterrows():
-            lines.append(
-                f"  {row['contrast']} ({row['metric']}): "
-                f"{_interval(row, 'difference', 'difference_low', 'difference_high')}"
-            )
+            lines.append(f"  {row['contrast']} ({row['metric']}): {_interval(row)}")
     return "\n".join(lines)

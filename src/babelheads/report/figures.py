@@ -542,7 +542,7 @@ def _ablation_lines(frame: pd.DataFrame) -> pd.DataFrame:
         accuracy_max=("accuracy", "max"),
         heads_masked=("count", "mean"),
         seeds=("seed", "nunique"),
-        samples=("samples", "first"),
+        samples=("n", "first"),
     ).reset_index()
 
 
@@ -555,7 +555,7 @@ def ablation_curves(
 ) -> Figure:
     """NIAH accuracy against the number of masked heads K, per head set, one panel per language.
 
-    ablation : an ablate run's table (head_set, k, seed, count, language, accuracy, samples, method,
+    ablation : an ablate run's table (head_set, k, seed, count, language, accuracy, n, method,
     phases, ...). 'random' is drawn as the mean over seeds with its min-max band, 'none' as a line.
     A language whose unmasked baseline retrieves fewer than ``min_samples`` samples gets no panel:
     accuracy cannot drop from nothing.
@@ -572,7 +572,7 @@ def ablation_curves(
     notes, kept = [], []
     for language in languages:
         base = ablation[(ablation["language"] == language) & (ablation["head_set"] == "none")]
-        retrieved = round(float((base["accuracy"] * base["samples"]).sum())) if len(base) else 0
+        retrieved = round(float((base["accuracy"] * base["n"]).sum())) if len(base) else 0
         if base.empty or retrieved < min_samples:
             notes.append(
                 f"{language}: unmasked model retrieves {retrieved} sample{'s' * (retrieved != 1)}, "

@@ -89,8 +89,8 @@ def head_placement(heads: pd.DataFrame, layers: int) -> Figure:
 def masking_effects(table: pd.DataFrame, title: str, caption: str, unit: str) -> Figure:
     """Per language (and value), the change under the masked set and under random heads of the same
     count, each against no mask, with 95% intervals."""
-    several = table["value"].nunique() > 1
-    rows = table.assign(label=table["language"] + (" " + table["value"] if several else ""))
+    several = table["measure"].nunique() > 1
+    rows = table.assign(label=table["language"] + (" " + table["measure"] if several else ""))
     figure = MplFigure(figsize=(WIDTH, max(2.4, 0.45 * len(rows) + 1.0)), layout="constrained")
     ax = figure.subplots()
     positions = np.arange(len(rows))
@@ -138,7 +138,7 @@ def cross_matrix(matrix: pd.DataFrame, diagonality: pd.DataFrame) -> Figure:
         "log-perplexity (nats per token) against no mask, paired per held-out text. LAHIS expects a "
         "strong diagonal: a language's own heads hurt it most." + verdict
     )
-    wide = matrix.pivot(index="test_language", columns="heads_of", values="delta_log_ppl")
+    wide = matrix.pivot(index="test_language", columns="heads_of", values="value")
     figure = MplFigure(
         figsize=(min(WIDTH, 1.2 * len(wide.columns) + 3), 0.8 * len(wide) + 1.5), layout="constrained"
     )

@@ -64,11 +64,11 @@ def contrasts_text(table: pd.DataFrame) -> list[str]:
     lines = []
     for _, row in table.iterrows():
         lines.append(
-            f"{row['language']:5s} {row['heads']:9s} {row['value']:14s} none {row['none']:.3f} | "
+            f"{row['language']:5s} {row['heads']:9s} {row['measure']:14s} none {row['none']:.3f} | "
             f"masked-none {_named(row, 'masked_minus_none')}"
             f" | random-none {_named(row, 'random_minus_none')}"
             f" | masked-random {_named(row, 'masked_minus_random')}"
-            f" (n={int(row['units'])})"
+            f" (n={int(row['n'])})"
         )
     return lines
 
@@ -77,9 +77,7 @@ def language_test_summary(store: RunStore) -> str:
     experiment = store.manifest()["spec"]["config"]["experiment"]
     lines = [f"experiment {experiment}: differences paired per text or prompt, 95% bootstrap intervals"]
     if experiment == "ppl-cross":
-        matrix = store.derived("ppl_cross").pivot(
-            index="test_language", columns="heads_of", values="delta_log_ppl"
-        )
+        matrix = store.derived("ppl_cross").pivot(index="test_language", columns="heads_of", values="value")
         lines += ["rise of log-perplexity (rows: test language, columns: whose specific heads are masked)"]
         lines += matrix.round(3).to_string().splitlines()
         for _, row in store.derived("diagonality").iterrows():
@@ -108,7 +106,7 @@ def adaptation_summary(store: RunStore) -> str:
     row = store.derived("adaptation").iloc[0]
     return "\n".join(
         [
-            f"held-out QA accuracy, {row['language']} ({int(row['units'])} questions):",
+            f"held-out QA accuracy, {row['language']} ({int(row['n'])} questions):",
             f"  original {row['none']:.3f} -> adapted {_named(row, 'masked', False)}",
             f"  random heads adapted the same way: {_named(row, 'random', False)}",
             f"  adapted - original {_named(row, 'masked_minus_none')}",

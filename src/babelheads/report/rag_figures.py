@@ -26,12 +26,12 @@ def scores_chart(scores: pd.DataFrame) -> Figure:
     figure = MplFigure(figsize=(WIDTH, 3.2), layout="constrained")
     panels = figure.subplots(1, 3)
     width = 0.8 / len(present)
-    top = np.nanmax(scores[["exact_high", "f1_high"]].to_numpy(float), initial=0.0)
+    top = np.nanmax(scores[["exact_hi", "f1_hi"]].to_numpy(float), initial=0.0)
     for ax, metric, label in zip(panels[:2], ("exact", "f1"), ("exact match", "token F1"), strict=True):
         for index, selection in enumerate(present):
             rows = scores[scores["selection"] == selection].set_index("language").reindex(languages)
             values = rows[metric].to_numpy(float)
-            low, high = rows[f"{metric}_low"].to_numpy(float), rows[f"{metric}_high"].to_numpy(float)
+            low, high = rows[f"{metric}_lo"].to_numpy(float), rows[f"{metric}_hi"].to_numpy(float)
             ax.bar(
                 np.arange(len(languages)) + (index - (len(present) - 1) / 2) * width,
                 values,

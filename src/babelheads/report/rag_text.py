@@ -13,12 +13,12 @@ def rag_summary(store: RunStore) -> str:
     scores, contrasts = store.derived("rag_scores"), store.derived("rag_contrasts")
     lines = []
     for language, group in scores.groupby("language", sort=False):
-        lines.append(f"[{language}] {int(group['questions'].iloc[0])} questions")
+        lines.append(f"[{language}] {int(group['n'].iloc[0])} questions")
         for _, row in group.iterrows():
             lines.append(
-                f"  {row['selection']:<9} EM {_number(row['exact'])} [{_number(row['exact_low'])}, "
-                f"{_number(row['exact_high'])}]  F1 {_number(row['f1'])} [{_number(row['f1_low'])}, "
-                f"{_number(row['f1_high'])}]  retrieved {_number(row['retrieved'])}  "
+                f"  {row['selection']:<9} EM {_number(row['exact'])} [{_number(row['exact_lo'])}, "
+                f"{_number(row['exact_hi'])}]  F1 {_number(row['f1'])} [{_number(row['f1_lo'])}, "
+                f"{_number(row['f1_hi'])}]  retrieved {_number(row['retrieved'])}  "
                 f"retrievals {_number(row['retrievals'], 1)}  "
                 f"documents {_number(row['documents'], 1)}  "
                 f"supporting facts found {_number(row['gold_found'])}"
@@ -26,9 +26,9 @@ def rag_summary(store: RunStore) -> str:
         mine = contrasts[(contrasts["language"] == language) & (contrasts["metric"] == "f1")]
         for _, row in mine.iterrows():
             lines.append(
-                f"  F1 {row['contrast']:<18} {_number(row['difference'], 3)} "
-                f"[{_number(row['low'], 3)}, {_number(row['high'], 3)}]"
-                + verdict(row["low"], row["high"], "questions")
+                f"  F1 {row['contrast']:<18} {_number(row['value'], 3)} "
+                f"[{_number(row['lo'], 3)}, {_number(row['hi'], 3)}]"
+                + verdict(row["lo"], row["hi"], "questions")
             )
     lines.append("")
     lines.append(trace_text(store))
