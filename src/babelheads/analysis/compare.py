@@ -15,7 +15,10 @@ import pandas as pd
 
 from babelheads.analysis import crosslingual
 from babelheads.analysis.aggregate import AggregateSettings, with_success
+from babelheads.analysis.cell_grid import cell_grid
+from babelheads.analysis.claims import Context, claims_tables
 from babelheads.analysis.distribution import distribution
+from babelheads.analysis.multilingual_claims import multilingual_claims
 from babelheads.analysis.scores import ScoreMatrix, bootstrap, score_matrix
 from babelheads.analysis.stats import COLUMNS, bootstrap_mean, difference_of_means, row
 from babelheads.errors import BabelheadsError, ThinDataWarning
@@ -95,9 +98,12 @@ def thin_conditions(matrix: ScoreMatrix, min_samples: int) -> tuple[list[str], l
     return kept, notes
 
 
-def crosslingual_tables(runs: list[DetectionTables], config: CompareConfig) -> dict[str, pd.DataFrame]:
-    """Findings 1-4 as tables, every figure with a bootstrap interval over samples. Languages with too
-    few successful samples are left out of the statistics and named in the 'notes' table."""
+def crosslingual_tables(
+    runs: list[DetectionTables], config: CompareConfig, context: Context | None = None
+) -> dict[str, pd.DataFrame]:
+    """Findings 1-4 as tables, every figure with a bootstrap interval over samples, and (with a
+    ``context``) the claims they test. Languages with too few successful samples are left out of the
+    statistics and named in the 'notes' table."""
     matrix = merged_matrix(runs)
     mono = monolingual(matrix)
     kept, notes = thin_conditions(mono, config.min_samples)
@@ -133,7 +139,26 @@ def crosslingual_tables(runs: list[DetectionTables], config: CompareConfig) -> d
     if not translation.empty:
         tables["translation"] = translation
     tables["notes"] = pd.DataFrame({"note": notes}, dtype=object)
+    if context is not None:
+        tables |= detection_claims(runs, config, kept, context)
     return tables
+
+
+def detection_claims(
+    runs: list[DetectionTables], config: CompareConfig, languages: list[str], context: Context
+) -> dict[str, pd.DataFrame]:
+    """The claims and claim_parts tables of Wu et al.'s sparsity and Findings 1-4, on the runs' cells."""
+    settings = runs[0].settings
+    grid = cell_grid(
+        pd.concat([run.samples for run in runs], ignore_index=True),
+        pd.concat([run.head_scores for run in runs], ignore_index=True),
+        settings.score,
+        settings.success_threshold,
+    )
+    rows = multilingual_claims(
+        grid, languages, config.threshold, config.strong, config.replicates, config.seed, context
+    )
+    return claims_tables(rows)
 
 
 def _heads_table(matrix: ScoreMatrix, config: CompareConfig) -> pd.DataFrame:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from babelheads.analysis.claims import Context
 from babelheads.analysis.compare import CompareConfig, DetectionTables, crosslingual_tables, model_tables
 from babelheads.errors import BabelheadsError
 from babelheads.runs import RunStore
@@ -75,7 +76,8 @@ def run_compare(
         tables["notes"] = pd.DataFrame({"note": notes}, dtype=object)
     else:
         check_same_model(stores)
-        tables = crosslingual_tables([read_detection(store) for store in stores], config)
+        context = Context(model_name(stores[0]), str(Path(out)))
+        tables = crosslingual_tables([read_detection(store) for store in stores], config, context)
         notes = list(tables["notes"]["note"])
     store = RunStore(out)
     spec = {
