@@ -470,14 +470,20 @@ def test_agnostic_are_retrieval_heads_in_every_language_ranked_by_mean():
     assert _by_name(sets, "agnostic", 5)[0].heads == _addresses((0, 0), (1, 0), (1, 3))
 
 
-def test_specific_are_retrieval_heads_in_some_languages_ranked_by_their_best_score():
+def _own(sets: list[HeadSet], name: str, k: int, language: str) -> tuple[HeadAddress, ...]:
+    (found,) = [s for s in sets if s.name == name and s.k == k and s.language == language]
+    return found.heads
+
+
+def test_specific_are_each_languages_own_retrieval_heads_not_shared_by_all():
     sets = _select([1, 2, 5], ["specific"])
-    assert _by_name(sets, "specific", 1)[0].heads == _addresses((1, 1))
-    assert _by_name(sets, "specific", 2)[0].heads == _addresses((1, 1), (0, 2))
-    assert _by_name(sets, "specific", 5)[0].heads == _addresses((1, 1), (0, 2))
+    for k in (1, 2, 5):  # en's own: 0-2 (0.55 in en, 0.09 in de); de's own: 1-1; 1-3 is in both
+        assert _own(sets, "specific", k, "en") == _addresses((0, 2))
+        assert _own(sets, "specific", k, "de") == _addresses((1, 1))
+    assert all(s.language == "" for s in sets if s.name != "specific")
 
 
-def test_specific_is_cut_to_the_size_of_the_agnostic_set():
+def test_specific_is_cut_to_the_size_of_the_agnostic_set_and_matched_by_strength():
     table = {
         (0, 0): (0.9, 0.9),  # the only agnostic head
         (0, 1): (0.8, 0.0),
@@ -488,9 +494,16 @@ def test_specific_is_cut_to_the_size_of_the_agnostic_set():
     }
     both = _select([2], ["agnostic", "specific"], scores=_scores_frame(table))
     assert _by_name(both, "agnostic", 2)[0].heads == _addresses((0, 0))
-    assert _by_name(both, "specific", 2)[0].heads == _addresses((0, 1))
+    assert _own(both, "specific", 2, "en") == _addresses((0, 1))
+    assert _own(both, "specific", 2, "de") == _addresses((0, 2))
+    # matched within 0.1 on the language's own score: en pairs 0-0 (0.9) with 0-1 (0.8); de's only
+    # specific head scores 0.7 against 0.9: no pair, both matched sets empty
+    assert _own(both, "agnostic-matched", 2, "en") == _addresses((0, 0))
+    assert _own(both, "specific-matched", 2, "en") == _addresses((0, 1))
+    assert _own(both, "agnostic-matched", 2, "de") == _own(both, "specific-matched", 2, "de") == ()
     alone = _select([2], ["specific"], scores=_scores_frame(table))
-    assert _by_name(alone, "specific", 2)[0].heads == _addresses((0, 1), (0, 2))
+    assert _own(alone, "specific", 2, "en") == _addresses((0, 1), (0, 3))
+    assert not [s for s in alone if s.name.endswith("matched")]
 
 
 def test_random_heads_come_only_from_heads_below_threshold_in_every_language():
@@ -709,58 +722,3 @@ def test_top_heads_break_ties_by_address_and_share_counts_retrieval_heads():
     share = retrieval_head_share(_distribution_scores())
     assert share["en"] == 0.5
     assert share["de"] == 0.5
-
-
-# --- findings -----------------------------------------------------------------------------------------
-
-
-def test_a_finding_holds_fails_or_is_inconclusive_by_where_its_interval_lies():
-    from babelheads.analysis.findings import FAILS, HOLDS, INCONCLUSIVE, Finding, Part
-
-    assert Part("x", 0.3, 0.1, 0.5).verdict == HOLDS
-    assert Part("x", -0.3, -0.5, -0.1).verdict == FAILS
-    assert Part("x", 0.3, -0.1, 0.5).verdict == INCONCLUSIVE
-    assert Part("x", np.nan, np.nan, np.nan).verdict == INCONCLUSIVE
-    both = Finding(1, "claim", "contrast", "figure", [Part("a", 1, 0.5, 1.5), Part("b", 1, 0.2, 2)])
-    assert both.verdict == HOLDS
-    both.parts.append(Part("c", 0.1, -0.1, 0.3))
-    assert both.verdict == INCONCLUSIVE, "one part undecided leaves the finding undecided"
-    both.parts.append(Part("d", -1, -2, -0.5))
-    assert both.verdict == FAILS, "one part against the claim is enough"
-    assert Finding(2, "claim", "contrast", "figure").verdict == INCONCLUSIVE
-
-
-def test_finding_5_pairs_prompts_at_the_largest_k_with_as_many_heads_on_both_sides():
-    from babelheads.analysis.findings import FAILS, HOLDS, study_findings
-
-    sets = pd.DataFrame(
-        {
-            "name": ["none", "agnostic", "specific", "agnostic", "specific"],
-            "k": [0, 2, 2, 4, 4],
-            "count": [0, 2, 1, 4, 4],
-            "mask_id": ["baseline", "a2", "s2", "a4", "s4"],
-        }
-    )
-    rows = []
-    for language, specific_rouge in (("en", 1.0), ("de", 0.0)):
-        for sample in range(6):
-            for mask, rouge in (("baseline", 1.0), ("a4", 0.1 * (sample % 2)), ("s4", specific_rouge)):
-                rows.append(
-                    {"language": language, "sample_id": f"s{sample}", "mask_id": mask, "rouge1_recall": rouge}
-                )
-            rows.append(
-                {"language": language, "sample_id": f"s{sample}", "mask_id": "a2", "rouge1_recall": 1.0}
-            )
-            rows.append(
-                {"language": language, "sample_id": f"s{sample}", "mask_id": "s2", "rouge1_recall": 0.0}
-            )
-    finding = study_findings({}, {"head_sets": sets, "samples": pd.DataFrame(rows)})[4]
-    parts = {part.label.split()[0]: part for part in finding.parts}
-    assert parts["en"].verdict == HOLDS and parts["en"].value == pytest.approx(0.95)
-    assert parts["de"].verdict == FAILS and parts["de"].value == pytest.approx(-0.05)
-    assert finding.verdict == FAILS
-    assert "K=4: 4 agnostic and 4 specific heads masked;" in finding.evidence() + ";"
-    sets.loc[sets["mask_id"] == "s4", "count"] = 3  # no K with equal counts: the largest, said so
-    unequal = study_findings({}, {"head_sets": sets, "samples": pd.DataFrame(rows)})[4]
-    assert "K=4: 4 agnostic and 3 specific heads masked (unequal counts" in unequal.evidence()
-    assert [f.verdict for f in study_findings({}, None)[:4]] == ["inconclusive"] * 4

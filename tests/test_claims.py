@@ -5,6 +5,7 @@ claims of the multilingual study on grids built so that each claim must, or must
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats
 
@@ -206,3 +207,128 @@ def test_the_layer_claim_holds_for_later_specific_heads_and_fails_for_earlier_on
             scores[code] = _noisy(base, 30, seed)
         verdicts = _claims(_grid(scores, layers), ["en", "de", "zh"])
         assert verdicts["multilingual.f1_specific_later"] == expected, specific
+
+
+def _ablation_rows(rouge: dict[str, dict[str, float]], prompts: int = 6) -> pd.DataFrame:
+    """language -> mask -> ROUGE of every prompt (the agnostic mask alternates 0 / 0.1)."""
+    rows = []
+    for language, masks in rouge.items():
+        for sample in range(prompts):
+            for mask, value in masks.items():
+                value = 0.1 * (sample % 2) if value < 0 else value
+                rows.append(
+                    {
+                        "language": language,
+                        "sample_id": f"{language}{sample}",
+                        "mask_id": mask,
+                        "rouge1_recall": value,
+                        "success": value > 0.5,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def test_finding_5_compares_each_languages_own_specific_heads_at_equal_counts():
+    from babelheads.analysis.ablation_claims import ablation_claims
+
+    sets = pd.DataFrame(
+        {
+            "name": ["none", "agnostic", "specific", "specific", "agnostic", "specific", "specific"],
+            "k": [0, 2, 2, 2, 4, 4, 4],
+            "seed": -1,
+            "count": [0, 2, 1, 1, 4, 4, 3],
+            "mask_id": ["baseline", "a2", "en2", "de2", "a4", "en4", "de4"],
+            "language": ["", "", "en", "de", "", "en", "de"],
+        }
+    )
+    samples = _ablation_rows(
+        {
+            "en": {"baseline": 1.0, "a2": 1.0, "a4": -1, "en2": 0.0, "en4": 1.0},
+            "de": {"baseline": 1.0, "a2": 1.0, "a4": 0.1, "de2": 1.0, "de4": 0.0},
+        }
+    )
+    rows = ablation_claims(samples, sets, "niah", 200, 0, Context("toy", "toy"))
+    row, parts = next(
+        (row, parts) for row, parts in rows if row["claim"] == "multilingual.f5_agnostic_hurts_more"
+    )
+    by_part = {part["part"].split()[0]: part for part in parts}
+    # en: K=4 has 4 and 4 heads (equal counts); specific masked keeps ROUGE 1, agnostic 0.05 on average
+    assert by_part["en"]["estimate"] == pytest.approx(0.95) and by_part["en"]["verdict"] == HOLDS
+    assert "K=4: 4 specific, 4 agnostic" in by_part["en"]["part"]
+    # de: no K with equal counts (1 vs 2, 3 vs 4): the largest K, its counts said
+    assert "K=4: 3 specific, 4 agnostic" in by_part["de"]["part"]
+    assert by_part["de"]["estimate"] == pytest.approx(-0.1) and by_part["de"]["verdict"] == FAILS
+    assert row["verdict"] == FAILS
+    matched = next(row for row, _ in rows if row["claim"] == "multilingual.f5_matched")
+    assert matched["verdict"] == NO_DATA  # no matched sets in this run
+
+
+def test_top_against_random_heads_resamples_the_random_draws_and_needs_a_baseline():
+    from babelheads.analysis.ablation_claims import ablation_claims
+
+    sets = pd.DataFrame(
+        {
+            "name": ["none", "top", "random", "random"],
+            "k": [0, 2, 2, 2],
+            "seed": [-1, -1, 0, 1],
+            "count": [0, 2, 2, 2],
+            "mask_id": ["baseline", "t", "r0", "r1"],
+            "language": "",
+        }
+    )
+    samples = _ablation_rows({"en": {"baseline": 1.0, "t": 0.0, "r0": 1.0, "r1": 0.0}})
+    rows = {
+        row["claim"]: (row, parts)
+        for row, parts in ablation_claims(samples, sets, "niah", 300, 0, Context("t", "t"))
+    }
+    row, _ = rows["wu.mask_top_vs_random"]
+    # every prompt: random draws 1 and 0 (mean 0.5) against top 0; a replicate drawing r1 twice gives 0
+    assert row["estimate"] == pytest.approx(0.5) and row["lo"] == pytest.approx(0.0) and row["hi"] == 1.0
+    assert row["verdict"] == INCONCLUSIVE
+    dead = _ablation_rows({"en": {"baseline": 0.0, "t": 0.0, "r0": 0.0, "r1": 0.0}})
+    rows = {row["claim"]: row for row, _ in ablation_claims(dead, sets, "niah", 50, 0, Context("t", "t"))}
+    assert rows["wu.mask_top_vs_random"]["verdict"] == NO_DATA
+    assert "baseline accuracy 0" in rows["wu.mask_top_vs_random"]["reason"]
+
+
+def test_the_cot_contrast_is_a_difference_of_differences_paired_by_problem():
+    from babelheads.analysis.ablation_claims import ablation_claims
+
+    sets = pd.DataFrame(
+        {
+            "name": ["none", "top", "random"],
+            "k": [0, 1, 1],
+            "seed": [-1, -1, 0],
+            "count": [0, 1, 1],
+            "mask_id": ["baseline", "t", "r"],
+            "language": "",
+        }
+    )
+    rows = []
+    for problem in range(8):
+        # CoT: top breaks every problem, random none; direct: neither changes anything
+        for mode, outcome in (
+            ("cot", {"baseline": 1, "t": 0, "r": 1}),
+            ("direct", {"baseline": 1, "t": 1, "r": 1}),
+        ):
+            for mask, success in outcome.items():
+                rows.append(
+                    {
+                        "language": "en",
+                        "problem_id": problem,
+                        "mode": mode,
+                        "mask_id": mask,
+                        "sample_id": f"en-{mode}-{problem}",
+                        "success": bool(success),
+                    }
+                )
+    claims = {
+        row["claim"]: row
+        for row, _ in ablation_claims(pd.DataFrame(rows), sets, "cot", 200, 0, Context("t", "t"))
+    }
+    assert (
+        claims["wu.cot_top_vs_random"]["estimate"] == 1.0
+        and claims["wu.cot_top_vs_random"]["verdict"] == HOLDS
+    )
+    assert claims["wu.cot_vs_direct"]["estimate"] == 1.0 and claims["wu.cot_vs_direct"]["verdict"] == HOLDS
+    assert claims["wu.cot_vs_direct"]["n"] == 8

@@ -149,7 +149,15 @@ def test_ablate_masks_every_head_set_and_resumes(runs, tmp_path, monkeypatch, ca
     code, _stdout, err = run_cli(monkeypatch, capsys, *args)
     assert code == 0, err
     table = RunStore(out).derived("ablation")
-    assert set(table["head_set"]) == {"none", "top", "random", "agnostic", "specific"}
+    expected = {"none", "top", "random", "agnostic", "specific", "agnostic-matched", "specific-matched"}
+    assert set(table["head_set"]) <= expected and {"none", "top", "random"} <= set(table["head_set"])
+    sets = RunStore(out).derived("head_sets")
+    # a language's own specific heads are masked on its prompts only: one row per language and K
+    own = sets[sets["language"] != ""]
+    assert set(own["name"]) == {"specific", "agnostic-matched", "specific-matched"}
+    for (name, k), group in own.groupby(["name", "k"]):
+        rows = table[(table["head_set"] == name) & (table["k"] == k)]
+        assert sorted(rows["language"]) == sorted(group["language"]), (name, k)
     assert set(table.loc[table["head_set"] == "random", "seed"]) == {0, 1}
     assert set(table.loc[table["head_set"] == "top", "count"]) == {1, 3}
     assert (table["method"] == "gate").all() and (table["phases"] == "all").all()

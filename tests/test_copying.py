@@ -112,7 +112,13 @@ def test_masking_the_retriever_breaks_retrieval_and_a_random_head_does_not(
         needle_kind="key",
         max_new_tokens=12,
     )
-    table = ablate(config, tmp_path / "ablate", Execution(progress=False)).derived("ablation")
+    store = ablate(config, tmp_path / "ablate", Execution(progress=False))
+    table = store.derived("ablation")
+    claims = store.derived("claims").set_index("claim")
+    # every prompt loses its answer to the top head and keeps it under every random head
+    for claim in ("wu.mask_top_vs_random", "wu.mask_top_vs_random_each"):
+        assert claims.loc[claim, "verdict"] == "holds", claims.loc[claim].to_dict()
+    assert claims.loc["wu.mask_top_vs_random", ["estimate", "n"]].tolist() == [1.0, 6]
     for language in ("en", "de"):
         rows = table[table["language"] == language]
         assert rows.loc[rows["head_set"] == "none", "accuracy"].item() == 1.0

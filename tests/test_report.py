@@ -439,3 +439,20 @@ def test_the_report_renders_in_headless_chromium(runs, tmp_path):
     assert screenshot.read_bytes().startswith(PNG_SIGNATURE)
     assert screenshot.stat().st_size > 50_000
     shutil.copy(screenshot, "/tmp/babelheads-report.png")
+
+
+def test_the_report_opens_with_every_claim_its_runs_tested_each_linked_to_its_figure(runs, tmp_path):
+    paths = [runs["good"], runs["good-pairs"], runs["good-compare"], runs["ablate"]]
+    page = build_report(paths, tmp_path / "report.html").read_text()
+    # the compare run's claims (the fabricated ablate run wrote none)
+    expected = RunStore(runs["good-compare"]).derived("claims")
+    rows = re.findall(r"<tr class='claim' data-verdict='([^']+)'><td><code>([^<]+)</code>(.*?)</tr>", page)
+    assert [(claim, verdict) for verdict, claim, _ in rows] == list(zip(expected["claim"], expected["verdict"]))
+    assert {"wu.sparse", "multilingual.f1_partial_sharing", "multilingual.f4_translation_fails"} <= set(
+        expected["claim"]
+    )
+    # before any figure, right under the model's heading; a claim with a figure links to it
+    assert page.index("class='claim'") < page.index("<figure")
+    linked = dict((claim, rest) for _, claim, rest in rows)
+    assert re.search(r"href='#figure-\d+'", linked["multilingual.f1_partial_sharing"])
+    assert re.search(r"href='#figure-\d+'", linked["multilingual.f4_translation_fails"])

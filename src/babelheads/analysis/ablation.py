@@ -13,16 +13,20 @@ from babelheads.errors import BabelheadsError
 from babelheads.heads import HeadAddress
 
 HEAD_SETS = ("top", "random", "agnostic", "specific")
+MATCH_CALIPER = 0.1
+"""Largest score difference (in the language's own scores) between a matched agnostic and specific head."""
 
 
 @dataclass(frozen=True)
 class HeadSet:
-    """A set of heads to mask. ``k`` is the size asked for, ``len(heads)`` the size there was."""
+    """A set of heads to mask. ``k`` is the size asked for, ``len(heads)`` the size there was.
+    ``language`` : the one language whose prompts it is masked on ('' for every language)."""
 
     name: str
     k: int
     seed: int
     heads: tuple[HeadAddress, ...]
+    language: str = ""
 
     @property
     def mask_id(self) -> str:
@@ -45,8 +49,12 @@ def select_head_sets(
 
     top: highest mean score over ``languages``. random: drawn from heads that are retrieval heads in no
     language (the official code draws outside its top 100). agnostic: retrieval heads in every language,
-    by mean score. specific: retrieval heads in some but not all languages, by their best score, cut to
-    the agnostic set's size when both are asked for (Finding 5 compares them at the same count).
+    by mean score. specific: per language, its own specific heads (retrieval heads in that language and
+    not in every language), by that language's score, cut to the agnostic set's size when both are
+    asked for (Finding 5 compares them at the same count); masked on that language's prompts only.
+    With both, per language a strength-matched pair of sets too ('agnostic-matched',
+    'specific-matched'): agnostic and specific heads paired greedily by the closest score in that
+    language, within MATCH_CALIPER, so that being shared is not confounded with being strong.
     """
     unknown = set(names) - set(HEAD_SETS)
     if unknown:
@@ -72,7 +80,7 @@ def select_head_sets(
             )
     addresses = [HeadAddress(int(layer), int(head)) for layer, head in wide.index]
     member = (wide >= threshold).to_numpy()
-    mean, peak = wide.mean(axis=1).to_numpy(), wide.max(axis=1).to_numpy()
+    mean = wide.mean(axis=1).to_numpy()
 
     def ranked(mask: np.ndarray, key: np.ndarray) -> list[HeadAddress]:
         order = sorted(np.flatnonzero(mask), key=lambda index: (-key[index], addresses[index]))
@@ -89,7 +97,6 @@ def select_head_sets(
                 f"Use --k up to {strong}, or a lower --threshold."
             )
     agnostic = ranked(member.all(axis=1), mean)
-    specific = ranked(member.any(axis=1) & ~member.all(axis=1), peak)
     pool = [addresses[index] for index in np.flatnonzero(~member.any(axis=1))]
     sets = [HeadSet("none", 0, -1, ())]
     for k in k_values:
@@ -108,9 +115,40 @@ def select_head_sets(
         count = min(k, len(agnostic)) if "agnostic" in names else k
         if "agnostic" in names:
             sets.append(HeadSet("agnostic", k, -1, tuple(agnostic[:count])))
-        if "specific" in names:
-            sets.append(HeadSet("specific", k, -1, tuple(specific[: min(count, len(specific))])))
+        if "specific" not in names:
+            continue
+        for column, language in enumerate(languages):
+            own = member[:, column] & ~member.all(axis=1)
+            score = wide[language].to_numpy()
+            sets.append(HeadSet("specific", k, -1, tuple(ranked(own, score)[:count]), language))
+            if "agnostic" in names:
+                pairs = _matched(np.flatnonzero(member.all(axis=1)), np.flatnonzero(own), score, count)
+                for name, side in (("agnostic-matched", 0), ("specific-matched", 1)):
+                    chosen = tuple(sorted(addresses[pair[side]] for pair in pairs))
+                    sets.append(HeadSet(name, k, -1, chosen, language))
     return sets
+
+
+def _matched(
+    agnostic: np.ndarray, specific: np.ndarray, score: np.ndarray, count: int
+) -> list[tuple[int, int]]:
+    """Up to ``count`` (agnostic, specific) head pairs, closest scores first, each head used once,
+    every pair within MATCH_CALIPER (ties: by index)."""
+    candidates = sorted(
+        (abs(score[a] - score[b]), a, b)
+        for a in agnostic
+        for b in specific
+        if abs(score[a] - score[b]) <= MATCH_CALIPER
+    )
+    pairs: list[tuple[int, int]] = []
+    used: set[int] = set()
+    for _, a, b in candidates:
+        if len(pairs) == count:
+            break
+        if a not in used and b not in used:
+            pairs.append((a, b))
+            used.update((a, b))
+    return pairs
 
 
 def paired_delta(
@@ -136,6 +174,8 @@ def effects(evaluations: pd.DataFrame, sets: pd.DataFrame, replicates: int, seed
     rows = []
     for head_set in sets.to_dict("records"):
         chosen = evaluations[evaluations["mask_id"] == head_set["mask_id"]]
+        if head_set.get("language"):  # masked on its language's prompts (another set may share the mask)
+            chosen = chosen[chosen["language"] == head_set["language"]]
         for language, frame in chosen.groupby("language", sort=True):
             frame = frame.set_index("sample_id").sort_index()
             base = baseline.loc[frame.index]

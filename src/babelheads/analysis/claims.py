@@ -66,21 +66,23 @@ MULTILINGUAL = "Do Retrieval Heads Speak the Same Language? (multilingual retrie
 
 @dataclass(frozen=True)
 class Claim:
-    """A claim of a seed paper: a stable id (never renamed), the paper, the claim in one sentence."""
+    """A claim of a seed paper: a stable id (never renamed), the paper, the claim in one sentence, and
+    the start of the title of the report's figure that shows it."""
 
     id: str
     paper: str
     statement: str
+    figure: str = ""
 
 
 CLAIMS: dict[str, Claim] = {}
 
 
-def register_claim(id: str, paper: str, statement: str) -> Claim:
+def register_claim(id: str, paper: str, statement: str, figure: str = "") -> Claim:
     """Add a claim to the registry (an id is registered once)."""
     if id in CLAIMS:
         raise ValueError(f"claim {id!r} is registered twice")
-    CLAIMS[id] = Claim(id, paper, statement)
+    CLAIMS[id] = Claim(id, paper, statement, figure)
     return CLAIMS[id]
 
 
@@ -205,6 +207,10 @@ def judge(parts: Sequence[Measured]) -> Judged:
         return Judged(HOLDS, "", parts[weakest], lines)
     blocking = [index for index, (verdict, _) in enumerate(single) if verdict != HOLDS]
     reasons = "; ".join(f"{parts[index].label}: {single[index][1] or single[index][0]}" for index in blocking)
+    below = [index for index in measured if single[index][0] == FAILS]
+    if below:
+        draws = min(len(parts[index].finite) for index in below)
+        reasons += f" (no part below 0 survives Holm's correction over {len(parts)} parts at {draws} replicates)"
     return Judged(INCONCLUSIVE, reasons, parts[weakest], lines)
 
 

@@ -45,47 +45,60 @@ EXCHANGES_PER_DRAW = 2
 CELLS = "cells (length x depth x needle), drawn jointly across languages"
 
 SPARSE = register_claim(
-    "wu.sparse", WU, "Retrieval heads are sparse: fewer than 5 % of attention heads score >= 0.1."
+    "wu.sparse",
+    WU,
+    "Retrieval heads are sparse: fewer than 5 % of attention heads score >= 0.1.",
+    figure="How many heads retrieve",
 )
 F1_PARTIAL = register_claim(
     "multilingual.f1_partial_sharing",
     MULTILINGUAL,
     "Only part of the retrieval heads are shared by all languages: "
     "fewer than sampling noise alone would leave.",
+    figure="Which languages share retrieval heads",
 )
 F1_BAND = register_claim(
-    "multilingual.f1_band", MULTILINGUAL, "40-70 % of the retrieval heads are shared by all languages."
+    "multilingual.f1_band",
+    MULTILINGUAL,
+    "40-70 % of the retrieval heads are shared by all languages.",
+    figure="Which languages share retrieval heads",
 )
 F1_LATER = register_claim(
     "multilingual.f1_specific_later",
     MULTILINGUAL,
     "Language-specific retrieval heads sit in later layers than the heads shared by all languages.",
+    figure="Which languages share retrieval heads",
 )
 F2_STRONG = register_claim(
     "multilingual.f2_strong_shared",
     MULTILINGUAL,
     "Strong retrieval heads (score >= 0.5) are shared by all languages more often than weak ones.",
+    figure="Strength vs generality",
 )
 F3_DISTANCE = register_claim(
     "multilingual.f3_distance",
     MULTILINGUAL,
     "Head rankings agree more between English and German than between English and Chinese.",
+    figure="Do languages rank heads alike",
 )
 F3_WEAK = register_claim(
     "multilingual.f3_weak_ranks",
     MULTILINGUAL,
     "Weak retrieval heads' ranks differ more between languages than strong heads' ranks.",
+    figure="Do languages rank heads alike",
 )
 F4_FAILS = register_claim(
     "multilingual.f4_translation_fails",
     MULTILINGUAL,
     "Retrieval plus translation (answer asked in another language) "
     "is less accurate than monolingual retrieval.",
+    figure="Retrieval + translation",
 )
 F4_INACTIVE = register_claim(
     "multilingual.f4_heads_inactive",
     MULTILINGUAL,
     "The source language's retrieval heads attend less to the needle under retrieval plus translation.",
+    figure="Retrieval + translation",
 )
 
 

@@ -27,6 +27,33 @@ def report(
 
 
 @app.command()
+def claims(
+    runs: Annotated[
+        list[Path], typer.Argument(help="Runs that wrote a claims table (compare, ablate, study).")
+    ],
+    parts: Annotated[bool, typer.Option(help="Show every part (language, pair) under its claim.")] = False,
+    config_file: ConfigFile = None,
+) -> None:
+    """Print the claims the runs tested: verdict, estimate, 95% interval, and why."""
+    from babelheads.errors import BabelheadsError
+    from babelheads.report.text import claims_text
+    from babelheads.runs import RunStore
+
+    for path in runs:
+        store = RunStore(path)
+        if not (store.root / "claims.parquet").exists():
+            raise BabelheadsError(
+                f"{path} has no claims table. Claims are written by compare and ablate runs (and "
+                "babelheads study); give one of those, or finish the run by running its command again."
+            )
+        store.validate()
+        table = store.derived("claims")
+        typer.echo(f"{path} ({table['model'].iloc[0] if len(table) else '?'})")
+        typer.echo(claims_text(table, store.derived("claim_parts") if parts else None))
+        typer.echo("")
+
+
+@app.command()
 def models(config_file: ConfigFile = None) -> None:
     """List the built-in models."""
     from babelheads.models import BUILTINS

@@ -9,7 +9,9 @@ from pathlib import Path
 import pandas as pd
 
 from babelheads.analysis.ablation import HEAD_SETS, HeadSet, effects, select_head_sets
+from babelheads.analysis.ablation_claims import ablation_claims
 from babelheads.analysis.aggregate import completed
+from babelheads.analysis.claims import Context, claims_tables
 from babelheads.errors import BabelheadsError
 from babelheads.execution import DEFAULT_EXECUTION, Execution
 from babelheads.experiments.base import Experiment, ModelChoice, Prepared, run_experiment, source_model
@@ -182,9 +184,15 @@ class Ablation(Experiment):
             config.threshold,
             config.seed,
         )
+        # sets with the same heads (an empty agnostic set and 'none') run once, on the union of the
+        # prompts they are masked on (a per-language set on its language's only)
+        languages_of = self.task.sample_languages()
         self.unique: dict[str, HeadSet] = {}
-        for head_set in self.sets:  # sets with the same heads (an empty agnostic set and 'none') run once
+        self.prompts: dict[str, set[str]] = {}
+        for head_set in self.sets:
             self.unique.setdefault(head_set.mask_id, head_set)
+            chosen = {i for i, code in languages_of.items() if head_set.language in ("", code)}
+            self.prompts.setdefault(head_set.mask_id, set()).update(chosen)
 
     @property
     def seed(self) -> int:
@@ -206,7 +214,12 @@ class Ablation(Experiment):
         return source_model(self.detection)
 
     def part_ids(self) -> list[str]:
-        return [f"{mask}--{sample_id}" for mask in self.unique for sample_id in self.task.sample_ids()]
+        return [
+            f"{mask}--{sample_id}"
+            for mask in self.unique
+            for sample_id in self.task.sample_ids()
+            if sample_id in self.prompts[mask]
+        ]
 
     def prepare(self, loaded: LoadedModel) -> Prepared:
         return Prepared(self.part_ids(), {"overlap_with_detection": self.overlap}, self.task.build(loaded))
@@ -221,12 +234,13 @@ class Ablation(Experiment):
             )
             for mask_id, head_set in self.unique.items()
             for sample in prepared.state
+            if sample.sample_id in self.prompts[mask_id]
         ]
         settings = execution.run_settings(self.config.max_new_tokens)
         run_jobs(store, loaded, jobs, self.task.score, settings, execution.progress, "ablate")
 
     def finalize(self, store: RunStore) -> None:
-        finalize(store, self.config, self.sets)
+        finalize(store, self.config, self.sets, Context(self.detection.model_name, str(store.root)))
 
 
 def ablate(config: AblateConfig, out: Path, execution: Execution = DEFAULT_EXECUTION) -> RunStore:
@@ -245,7 +259,7 @@ def _gates(layout, head_set: HeadSet, config: AblateConfig) -> HeadGates | None:
     return HeadGates(base.values * gates.values, gates.phases, gates.mode)
 
 
-def finalize(store: RunStore, config: AblateConfig, sets: list[HeadSet]) -> None:
+def finalize(store: RunStore, config: AblateConfig, sets: list[HeadSet], context: Context) -> None:
     table = pd.DataFrame(
         [
             {
@@ -255,13 +269,20 @@ def finalize(store: RunStore, config: AblateConfig, sets: list[HeadSet]) -> None
                 "count": len(s.heads),
                 "heads": " ".join(map(str, s.heads)),
                 "mask_id": s.mask_id,
+                "language": s.language,
             }
             for s in sets
         ]
     )
     store.write_derived("head_sets", table)
-    result = effects(completed(store.table("samples")), table, config.replicates, config.seed)
+    samples = completed(store.table("samples"))
+    result = effects(samples, table, config.replicates, config.seed)
     result["task"] = config.task
     result["method"] = config.method
     result["phases"] = config.phases
     store.write_table("ablation", result)
+    claims = claims_tables(
+        ablation_claims(samples, table, config.task, config.replicates, config.seed, context)
+    )
+    for name, frame in claims.items():
+        store.write_table(name, frame)

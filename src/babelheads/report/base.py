@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
+
 from babelheads.report.figures import Figure
 from babelheads.runs import RunStore
 
@@ -34,8 +36,8 @@ class Section:
     level: int = 3
     summary: str = ""
     figures: list[Figure] = field(default_factory=list)
-    findings: list = field(default_factory=list)
-    """Verdict rows (analysis.findings.Finding), each linked to its figure further down."""
+    claims: pd.DataFrame | None = None
+    """The claims table (analysis.claims.COLUMNS): each row's verdict, linked to its figure below."""
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ class Page:
 class ReportSection:
     """kind : the kind of run drawn. languages : a run's languages (manifest config -> codes), for the
     page's table of runs. draw : the sections of one run. lead : sections drawn once per model before
-    every run's own (e.g. the study's findings, which read several runs), or None."""
+    every run's own (a summary that reads several runs of the kind), or None."""
 
     kind: str
     languages: Callable[[RunStore, dict], list[str]]
@@ -61,6 +63,18 @@ class ReportSection:
 
 SECTIONS: dict[str, ReportSection] = {}
 """Registered sections, in the order the page draws them."""
+
+
+LEADS: list[Callable[[list[Run], Page], list[Section]]] = []
+"""Sections drawn first for every model, before any kind's (e.g. the claims every run tested)."""
+
+
+def register_lead(
+    lead: Callable[[list[Run], Page], list[Section]],
+) -> Callable[[list[Run], Page], list[Section]]:
+    if lead not in LEADS:
+        LEADS.append(lead)
+    return lead
 
 
 def register_section(section: ReportSection) -> ReportSection:

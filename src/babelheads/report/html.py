@@ -14,11 +14,12 @@ import re
 import struct
 from pathlib import Path
 
+import pandas as pd
+
 import babelheads.report.sections  # noqa: F401  (registers the built-in sections)
-from babelheads.analysis.findings import Finding
 from babelheads.errors import BabelheadsError
 from babelheads.report import figures
-from babelheads.report.base import SECTIONS, Page, Run, Section
+from babelheads.report.base import LEADS, SECTIONS, Page, Run, Section
 from babelheads.report.figures import Figure
 from babelheads.runs import RunStore
 
@@ -102,10 +103,12 @@ def report_sections(runs: list[Run], min_samples: int = figures.MIN_SAMPLES) -> 
 
 
 def model_sections(runs: list[Run], min_samples: int) -> list[Section]:
-    """A model's heading, the registered lead sections (e.g. the study's findings), then each run's
+    """A model's heading, the registered leads (the claims), the kinds' lead sections, then each run's
     sections: one registered section at a time, its runs in the order they were given."""
     page = Page(runs, min_samples)
     drawn = [Section(f"Model {_short(runs[0].model)}", level=2)]
+    for lead in LEADS:
+        drawn += lead(runs, page)
     for entry in SECTIONS.values():
         if entry.lead is not None and any(run.kind == entry.kind for run in runs):
             drawn += entry.lead(runs, page)
@@ -185,13 +188,13 @@ def render(runs: list[Run], sections: list[Section]) -> str:
         body.append(f"<{tag} id='{anchor}'>{escape(section.heading)}</{tag}>")
         if section.summary:
             body.append(summary_html(section.summary))
-        if section.findings:
+        if section.claims is not None:
             later = [
                 (number, figure)
                 for section_after, section_numbers in zip(sections[index:], numbers[index:], strict=True)
                 for number, figure in zip(section_numbers, section_after.figures, strict=True)
             ]
-            body.append(findings_html(section.findings, later))
+            body.append(claims_html(section.claims, later))
         for number, figure in zip(numbers[index], section.figures, strict=True):
             body.append(figure_html(figure, number))
     return (
@@ -209,28 +212,43 @@ def render(runs: list[Run], sections: list[Section]) -> str:
 VERDICT_COLOURS = {"holds": "#1a7f37", "does not hold": "#b42318", "inconclusive": "#8a6d00"}
 
 
-def findings_html(findings: list[Finding], figures_after: list[tuple[int, Figure]]) -> str:
-    """A table: finding, verdict, the contrast's numbers and intervals, a link to its figure."""
+def claims_html(claims: pd.DataFrame, figures_after: list[tuple[int, Figure]]) -> str:
+    """A table: the claim, its verdict, estimate [95% interval] over n units, the test, why (when
+    no data or inconclusive), the negative control's verdict, and a link to the figure that shows it."""
+    from babelheads.analysis.claims import CLAIMS
+
     escape = html.escape
     rows = []
-    for finding in findings:
-        number = next((n for n, figure in figures_after if figure.title.startswith(finding.figure)), None)
+    for claim in claims.to_dict("records"):
+        title = CLAIMS[claim["claim"]].figure if claim["claim"] in CLAIMS else ""
+        number = next((n for n, figure in figures_after if title and figure.title.startswith(title)), None)
         link = f"<a href='#figure-{number}'>Figure {number}</a>" if number else "no figure"
-        colour = VERDICT_COLOURS.get(finding.verdict, "#444")
+        colour = VERDICT_COLOURS.get(claim["verdict"], "#444")
+        estimate = (
+            f"{claim['estimate']:+.3f} [{claim['lo']:+.3f}, {claim['hi']:+.3f}], n={int(claim['n'])} "
+            if pd.notna(claim["estimate"])
+            else ""
+        )
         rows.append(
-            f"<tr class='finding' data-verdict='{escape(finding.verdict)}'><td>{finding.number}</td>"
-            f"<td>{escape(finding.claim)}</td>"
-            f"<td><strong style='color:{colour}'>{escape(finding.verdict)}</strong></td>"
-            f"<td><em>{escape(finding.contrast)}</em><br>{escape(finding.evidence())}</td><td>{link}</td></tr>"
+            f"<tr class='claim' data-verdict='{escape(claim['verdict'])}'>"
+            f"<td><code>{escape(claim['claim'])}</code><br>{escape(claim['statement'])}</td>"
+            f"<td><strong style='color:{colour}'>{escape(claim['verdict'])}</strong>"
+            f"{'<br>' + escape(claim['reason']) if claim['reason'] else ''}</td>"
+            f"<td>{escape(estimate)}<br><em>{escape(claim['test'])}</em> ({escape(claim['unit'])})</td>"
+            f"<td>{escape(claim['control'] or 'not run')}</td><td>{link}</td></tr>"
         )
     lead = (
-        "<p>Each finding's contrast with its 95% bootstrap interval: it holds when the interval lies wholly "
-        "on the side the paper claims, does not hold when it lies wholly on the other side, and is "
-        "inconclusive otherwise. A finding with several parts holds when every part does.</p>"
+        "<p>Every claim's contrast is signed so that positive is the paper's side, with its 95% bootstrap "
+        "interval: it holds when the interval lies above 0, does not hold when it lies below (for a claim "
+        "over several parts: when a part is contradicted after Holm's correction), and is inconclusive "
+        "otherwise; a claim over several parts holds only when every part does (the row shows the weakest "
+        "part; the claim_parts table has them all). The control column is the claim's verdict on a "
+        "negative control, on which it must not hold.</p>"
     )
     return (
-        lead + "<table class='runs findings'><tr><th>#</th><th>finding (paper)</th><th>verdict</th>"
-        f"<th>contrast: value [95% interval]</th><th>figure</th></tr>{''.join(rows)}</table>"
+        lead + "<table class='runs claims'><tr><th>claim</th><th>verdict</th>"
+        "<th>estimate [95% interval]; test (unit)</th><th>control</th><th>figure</th></tr>"
+        f"{''.join(rows)}</table>"
     )
 
 

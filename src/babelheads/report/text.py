@@ -171,3 +171,24 @@ def ablation_summary(store: RunStore) -> str:
             + seeds
         )
     return "\n".join(lines)
+
+
+def claims_text(claims: pd.DataFrame, parts: pd.DataFrame | None = None) -> str:
+    """The claims table in a terminal: claim, verdict, estimate [95% interval] (n), why; with
+    ``parts`` (claim_parts), each claim's parts under it."""
+    lines = []
+    for claim in claims.to_dict("records"):
+        estimate = (
+            f"{claim['estimate']:+.3f} [{claim['lo']:+.3f}, {claim['hi']:+.3f}] n={int(claim['n'])}"
+            if pd.notna(claim["estimate"])
+            else "-"
+        )
+        control = f"  control: {claim['control']}" if claim["control"] else ""
+        lines.append(f"{claim['claim']:<38} {claim['verdict']:<14} {estimate}{control}")
+        if claim["reason"]:
+            lines.append(f"{'':<38} {claim['reason']}")
+        if parts is not None:
+            for part in parts[parts["claim"] == claim["claim"]].to_dict("records"):
+                value = f"{part['estimate']:+.3f} [{part['lo']:+.3f}, {part['hi']:+.3f}]"
+                lines.append(f"{'':<4}{part['part']:<34} {part['verdict']:<14} {value} n={int(part['n'])}")
+    return "\n".join(lines)

@@ -94,6 +94,12 @@ class CotTask:
     def sample_ids(self) -> list[str]:
         return [safe_id(f"{code}-{mode}-{problem.id}") for code, mode, _, problem in self._cells()]
 
+    def sample_languages(self) -> dict[str, str]:
+        """Each sample id's language."""
+        return {
+            sample_id: code for (code, *_), sample_id in zip(self._cells(), self.sample_ids(), strict=True)
+        }
+
     def identity(self) -> dict:
         return {f"problems:{code}": content_digest(asdict(problems)) for code, problems in self.sets.items()}
 

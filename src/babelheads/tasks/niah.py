@@ -216,6 +216,10 @@ class NiahTask:
     def sample_ids(self) -> list[str]:
         return [cell.sample_id for cell in self.cells]
 
+    def sample_languages(self) -> dict[str, str]:
+        """Each sample id's condition ('en', or 'en>zh' for retrieval + translation)."""
+        return {cell.sample_id: cell.label for cell in self.cells}
+
     def identity(self) -> dict:
         """Hashes of every corpus, needle set and language file the samples are made of."""
         settings, root = self.settings, self.settings.root

@@ -3,5 +3,5 @@
 capability's section registers the same way from its own module."""
 
 # isort: off
-from babelheads.report.sections import detect, compare, ablate, language, dynamic, rag, compress  # noqa: F401
+from babelheads.report.sections import claims, detect, compare, ablate, language, dynamic, rag, compress  # noqa: F401
 # isort: on

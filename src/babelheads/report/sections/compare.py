@@ -1,12 +1,9 @@
-"""The report sections of a compare run: the multilingual study's findings (read with the ablation
-runs of the same model) and the comparison across languages."""
+"""The report section of a compare run: the comparison across languages."""
 
 from __future__ import annotations
 
 import pandas as pd
 
-from babelheads.analysis.aggregate import completed
-from babelheads.analysis.findings import study_findings
 from babelheads.report import figures
 from babelheads.report.base import Page, ReportSection, Run, Section, register_section
 from babelheads.report.figures import Figure
@@ -33,23 +30,6 @@ def languages(store: RunStore, config: dict) -> list[str]:
 
 def compare_tables(store: RunStore) -> dict[str, pd.DataFrame]:
     return {name: store.derived(name) for name in COMPARE_TABLES if (store.root / f"{name}.parquet").exists()}
-
-
-def findings(runs: list[Run], page: Page) -> list[Section]:
-    """The study's findings first, each with its verdict and a link to its figure below."""
-    compares = [run for run in runs if run.kind == "compare"]
-    if not compares:
-        return []
-    ablation = None
-    for run in runs:
-        if run.kind != "ablate" or not (run.store.root / "head_sets.parquet").exists():
-            continue
-        sets = run.store.derived("head_sets")
-        if {"agnostic", "specific"} <= set(sets["name"]):
-            ablation = {"head_sets": sets, "samples": completed(run.store.table("samples"))}
-            break
-    found = study_findings(compare_tables(compares[0].store), ablation)
-    return [Section("Findings of the multilingual study", findings=found)]
 
 
 def draw(run: Run, page: Page) -> list[Section]:
@@ -92,4 +72,4 @@ def draw(run: Run, page: Page) -> list[Section]:
     return [section]
 
 
-SECTION = register_section(ReportSection("compare", languages, draw, lead=findings))
+SECTION = register_section(ReportSection("compare", languages, draw))

@@ -1,0 +1,253 @@
+"""The masking claims of an ablate run: Wu et al.'s top-K against random heads (NIAH and chain of
+thought) and Finding 5 of the multilingual study (agnostic against each language's own specific heads).
+
+Contrasts are paired by prompt (a word problem: by problem and language, its two modes paired); the
+random head sets are resampled with the prompts (two levels), so their spread is in the interval.
+Heads were chosen on the detection run, whose samples the ablation does not reuse (the manifest's
+``overlap_with_detection`` says what the two share).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from babelheads.analysis.claims import (
+    MULTILINGUAL,
+    WU,
+    Context,
+    Measured,
+    bootstrap_units,
+    claim_rows,
+    nothing,
+    register_claim,
+)
+
+MASK_TOP = register_claim(
+    "wu.mask_top_vs_random",
+    WU,
+    "Masking the top-K retrieval heads lowers needle-in-a-haystack accuracy more than masking "
+    "K random heads.",
+    figure="Accuracy when heads are masked",
+)
+MASK_TOP_EACH = register_claim(
+    "wu.mask_top_vs_random_each",
+    WU,
+    "In every language, masking the top-K retrieval heads lowers accuracy more than K random heads.",
+    figure="Accuracy when heads are masked",
+)
+COT_TOP = register_claim(
+    "wu.cot_top_vs_random",
+    WU,
+    "Under chain of thought, masking the top-K retrieval heads lowers accuracy more than K random heads.",
+    figure="Accuracy when heads are masked",
+)
+COT_VS_DIRECT = register_claim(
+    "wu.cot_vs_direct",
+    WU,
+    "Masking retrieval heads (against random heads) hurts chain-of-thought answers more than direct answers.",
+    figure="Accuracy when heads are masked",
+)
+F5 = register_claim(
+    "multilingual.f5_agnostic_hurts_more",
+    MULTILINGUAL,
+    "Masking the top language-agnostic heads lowers ROUGE more than masking as many language-specific "
+    "heads, in every language.",
+    figure="Accuracy when heads are masked",
+)
+F5_MATCHED = register_claim(
+    "multilingual.f5_matched",
+    MULTILINGUAL,
+    "At matched strength, masking agnostic heads lowers ROUGE more than masking specific heads, in every "
+    "language.",
+    figure="Accuracy when heads are masked",
+)
+PROMPTS = "prompts (paired across head sets); random head sets resampled with them"
+
+
+def ablation_claims(
+    samples: pd.DataFrame, sets: pd.DataFrame, task: str, replicates: int, seed: int, context: Context
+) -> list[tuple[dict, list[dict]]]:
+    """The claims an ablate run tests. samples : its finished evaluations (mask_id, sample_id,
+    language, success, rouge1_recall; word problems: mode, problem_id); sets : its head_sets table."""
+    if task == "cot":
+        return _cot_claims(samples, sets, replicates, seed, context)
+    rows = []
+    k = _largest_k(sets, ("top", "random"))
+    languages = sorted(samples["language"].unique())
+    test = f"accuracy with K={k} random heads masked (mean over draws) minus with the top-K masked"
+    if k is None:
+        missing = nothing("all", "no K with both top and random head sets")
+        rows.append(claim_rows(MASK_TOP, [missing], PROMPTS, "accuracy: random minus top", context))
+        rows.append(claim_rows(MASK_TOP_EACH, [missing], PROMPTS, "accuracy: random minus top", context))
+    else:
+        pooled = _top_vs_random(samples, sets, k, "success", "all", replicates, seed)
+        rows.append(claim_rows(MASK_TOP, [pooled], PROMPTS + "; languages pooled", test, context))
+        each = [
+            _top_vs_random(samples[samples["language"] == code], sets, k, "success", code, replicates, seed)
+            for code in languages
+        ]
+        rows.append(claim_rows(MASK_TOP_EACH, each, PROMPTS, test, context))
+    rows.append(_finding_5(samples, sets, languages, "specific", "agnostic", F5, replicates, seed, context))
+    rows.append(
+        _finding_5(
+            samples,
+            sets,
+            languages,
+            "specific-matched",
+            "agnostic-matched",
+            F5_MATCHED,
+            replicates,
+            seed,
+            context,
+        )
+    )
+    return rows
+
+
+def _largest_k(sets: pd.DataFrame, names: tuple[str, ...]) -> int | None:
+    present = [set(sets.loc[(sets["name"] == name) & (sets["count"] > 0), "k"]) for name in names]
+    common = set.intersection(*present) if present else set()
+    return max(common) if common else None
+
+
+def _wide(samples: pd.DataFrame, mask_ids: list[str], metric: str) -> pd.DataFrame:
+    """prompts x masks of ``metric``, prompts that ran under every mask."""
+    chosen = samples[samples["mask_id"].isin(mask_ids)]
+    wide = chosen.pivot_table(index="sample_id", columns="mask_id", values=metric, aggfunc="mean")
+    return wide.reindex(columns=mask_ids).dropna()
+
+
+def _top_vs_random(
+    samples: pd.DataFrame, sets: pd.DataFrame, k: int, metric: str, label: str, replicates: int, seed: int
+) -> Measured:
+    top = sets.loc[(sets["name"] == "top") & (sets["k"] == k), "mask_id"].iloc[0]
+    random = list(sets.loc[(sets["name"] == "random") & (sets["k"] == k), "mask_id"])
+    baseline = samples.loc[samples["mask_id"] == "baseline", metric]
+    if baseline.empty or baseline.mean() == 0:
+        return nothing(label, "baseline accuracy 0: nothing to lower")
+    wide = _wide(samples, [top, *random], metric)
+    return _nested(label, wide[random].to_numpy(float), wide[[top]].to_numpy(float), replicates, seed)
+
+
+def _nested(label: str, first: np.ndarray, second: np.ndarray, replicates: int, seed: int) -> Measured:
+    """mean over prompts of (row mean of ``first``) - (row mean of ``second``); each replicate draws
+    prompts and, on a side with several columns (random head sets), those columns too."""
+    if len(first) == 0:
+        return nothing(label, "no prompt ran under both head sets")
+
+    def statistic(rows: np.ndarray, rng: np.random.Generator | None) -> dict[str, float]:
+        columns = [np.arange(side.shape[1]) for side in (first, second)]
+        if rng is not None:
+            columns = [rng.integers(0, len(c), len(c)) if len(c) > 1 else c for c in columns]
+        left = first[np.ix_(rows, columns[0])].mean(axis=1)
+        right = second[np.ix_(rows, columns[1])].mean(axis=1)
+        return {"value": float(np.mean(left - right))}
+
+    point, draws = bootstrap_units(len(first), statistic, replicates, seed)
+    return Measured(label, point["value"], draws["value"], len(first))
+
+
+def _finding_5(
+    samples: pd.DataFrame,
+    sets: pd.DataFrame,
+    languages: list[str],
+    specific: str,
+    agnostic: str,
+    claim,
+    replicates: int,
+    seed: int,
+    context: Context,
+) -> tuple[dict, list[dict]]:
+    test = f"ROUGE-1 recall with the language's '{specific}' heads masked minus with '{agnostic}' heads"
+    if "rouge1_recall" not in samples or samples["rouge1_recall"].isna().all():
+        return claim_rows(claim, [nothing("all", "the task has no ROUGE")], PROMPTS, test, context)
+    parts = []
+    for code in languages:
+        own = sets[(sets["name"] == specific) & (sets["language"].isin([code]))]
+        shared = sets[(sets["name"] == agnostic) & (sets["language"].isin([code, ""]))]
+        usable = [
+            k
+            for k in sorted(set(own["k"]) & set(shared["k"]))
+            if _count(own, k) > 0 and _count(shared, k) > 0
+        ]
+        if not usable:
+            reason = "no specific heads of this language" if own["count"].sum() == 0 else "no matched pair"
+            parts.append(
+                nothing(code, reason if not own.empty else f"no '{specific}' head set (ablate --head-sets)")
+            )
+            continue
+        # as many heads on both sides where the sets allow it: the largest such K, else the largest K
+        k = max(usable, key=lambda k: (_count(own, k) == _count(shared, k), k))
+        masks = [_mask(own, k), _mask(shared, k)]
+        wide = _wide(samples[samples["language"] == code], masks, "rouge1_recall")
+        label = f"{code} (K={k}: {_count(own, k)} {specific}, {_count(shared, k)} {agnostic})"
+        parts.append(
+            _nested(
+                label, wide[[masks[0]]].to_numpy(float), wide[[masks[1]]].to_numpy(float), replicates, seed
+            )
+        )
+    return claim_rows(claim, parts, PROMPTS, test, context)
+
+
+def _count(sets: pd.DataFrame, k: int) -> int:
+    return int(sets.loc[sets["k"] == k, "count"].iloc[0])
+
+
+def _mask(sets: pd.DataFrame, k: int) -> str:
+    return str(sets.loc[sets["k"] == k, "mask_id"].iloc[0])
+
+
+def _cot_claims(
+    samples: pd.DataFrame, sets: pd.DataFrame, replicates: int, seed: int, context: Context
+) -> list[tuple[dict, list[dict]]]:
+    k = _largest_k(sets, ("top", "random"))
+    unit = "word problems x language (both modes of a problem paired); random head sets resampled with them"
+    if k is None:
+        missing = nothing("all", "no K with both top and random head sets")
+        return [
+            claim_rows(COT_TOP, [missing], unit, "accuracy: random minus top", context),
+            claim_rows(COT_VS_DIRECT, [missing], unit, "accuracy: random minus top", context),
+        ]
+    top = sets.loc[(sets["name"] == "top") & (sets["k"] == k), "mask_id"].iloc[0]
+    random = list(sets.loc[(sets["name"] == "random") & (sets["k"] == k), "mask_id"])
+    frame = samples.assign(problem=samples["language"] + "/" + samples["problem_id"].astype(str))
+    by_mode = {}
+    for mode in ("cot", "direct"):
+        chosen = frame[frame["mode"] == mode]
+        wide = chosen.pivot_table(index="problem", columns="mask_id", values="success", aggfunc="mean")
+        by_mode[mode] = wide.reindex(columns=["baseline", top, *random])
+    cot_base = by_mode["cot"]["baseline"].mean()
+    test_top = f"CoT accuracy with K={k} random heads masked (mean over draws) minus with the top-K masked"
+    if not np.isfinite(cot_base) or cot_base == 0:
+        reason = "baseline CoT accuracy 0: nothing to lower"
+        return [
+            claim_rows(COT_TOP, [nothing("all", reason)], unit, test_top, context),
+            claim_rows(COT_VS_DIRECT, [nothing("all", reason)], unit, "difference of differences", context),
+        ]
+    cot = by_mode["cot"].dropna()
+    rows = [
+        claim_rows(
+            COT_TOP,
+            [_nested("cot", cot[random].to_numpy(float), cot[[top]].to_numpy(float), replicates, seed)],
+            unit,
+            test_top,
+            context,
+        )
+    ]
+    both = by_mode["cot"].join(by_mode["direct"], lsuffix=":cot", rsuffix=":direct", how="inner").dropna()
+    random_gap = both[[f"{m}:cot" for m in random]].to_numpy(float) - both[
+        [f"{m}:direct" for m in random]
+    ].to_numpy(float)
+    top_gap = both[[f"{top}:cot"]].to_numpy(float) - both[[f"{top}:direct"]].to_numpy(float)
+    rows.append(
+        claim_rows(
+            COT_VS_DIRECT,
+            [_nested("cot minus direct", random_gap, top_gap, replicates, seed)],
+            unit,
+            f"(random minus top-K accuracy, K={k}) under CoT minus the same under direct answers, "
+            "paired by problem",
+            context,
+        )
+    )
+    return rows
