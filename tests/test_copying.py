@@ -126,3 +126,46 @@ def test_masking_the_retriever_breaks_retrieval_and_a_random_head_does_not(
         assert top["heads"].item() == "1-0" and top["accuracy"].item() == 0.0
         assert top["delta_accuracy"].item() == -1.0
         assert (rows.loc[rows["head_set"] == "random", "accuracy"] == 1.0).all()
+
+
+def test_the_negative_controls_never_hold(copier, run, tmp_path, monkeypatch):
+    """English under the code 'de' (same corpus, needles, templates) uses the same heads as English by
+    construction, and 'top' heads replaced by random ones are random heads: no claim may hold."""
+    from babelheads.analysis.compare import CompareConfig
+    from babelheads.data.controls import write_copies
+    from babelheads.experiments.compare import run_compare
+
+    monkeypatch.setattr(execution_module, "load_model", lambda *args, **kwargs: copier)
+    data = write_copies("en", ["de"], tmp_path / "data")
+    copies = replace(TASK, depths=(0.1, 0.3, 0.5, 0.7, 0.9), data_dir=str(data))
+    copier.model.script.update(_script(copier, copies, misread_depth=None))
+    detected = detect(
+        DetectConfig(model="copying-stub", task=copies, max_new_tokens=12),
+        tmp_path / "detect",
+        Execution(progress=False),
+    )
+    samples = detected.table("samples")
+    assert samples["success"].all() and set(samples["language"]) == {"en", "de"}
+    tables, _ = run_compare([detected.root], tmp_path / "compare", CompareConfig(replicates=200))
+    claims = tables["claims"].set_index("claim")
+    multilingual = claims[claims.index.str.startswith("multilingual.")]
+    assert len(multilingual) >= 4 and (multilingual["verdict"] != "holds").all(), multilingual["verdict"]
+    # the copier's one retriever serves both "languages": the exchanged shared share is the observed one
+    assert claims.loc["multilingual.f1_partial_sharing", "estimate"] == 0
+
+    config = AblateConfig(
+        run=str(run.root),
+        k=(1,),
+        head_sets=("top", "random"),
+        random_seeds=3,
+        lengths=TASK.lengths,
+        depths=TASK.depths,
+        needle_kind="key",
+        max_new_tokens=12,
+        control=True,
+    )
+    store = ablate(config, tmp_path / "ablate", Execution(progress=False))
+    sets = store.derived("head_sets")
+    assert "1-0" not in set(sets.loc[sets["name"] == "top", "heads"])  # never the retriever
+    verdicts = store.derived("claims").set_index("claim")["verdict"]
+    assert verdicts["wu.mask_top_vs_random"] != "holds" and verdicts["wu.mask_top_vs_random_each"] != "holds"

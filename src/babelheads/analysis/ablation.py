@@ -13,6 +13,8 @@ from babelheads.errors import BabelheadsError
 from babelheads.heads import HeadAddress
 
 HEAD_SETS = ("top", "random", "agnostic", "specific")
+CONTROL_DRAW = 10**6
+"""The control's 'top' draw, apart from the random sets' draws 0, 1, ..."""
 MATCH_CALIPER = 0.1
 """Largest score difference (in the language's own scores) between a matched agnostic and specific head."""
 
@@ -44,6 +46,7 @@ def select_head_sets(
     seeds: int,
     threshold: float,
     seed: int = 0,
+    control: bool = False,
 ) -> list[HeadSet]:
     """Head sets from a detection run's ``scores`` table (language, layer, head, score).
 
@@ -55,6 +58,9 @@ def select_head_sets(
     With both, per language a strength-matched pair of sets too ('agnostic-matched',
     'specific-matched'): agnostic and specific heads paired greedily by the closest score in that
     language, within MATCH_CALIPER, so that being shared is not confounded with being strong.
+
+    control : the negative control of the masking claims: 'top' is K random heads drawn like the
+    random sets (never a retrieval head), so top against random compares random with random.
     """
     unknown = set(names) - set(HEAD_SETS)
     if unknown:
@@ -100,7 +106,11 @@ def select_head_sets(
     pool = [addresses[index] for index in np.flatnonzero(~member.any(axis=1))]
     sets = [HeadSet("none", 0, -1, ())]
     for k in k_values:
-        if "top" in names:
+        if "top" in names and control:
+            rng = np.random.default_rng([seed, k, CONTROL_DRAW])
+            chosen = rng.choice(len(pool), size=min(k, len(pool)), replace=False)
+            sets.append(HeadSet("top", k, -1, tuple(sorted(pool[index] for index in chosen))))
+        elif "top" in names:
             sets.append(HeadSet("top", k, -1, tuple(top[:k])))
         if "random" in names:
             if k > len(pool):

@@ -210,7 +210,9 @@ def judge(parts: Sequence[Measured]) -> Judged:
     below = [index for index in measured if single[index][0] == FAILS]
     if below:
         draws = min(len(parts[index].finite) for index in below)
-        reasons += f" (no part below 0 survives Holm's correction over {len(parts)} parts at {draws} replicates)"
+        reasons += (
+            f" (no part below 0 survives Holm's correction over {len(parts)} parts at {draws} replicates)"
+        )
     return Judged(INCONCLUSIVE, reasons, parts[weakest], lines)
 
 

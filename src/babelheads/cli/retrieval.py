@@ -223,6 +223,10 @@ def ablate(
     device_map: DeviceMap = None,
     shard: Shard = "0/1",
     head_mask: HeadMask = None,
+    control: Annotated[
+        bool,
+        typer.Option(help="Negative control: the 'top' set is random non-retrieval heads (must not hold)."),
+    ] = False,
     quiet: Quiet = False,
     config_file: ConfigFile = None,
     from_run: FromRun = None,
@@ -253,6 +257,7 @@ def ablate(
         replicates=replicates,
         seed=seed,
         head_mask=str(head_mask) if head_mask else None,
+        control=control,
     )
     execution = _execution(
         device, quiet, batch_size=batch_size, shard=shard, share_prefix=share_prefix, device_map=device_map
@@ -273,6 +278,13 @@ def study(
     batch_size: BatchSize = None,
     share_prefix: SharePrefix = True,
     device_map: DeviceMap = None,
+    control: Annotated[
+        bool,
+        typer.Option(
+            help="Also run the negative controls (the first language copied under the others' codes; "
+            "random heads as 'top') and show their verdicts beside the claims. Doubles the time."
+        ),
+    ] = False,
     quiet: Quiet = False,
     config_file: ConfigFile = None,
 ) -> None:
@@ -285,6 +297,7 @@ def study(
         translate_from=translate_from,
         seed=seed,
         dtype=dtype,
+        control=control,
     )
     execution = _execution(
         device, quiet, batch_size=batch_size, share_prefix=share_prefix, device_map=device_map

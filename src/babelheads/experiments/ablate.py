@@ -38,7 +38,8 @@ class AblateConfig:
     phases : 'all' masks prefill and decoding, 'decode' decoding only, from the query of the last
     prompt token on (as the official code). holdout (niah) : 'seed' evaluates on haystacks of another
     seed, 'needles' on needles the detection run never used, 'none' on the detection run's own grid
-    cells; the manifest records what the two share."""
+    cells; the manifest records what the two share. control : the masking claims' negative control,
+    'top' heads replaced by random non-retrieval heads."""
 
     run: str
     task: str = "niah"
@@ -60,6 +61,7 @@ class AblateConfig:
     replicates: int = 200
     seed: int = 0
     head_mask: str | None = None
+    control: bool = False
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -138,6 +140,8 @@ def _identity(config: AblateConfig) -> dict:
         identity.pop("head_mask")
     else:
         identity["head_mask"] = {"file": config.head_mask, "digest": mask_digest(Path(config.head_mask))}
+    if not config.control:  # and runs made before controls existed
+        identity.pop("control")
     return identity
 
 
@@ -183,6 +187,7 @@ class Ablation(Experiment):
             config.random_seeds,
             config.threshold,
             config.seed,
+            config.control,
         )
         # sets with the same heads (an empty agnostic set and 'none') run once, on the union of the
         # prompts they are masked on (a per-language set on its language's only)
