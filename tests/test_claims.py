@@ -314,7 +314,8 @@ def test_the_cot_contrast_is_a_difference_of_differences_paired_by_problem():
             for mask, success in outcome.items():
                 rows.append(
                     {
-                        "language": "en",
+                        "language": f"en/{mode}",
+                        "source_language": "en",
                         "problem_id": problem,
                         "mode": mode,
                         "mask_id": mask,

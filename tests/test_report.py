@@ -447,7 +447,8 @@ def test_the_report_opens_with_every_claim_its_runs_tested_each_linked_to_its_fi
     # the compare run's claims (the fabricated ablate run wrote none)
     expected = RunStore(runs["good-compare"]).derived("claims")
     rows = re.findall(r"<tr class='claim' data-verdict='([^']+)'><td><code>([^<]+)</code>(.*?)</tr>", page)
-    assert [(claim, verdict) for verdict, claim, _ in rows] == list(zip(expected["claim"], expected["verdict"]))
+    found = [(claim, verdict) for verdict, claim, _ in rows]
+    assert found == list(zip(expected["claim"], expected["verdict"], strict=True))
     assert {"wu.sparse", "multilingual.f1_partial_sharing", "multilingual.f4_translation_fails"} <= set(
         expected["claim"]
     )

@@ -243,3 +243,39 @@ def test_cot_ablation_runs_through_the_cli(tiny_model_dir, tmp_path, monkeypatch
     # The random tiny model copies nothing, so no head can be a top retrieval head.
     code, _, err = run_cli(monkeypatch, capsys, *common, "--out", str(tmp_path / "top"), "--head-sets", "top")
     assert_one_line_error(code, err, r"Only 0 heads have a mean retrieval score >= 0.1")
+
+
+def test_a_reasoning_chain_runs_over_line_breaks_and_stops_at_end_of_turn_or_the_next_question():
+    from babelheads.runner.stops import StopRule
+    from babelheads.tasks.base import Stop
+
+    letters = {10: "\n", 11: "7\n"}
+    rule = StopRule(
+        frozenset({0}),
+        frozenset({10}),
+        frozenset({11}),
+        lambda ids: "".join(letters.get(i, chr(i)) for i in ids),
+    )
+    assert rule.ends(11, True) == (True, True) and rule.ends(10, True) == (True, True)  # a short answer
+    chain = Stop(True, ("Question:",))
+    assert rule.ends(11, True, chain, [11]) == (False, True) and rule.ends(10, True, chain, [10]) == (
+        False,
+        True,
+    )
+    assert rule.ends(0, True, chain, [0]) == (True, True)  # end of turn
+    text = [ord(c) for c in "Step 1.\nThe answer is 7.\n\nQuestion:"]
+    assert rule.ends(text[-1], True, chain, text) == (True, True)
+    assert rule.ends(text[-2], True, chain, text[:-1]) == (False, True)  # 'Question' alone is not it
+
+
+def test_cot_reads_the_number_after_the_marker_before_the_next_question():
+    from babelheads.tasks.base import Sample
+    from babelheads.tasks.cot import CotSettings, CotTask
+
+    task = CotTask(CotSettings(languages=("en", "de"), problems=1))
+    for code, marker, label in (("en", "The answer is", "Question:"), ("de", "Die Antwort ist", "Frage:")):
+        sample = Sample("s", f"{code}/cot", (1,), "7", meta={"source_language": code, "mode": "cot"})
+        output = f"2 + 5 = 7.\n3 + 4 = 7.\n{marker} 7.\n\n{label} Tom has 9 apples.\n9 - 1 = 8. {marker} 8."
+        assert task.score(sample, output) == {"predicted": "7", "extracted_by": "marker", "success": True}
+        # no marker: the last number, flagged
+        assert task.score(sample, "2 + 5 = 7")["extracted_by"] == "last"

@@ -185,7 +185,9 @@ def effects(evaluations: pd.DataFrame, sets: pd.DataFrame, replicates: int, seed
     for head_set in sets.to_dict("records"):
         chosen = evaluations[evaluations["mask_id"] == head_set["mask_id"]]
         if head_set.get("language"):  # masked on its language's prompts (another set may share the mask)
-            chosen = chosen[chosen["language"] == head_set["language"]]
+            # a word problem's condition is 'en/cot': its language is the source language
+            key = "source_language" if "source_language" in chosen else "language"
+            chosen = chosen[chosen[key] == head_set["language"]]
         for language, frame in chosen.groupby("language", sort=True):
             frame = frame.set_index("sample_id").sort_index()
             base = baseline.loc[frame.index]

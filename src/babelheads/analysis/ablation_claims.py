@@ -211,7 +211,8 @@ def _cot_claims(
         ]
     top = sets.loc[(sets["name"] == "top") & (sets["k"] == k), "mask_id"].iloc[0]
     random = list(sets.loc[(sets["name"] == "random") & (sets["k"] == k), "mask_id"])
-    frame = samples.assign(problem=samples["language"] + "/" + samples["problem_id"].astype(str))
+    # a problem is asked in both modes ('en/cot', 'en/direct'): paired by its language and id
+    frame = samples.assign(problem=samples["source_language"] + "/" + samples["problem_id"].astype(str))
     by_mode = {}
     for mode in ("cot", "direct"):
         chosen = frame[frame["mode"] == mode]

@@ -32,6 +32,12 @@ class ProblemSet:
     def prompt(self, mode: str) -> str:
         return {"cot": self.cot_prompt, "direct": self.direct_prompt}[mode]
 
+    @property
+    def question_label(self) -> str:
+        """What opens a question in the few-shot prompt ('Question:', 'Frage:', '问题：'): a model
+        that writes it has finished its answer and begun the next example."""
+        return self.cot_prompt.rsplit("{question}", 1)[0].rsplit("\n", 1)[-1].strip()
+
 
 def load_problems(language: str, extra_root: Path | None = None) -> ProblemSet:
     for root in data_roots(extra_root):

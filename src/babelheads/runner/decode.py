@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ from babelheads.probe import HeadGates, Instrument, StepRecords
 from babelheads.runner.cache import BatchCache, cache_argument, input_device
 from babelheads.runner.prefix import SharedPrefill
 from babelheads.runner.stops import StopRule
+from babelheads.tasks.base import Stop
 
 DEFAULT_PREFILL_CHUNK = 4096
 
@@ -49,6 +50,8 @@ class Row:
     regions: Sequence[int] | None = None
     """The region label of each prompt position (-1: none), for the instrument's region masses; it may
     run on past the prompt to label the positions the generated tokens will take."""
+    stop: Stop = field(default_factory=Stop)
+    """The sample's own stop (a reasoning chain runs over line breaks)."""
 
 
 @torch.no_grad()
@@ -169,7 +172,9 @@ def _decode(
                 keep = []
                 for slot, (row_index, token) in enumerate(zip(live_rows, emitted, strict=True)):
                     tokens[row_index].append(token)
-                    stop, started[row_index] = stops.ends(token, started[row_index])
+                    stop, started[row_index] = stops.ends(
+                        token, started[row_index], rows[row_index].stop, tokens[row_index]
+                    )
                     if not stop and len(tokens[row_index]) < rows[row_index].max_new_tokens:
                         keep.append(slot)
                 if not keep:

@@ -134,6 +134,7 @@ def run_jobs(
                     plan.job.sample.max_new_tokens or settings.max_new_tokens,
                     plan.job.gates,
                     region_labels(plan.job.sample, settings.regions) if settings.regions else None,
+                    plan.job.sample.stop,
                 )
                 for plan in plans
             ]

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from babelheads.models import LoadedModel
+from babelheads.tasks.base import Stop
+
+SHORT_ANSWER = Stop()
+TEXT_WINDOW = 16
+"""Tokens decoded to look for a stop text: longer than any stop text's tokens."""
 
 END_OF_TURN = (
     "<end_of_turn>",
@@ -33,6 +39,8 @@ class StopRule:
     stop_ids: frozenset[int] = frozenset()
     blank_newlines: frozenset[int] = frozenset()
     text_newlines: frozenset[int] = frozenset()
+    decode: Callable[[Sequence[int]], str] | None = field(default=None, compare=False)
+    """The tokenizer's decode, for samples that stop at a text."""
 
     @classmethod
     def for_model(cls, loaded: LoadedModel) -> StopRule:
@@ -51,11 +59,23 @@ class StopRule:
                 if "\n" not in decoded:
                     continue
                 (blank if not decoded.strip() else text).add(index)
-        return cls(frozenset(stops), frozenset(blank - stops), frozenset(text - stops))
+        return cls(frozenset(stops), frozenset(blank - stops), frozenset(text - stops), tokenizer.decode)
 
-    def ends(self, token: int, started: bool) -> tuple[bool, bool]:
-        """(stop now, answer started) after emitting ``token``."""
-        if token in self.stop_ids or token in self.text_newlines:
+    def ends(
+        self, token: int, started: bool, stop: Stop | None = None, generated: Sequence[int] = ()
+    ) -> tuple[bool, bool]:
+        """(stop now, answer started) after emitting ``token`` (the last of ``generated``); ``stop`` :
+        the sample's own (default: a short answer, ended by its line break)."""
+        stop = stop or SHORT_ANSWER
+        if token in self.stop_ids:
+            return True, True
+        if stop.texts and self.decode is not None and generated:
+            tail = self.decode(list(generated[-TEXT_WINDOW:]))
+            if any(text in tail for text in stop.texts):
+                return True, True
+        if stop.multiline:
+            return False, True
+        if token in self.text_newlines:
             return True, True
         if token in self.blank_newlines:
             return started, started

@@ -36,6 +36,15 @@ class Scored:
 
 
 @dataclass(frozen=True)
+class Stop:
+    """multiline : line breaks do not end the answer (EOS and end-of-turn tokens always do).
+    texts : the answer ends once its text contains one of these (e.g. the next few-shot 'Question:')."""
+
+    multiline: bool = False
+    texts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Sample:
     """One prompt to decode.
 
@@ -56,6 +65,9 @@ class Sample:
     """The prompt as text, for inspection (not stored in the tables)."""
     max_new_tokens: int | None = None
     """A limit of the sample's own (a reasoning chain needs more steps than a short answer)."""
+    stop: Stop = field(default_factory=Stop)
+    """When its answer ends: a short answer at its line break, a reasoning chain at end of turn or
+    at a text that opens the next example (the task knows which)."""
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from babelheads.data.problems import ProblemSet, load_problems
 from babelheads.errors import TaskError
-from babelheads.tasks.base import Sample, Skipped, content_digest, safe_id
+from babelheads.tasks.base import Sample, Skipped, Stop, content_digest, safe_id
 
 if TYPE_CHECKING:
     from babelheads.models import LoadedModel
@@ -128,13 +128,17 @@ class CotTask:
                         "source_language": code,
                     },
                     max_new_tokens=self.settings.cot_tokens if mode == "cot" else self.settings.direct_tokens,
+                    # reasoning runs over several lines: it ends at end of turn or the next question
+                    stop=Stop(True, (problem_set.question_label,)) if mode == "cot" else Stop(),
                 )
             )
         return samples
 
     def score(self, sample: Sample, output: str) -> dict[str, object]:
-        marker = self.sets[str(sample.meta["source_language"])].answer_marker
-        value, rule = extract_number(output, marker)
+        problems = self.sets[str(sample.meta["source_language"])]
+        # what follows the next question is the model's own next example, not its answer
+        output = output.split(problems.question_label, 1)[0]
+        value, rule = extract_number(output, problems.answer_marker)
         return {
             "predicted": "" if value is None else str(value),
             "extracted_by": rule,
