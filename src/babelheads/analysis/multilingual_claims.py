@@ -120,8 +120,10 @@ def multilingual_claims(
 
     def statistic(rows: np.ndarray, rng: np.random.Generator | None) -> dict[str, float]:
         means = grid.mean_scores(rows, languages) if languages else {}
-        out = {
+        out = {  # a language without a success in this draw has no share (never 0 heads)
             f"sparse|{code}": SPARSE_SHARE - float(np.mean(values >= threshold))
+            if np.isfinite(values).all()
+            else np.nan
             for code, values in means.items()
         }
         for condition in _translations(grid, languages):

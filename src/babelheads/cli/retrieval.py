@@ -198,6 +198,10 @@ def ablate(
         str, typer.Option(help="niah: seed (other haystacks), needles (unused needles) or none.")
     ] = "seed",
     problems: Annotated[int, typer.Option(help="cot: word problems per language.")] = 30,
+    cot_tokens: Annotated[int, typer.Option(help="cot: step limit of a reasoning answer.")] = 96,
+    cot_prompt: Annotated[
+        str, typer.Option(help="cot: chat or plain few-shot prompt (default: the detection run's).")
+    ] = "",
     languages: TestedLanguages = "",
     k: Annotated[str, typer.Option(help="Numbers of heads to mask (a sweep).")] = "2,4,8",
     head_sets: Annotated[
@@ -241,6 +245,8 @@ def ablate(
         task=task,
         holdout=holdout,
         problems=problems,
+        cot_tokens=cot_tokens,
+        cot_prompt=cot_prompt,
         languages=tuple(code for code in languages.split(",") if code),
         k=_ints(k, "k"),
         head_sets=tuple(name.strip() for name in head_sets.split(",") if name.strip()),

@@ -38,8 +38,9 @@ class AblateConfig:
     phases : 'all' masks prefill and decoding, 'decode' decoding only, from the query of the last
     prompt token on (as the official code). holdout (niah) : 'seed' evaluates on haystacks of another
     seed, 'needles' on needles the detection run never used, 'none' on the detection run's own grid
-    cells; the manifest records what the two share. control : the masking claims' negative control,
-    'top' heads replaced by random non-retrieval heads."""
+    cells; the manifest records what the two share. cot_tokens : the reasoning prompt's step limit;
+    cot_prompt : 'chat' or 'plain' for the word problems ('': the detection run's). control : the
+    masking claims' negative control, 'top' heads replaced by random non-retrieval heads."""
 
     run: str
     task: str = "niah"
@@ -56,6 +57,8 @@ class AblateConfig:
     needles_per_cell: int = 1
     holdout: str = "seed"
     problems: int = 30
+    cot_tokens: int = 96
+    cot_prompt: str = ""
     max_new_tokens: int = 16
     success_threshold: float = 0.5
     replicates: int = 200
@@ -79,6 +82,10 @@ class AblateConfig:
                 "A --head-mask scales heads in every phase, so it combines only with --method gate "
                 "--phases all."
             )
+        if self.cot_tokens < 1:
+            raise BabelheadsError(f"--cot-tokens must be at least 1. Got {self.cot_tokens}.")
+        if self.cot_prompt not in ("", "auto", "chat", "plain"):
+            raise BabelheadsError(f"Unknown --cot-prompt {self.cot_prompt!r}. Use auto, chat or plain.")
         if self.holdout not in HOLDOUTS:
             raise BabelheadsError(f"Unknown holdout {self.holdout!r}. Use one of: {', '.join(HOLDOUTS)}.")
         if not math.isfinite(self.threshold):
@@ -98,8 +105,15 @@ def evaluation_task(
     settings = detection["config"]["task"]
     languages = config.languages or tuple(settings["languages"])
     if config.task == "cot":
+        prompt = config.cot_prompt or settings["prompt"]
         task = CotTask(
-            CotSettings(languages, config.problems, data_dir=settings["data_dir"], prompt=settings["prompt"])
+            CotSettings(
+                languages,
+                config.problems,
+                data_dir=settings["data_dir"],
+                prompt=prompt,
+                cot_tokens=config.cot_tokens,
+            )
         )
         return task, {"holdout": "different task (word problems)"}
     used = sorted(set(detected["needle_id"])) if "needle_id" in detected else []
@@ -140,8 +154,9 @@ def _identity(config: AblateConfig) -> dict:
         identity.pop("head_mask")
     else:
         identity["head_mask"] = {"file": config.head_mask, "digest": mask_digest(Path(config.head_mask))}
-    if not config.control:  # and runs made before controls existed
-        identity.pop("control")
+    for name, default in (("control", False), ("cot_tokens", 96), ("cot_prompt", "")):
+        if getattr(config, name) == default:  # runs made before these settings existed keep their identity
+            identity.pop(name)
     return identity
 
 
