@@ -98,11 +98,9 @@ def test_official_json_holds_each_used_samples_score(run):
     assert set(data) == {"0-0", "0-1", "1-0", "1-1"}
 
 
-def test_masking_the_retriever_breaks_retrieval_and_a_random_head_does_not(
-    copier, run, tmp_path, monkeypatch
-):
-    monkeypatch.setattr(execution_module, "load_model", lambda *args, **kwargs: copier)
-    config = AblateConfig(
+def _top_against_random(run, control: bool = False) -> AblateConfig:
+    """The top head against 3 random draws on the detection grid's cells (another seed)."""
+    return AblateConfig(
         run=str(run.root),
         k=(1,),
         head_sets=("top", "random"),
@@ -111,7 +109,15 @@ def test_masking_the_retriever_breaks_retrieval_and_a_random_head_does_not(
         depths=TASK.depths,
         needle_kind="key",
         max_new_tokens=12,
+        control=control,
     )
+
+
+def test_masking_the_retriever_breaks_retrieval_and_a_random_head_does_not(
+    copier, run, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(execution_module, "load_model", lambda *args, **kwargs: copier)
+    config = _top_against_random(run)
     store = ablate(config, tmp_path / "ablate", Execution(progress=False))
     table = store.derived("ablation")
     claims = store.derived("claims").set_index("claim")
@@ -153,17 +159,7 @@ def test_the_negative_controls_never_hold(copier, run, tmp_path, monkeypatch):
     # the copier's one retriever serves both "languages": the exchanged shared share is the observed one
     assert claims.loc["multilingual.f1_partial_sharing", "estimate"] == 0
 
-    config = AblateConfig(
-        run=str(run.root),
-        k=(1,),
-        head_sets=("top", "random"),
-        random_seeds=3,
-        lengths=TASK.lengths,
-        depths=TASK.depths,
-        needle_kind="key",
-        max_new_tokens=12,
-        control=True,
-    )
+    config = _top_against_random(run, control=True)
     store = ablate(config, tmp_path / "ablate", Execution(progress=False))
     sets = store.derived("head_sets")
     assert "1-0" not in set(sets.loc[sets["name"] == "top", "heads"])  # never the retriever
