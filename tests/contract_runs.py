@@ -235,6 +235,7 @@ def tables(run: Path) -> dict[str, pd.DataFrame]:
 
 def _stable(frame: pd.DataFrame) -> pd.DataFrame:
     drop = [column for column in frame.columns if any(word in column for word in VOLATILE)]
+    drop += [column for column in ("model", "run") if column in frame]  # a claim's model and run: paths
     frame = frame.drop(columns=drop)
     for column in frame.columns:  # bytes (hidden states, peak lists) compare as their digests
         if frame[column].map(lambda value: isinstance(value, bytes | np.ndarray | list)).any():

@@ -31,8 +31,9 @@ def test_tables_equal_the_goldens(every_kind, kind):
 
 
 def _intervals(frame: pd.DataFrame) -> list[tuple[str, str, str]]:
-    """The (estimate, lo, hi) column triples of a table: value/lo/hi, and <name>/<name>_lo/<name>_hi."""
-    found = [("value", "lo", "hi")] if "lo" in frame else []
+    """The (estimate, lo, hi) column triples of a table: value/lo/hi (a claim's: estimate/lo/hi, the
+    claims table's fixed columns), and <name>/<name>_lo/<name>_hi."""
+    found = [("estimate" if "estimate" in frame else "value", "lo", "hi")] if "lo" in frame else []
     return found + [(c[:-3], c, f"{c[:-3]}_hi") for c in frame.columns if c.endswith("_lo")]
 
 

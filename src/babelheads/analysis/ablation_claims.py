@@ -159,26 +159,31 @@ def _finding_5(
     seed: int,
     context: Context,
 ) -> tuple[dict, list[dict]]:
-    test = f"ROUGE-1 recall with the language's '{specific}' heads masked minus with '{agnostic}' heads"
+    test = (
+        f"ROUGE-1 recall with the language's '{specific}' heads masked minus with as many '{agnostic}' "
+        "heads, at the largest K where the counts are equal"
+    )
     if "rouge1_recall" not in samples or samples["rouge1_recall"].isna().all():
         return claim_rows(claim, [nothing("all", "the task has no ROUGE")], PROMPTS, test, context)
     parts = []
     for code in languages:
         own = sets[(sets["name"] == specific) & (sets["language"].isin([code]))]
         shared = sets[(sets["name"] == agnostic) & (sets["language"].isin([code, ""]))]
-        usable = [
-            k
-            for k in sorted(set(own["k"]) & set(shared["k"]))
-            if _count(own, k) > 0 and _count(shared, k) > 0
-        ]
+        common = sorted(set(own["k"]) & set(shared["k"]))
+        # as many heads on both sides: a contrast of 1 specific head against 4 agnostic ones measures
+        # the count, not the kind
+        usable = [k for k in common if _count(own, k) > 0 and _count(own, k) == _count(shared, k)]
         if not usable:
-            reason = "no specific heads of this language" if own["count"].sum() == 0 else "no matched pair"
-            parts.append(
-                nothing(code, reason if not own.empty else f"no '{specific}' head set (ablate --head-sets)")
-            )
+            if own.empty:
+                reason = f"no '{specific}' head set (ablate --head-sets)"
+            elif own["count"].sum() == 0:
+                reason = "no specific heads of this language" if specific == "specific" else "no matched pair"
+            else:
+                counts = ", ".join(f"K={k}: {_count(own, k)} vs {_count(shared, k)}" for k in common)
+                reason = f"never as many {specific} as {agnostic} heads ({counts})"
+            parts.append(nothing(code, reason))
             continue
-        # as many heads on both sides where the sets allow it: the largest such K, else the largest K
-        k = max(usable, key=lambda k: (_count(own, k) == _count(shared, k), k))
+        k = max(usable)
         masks = [_mask(own, k), _mask(shared, k)]
         wide = _wide(samples[samples["language"] == code], masks, "rouge1_recall")
         label = f"{code} (K={k}: {_count(own, k)} {specific}, {_count(shared, k)} {agnostic})"
