@@ -457,3 +457,24 @@ def test_the_report_opens_with_every_claim_its_runs_tested_each_linked_to_its_fi
     linked = dict((claim, rest) for _, claim, rest in rows)
     assert re.search(r"href='#figure-\d+'", linked["multilingual.f1_partial_sharing"])
     assert re.search(r"href='#figure-\d+'", linked["multilingual.f4_translation_fails"])
+
+
+def test_babelheads_claims_prints_each_claim_and_refuses_a_run_without_any(runs):
+    import sys
+
+    command = str(Path(sys.executable).parent / "babelheads")
+    compare = RunStore(runs["good-compare"]).derived("claims")
+    text = subprocess.run(
+        [command, "claims", str(runs["good-compare"]), "--parts"], capture_output=True, text=True
+    )
+    assert text.returncode == 0, text.stderr
+    for claim in compare.to_dict("records"):
+        line = next(line for line in text.stdout.splitlines() if line.startswith(claim["claim"]))
+        assert claim["verdict"] in line
+    markdown = subprocess.run(
+        [command, "claims", str(runs["good-compare"]), "--markdown"], capture_output=True, text=True
+    )
+    assert markdown.stdout.count("\n| `") == len(compare)
+    refused = subprocess.run([command, "claims", str(runs["good"])], capture_output=True, text=True)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "has no claims table" in refused.stderr.strip().splitlines()[-1]

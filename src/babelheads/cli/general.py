@@ -32,13 +32,17 @@ def claims(
         list[Path], typer.Argument(help="Runs that wrote a claims table (compare, ablate, study).")
     ],
     parts: Annotated[bool, typer.Option(help="Show every part (language, pair) under its claim.")] = False,
+    markdown: Annotated[bool, typer.Option(help="One Markdown table of every run's claims.")] = False,
     config_file: ConfigFile = None,
 ) -> None:
     """Print the claims the runs tested: verdict, estimate, 95% interval, and why."""
+    import pandas as pd
+
     from babelheads.errors import BabelheadsError
-    from babelheads.report.text import claims_text
+    from babelheads.report.text import claims_markdown, claims_text
     from babelheads.runs import RunStore
 
+    tables = []
     for path in runs:
         store = RunStore(path)
         if not (store.root / "claims.parquet").exists():
@@ -48,9 +52,13 @@ def claims(
             )
         store.validate()
         table = store.derived("claims")
-        typer.echo(f"{path} ({table['model'].iloc[0] if len(table) else '?'})")
-        typer.echo(claims_text(table, store.derived("claim_parts") if parts else None))
-        typer.echo("")
+        tables.append(table)
+        if not markdown:
+            typer.echo(f"{path} ({table['model'].iloc[0] if len(table) else '?'})")
+            typer.echo(claims_text(table, store.derived("claim_parts") if parts else None))
+            typer.echo("")
+    if markdown:
+        typer.echo(claims_markdown(pd.concat(tables, ignore_index=True)))
 
 
 @app.command()

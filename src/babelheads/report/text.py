@@ -192,3 +192,22 @@ def claims_text(claims: pd.DataFrame, parts: pd.DataFrame | None = None) -> str:
                 value = f"{part['estimate']:+.3f} [{part['lo']:+.3f}, {part['hi']:+.3f}]"
                 lines.append(f"{'':<4}{part['part']:<34} {part['verdict']:<14} {value} n={int(part['n'])}")
     return "\n".join(lines)
+
+
+def claims_markdown(claims: pd.DataFrame) -> str:
+    """The claims table as Markdown (for a README or a docs page generated from runs, not retyped)."""
+    lines = [
+        "| claim | verdict | estimate [95% interval], n | control | why |",
+        "|---|---|---|---|---|",
+    ]
+    for claim in claims.to_dict("records"):
+        estimate = (
+            f"{claim['estimate']:+.3f} [{claim['lo']:+.3f}, {claim['hi']:+.3f}], {int(claim['n'])}"
+            if pd.notna(claim["estimate"])
+            else "-"
+        )
+        why = str(claim["reason"]).replace("|", "/")
+        lines.append(
+            f"| `{claim['claim']}` | {claim['verdict']} | {estimate} | {claim['control'] or '-'} | {why} |"
+        )
+    return "\n".join(lines)
