@@ -341,3 +341,41 @@ def test_the_cot_contrast_is_a_difference_of_differences_paired_by_problem():
     )
     assert claims["wu.cot_vs_direct"]["estimate"] == 1.0 and claims["wu.cot_vs_direct"]["verdict"] == HOLDS
     assert claims["wu.cot_vs_direct"]["n"] == 8
+
+
+def test_languages_pooled_are_resampled_by_grid_cell_not_counted_as_more_prompts():
+    from babelheads.analysis.ablation_claims import ablation_claims
+
+    sets = pd.DataFrame(
+        {
+            "name": ["none", "top", "random"],
+            "k": [0, 1, 1],
+            "seed": [-1, -1, 0],
+            "count": [0, 1, 1],
+            "mask_id": ["baseline", "t", "r"],
+            "language": "",
+        }
+    )
+    rows = []
+    for code in ("en", "de", "zh"):  # the same outcome in every language: one grid, three copies
+        for cell in range(6):
+            for mask, success in (("baseline", 1.0), ("t", float(cell % 2)), ("r", 1.0)):
+                rows.append(
+                    {
+                        "language": code,
+                        "sample_id": f"{code}-{cell}",
+                        "length": 800,
+                        "depth": 0.5,
+                        "needle_id": f"n{cell}",
+                        "mask_id": mask,
+                        "success": success,
+                    }
+                )
+    claims = {
+        row["claim"]: row
+        for row, _ in ablation_claims(pd.DataFrame(rows), sets, "niah", 200, 0, Context("t", "t"))
+    }
+    pooled, each = claims["wu.mask_top_vs_random"], claims["wu.mask_top_vs_random_each"]
+    assert pooled["n"] == 6 and pooled["estimate"] == pytest.approx(0.5)
+    # pooling identical copies adds no information: the same interval as one language alone
+    assert (pooled["lo"], pooled["hi"]) == pytest.approx((each["lo"], each["hi"]))

@@ -99,7 +99,7 @@ def _retrieval_study(
         # Masked while decoding only (the official protocol), so the head sets of a prompt share one
         # prefill and decode as one batch: 12 held-out prompts per language cost little more than 12.
         AblateConfig(
-            run=str(detection.root),
+            run=str(detection.root.resolve()),  # the same identity however --out is spelled
             k=(2, 4),
             random_seeds=3,
             phases="decode",

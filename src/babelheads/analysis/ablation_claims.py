@@ -62,7 +62,10 @@ F5_MATCHED = register_claim(
     "language.",
     figure="Accuracy when heads are masked",
 )
-PROMPTS = "prompts (paired across head sets); random head sets resampled with them"
+PROMPTS = (
+    "prompts (paired across head sets; pooled: grid cells, each language's prompt of a cell averaged); "
+    "random head sets resampled with them"
+)
 
 
 def ablation_claims(
@@ -111,10 +114,21 @@ def _largest_k(sets: pd.DataFrame, names: tuple[str, ...]) -> int | None:
     return max(common) if common else None
 
 
+CELL = ("length", "depth", "needle_id")
+
+
 def _wide(samples: pd.DataFrame, mask_ids: list[str], metric: str) -> pd.DataFrame:
-    """prompts x masks of ``metric``, prompts that ran under every mask."""
+    """units x masks of ``metric``, units that ran under every mask. A unit is a cell of the NIAH grid
+    (length, depth, needle), the same in every language: languages pooled are averaged within their
+    cell, never counted as independent prompts (the grid is parallel). Other tasks: a prompt."""
     chosen = samples[samples["mask_id"].isin(mask_ids)]
-    wide = chosen.pivot_table(index="sample_id", columns="mask_id", values=metric, aggfunc="mean")
+    if set(CELL) <= set(chosen.columns):
+        unit = chosen["length"].astype(str) + "|" + chosen["depth"].astype(str) + "|" + chosen["needle_id"]
+    else:
+        unit = chosen["sample_id"]
+    wide = chosen.assign(unit=unit).pivot_table(
+        index="unit", columns="mask_id", values=metric, aggfunc="mean"
+    )
     return wide.reindex(columns=mask_ids).dropna()
 
 
