@@ -62,7 +62,7 @@ def run_study(
     runs = _retrieval_study(config, out, execution, say, steps, 0)
     if config.control:
         copies = [code for code in config.languages if code != config.translate_from]
-        data = write_copies(config.translate_from, copies, out / "control" / "data")
+        data = write_copies(config.translate_from, copies, out.resolve() / "control" / "data")
         controls = _retrieval_study(config, out / "control", execution, say, steps, 4, data, control=True)
         fill_controls(runs, controls)
     say(f"{steps}/{steps} report")
