@@ -11,7 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
-from babelheads.data.roots import language_file
+from babelheads.data.roots import data_roots, language_file
 from babelheads.errors import BabelheadsError
 
 FOLDERS = ("languages", "needles")
@@ -28,10 +28,12 @@ def write_copies(source: str, codes: list[str], root: Path, data: Path | None = 
         found = language_file(folder, "builtin", source, data)
         if found is None:
             raise BabelheadsError(f"No {folder}/{source}.json to copy. Use a language with built-in data.")
-        content = json.loads(found.read_text(encoding="utf-8"))
+        original = json.loads(found.read_text(encoding="utf-8"))
         for code in codes:
+            content = original
             if folder == "languages":
-                content = {**content, "code": code, "name": f"{content.get('name', source)} (copy as {code})"}
+                name = f"{original.get('name', source)} (copy as {code})"
+                content = {**original, "code": code, "name": name}
             (root / folder).mkdir(exist_ok=True)
             (root / folder / f"{code}.json").write_text(json.dumps(content, ensure_ascii=False, indent=1))
     corpus = _corpus(source, data)
@@ -44,8 +46,6 @@ def write_copies(source: str, codes: list[str], root: Path, data: Path | None = 
 
 
 def _corpus(source: str, data: Path | None) -> Path:
-    from babelheads.data.roots import data_roots
-
     for candidate in data_roots(data):
         if (candidate / "corpus" / source).is_dir():
             return candidate / "corpus" / source
