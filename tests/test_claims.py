@@ -299,19 +299,23 @@ def test_top_against_random_heads_resamples_the_random_draws_and_needs_a_baselin
     assert "baseline accuracy 0" in rows["wu.mask_top_vs_random"]["reason"]
 
 
+ONE_TOP_ONE_RANDOM = pd.DataFrame(
+    {
+        "name": ["none", "top", "random"],
+        "k": [0, 1, 1],
+        "seed": [-1, -1, 0],
+        "count": [0, 1, 1],
+        "mask_id": ["baseline", "t", "r"],
+        "language": "",
+    }
+)
+"""Head sets of an ablation with one top head (mask 't') and one random draw ('r')."""
+
+
 def test_the_cot_contrast_is_a_difference_of_differences_paired_by_problem():
     from babelheads.analysis.ablation_claims import ablation_claims
 
-    sets = pd.DataFrame(
-        {
-            "name": ["none", "top", "random"],
-            "k": [0, 1, 1],
-            "seed": [-1, -1, 0],
-            "count": [0, 1, 1],
-            "mask_id": ["baseline", "t", "r"],
-            "language": "",
-        }
-    )
+    sets = ONE_TOP_ONE_RANDOM
     rows = []
     for problem in range(8):
         # CoT: top breaks every problem, random none; direct: neither changes anything
@@ -346,16 +350,7 @@ def test_the_cot_contrast_is_a_difference_of_differences_paired_by_problem():
 def test_languages_pooled_are_resampled_by_grid_cell_not_counted_as_more_prompts():
     from babelheads.analysis.ablation_claims import ablation_claims
 
-    sets = pd.DataFrame(
-        {
-            "name": ["none", "top", "random"],
-            "k": [0, 1, 1],
-            "seed": [-1, -1, 0],
-            "count": [0, 1, 1],
-            "mask_id": ["baseline", "t", "r"],
-            "language": "",
-        }
-    )
+    sets = ONE_TOP_ONE_RANDOM
     rows = []
     for code in ("en", "de", "zh"):  # the same outcome in every language: one grid, three copies
         for cell in range(6):

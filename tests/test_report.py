@@ -478,3 +478,5 @@ def test_babelheads_claims_prints_each_claim_and_refuses_a_run_without_any(runs)
     refused = subprocess.run([command, "claims", str(runs["good"])], capture_output=True, text=True)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "has no claims table" in refused.stderr.strip().splitlines()[-1]
+    missing = subprocess.run([command, "claims", str(runs["good"]) + "-typo"], capture_output=True, text=True)
+    assert missing.returncode == 2 and "is not a babelheads run" in missing.stderr.strip().splitlines()[-1]

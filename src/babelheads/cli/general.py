@@ -44,6 +44,8 @@ def claims(
 
     tables = []
     for path in runs:
+        if not (Path(path) / "manifest.json").is_file():
+            raise BabelheadsError(f"{path} is not a babelheads run (no manifest.json). Check the path.")
         store = RunStore(path)
         if not (store.root / "claims.parquet").exists():
             raise BabelheadsError(
