@@ -490,6 +490,8 @@ def test_head_masks_are_checked_against_the_model_before_it_loads(
         ({"threshold": NAN}, r"--threshold must be a finite score"),
         ({"success_threshold": NAN}, r"success_threshold must lie in \[0, 1\)"),
         ({"replicates": 0}, r"replicates must be at least 1"),
+        ({"cot_tokens": 0}, r"--cot-tokens must be at least 1"),
+        ({"cot_prompt": "plian"}, r"Unknown --cot-prompt 'plian'. Use auto, chat or plain"),
     ],
 )
 def test_ablate_config_validates_its_fields(fields, pattern):
