@@ -506,6 +506,26 @@ def test_specific_is_cut_to_the_size_of_the_agnostic_set_and_matched_by_strength
     assert not [s for s in alone if s.name.endswith("matched")]
 
 
+def test_agnostic_equal_are_each_languages_strongest_agnostic_heads_as_many_as_its_specific():
+    table = {
+        (0, 0): (0.9, 0.2),  # agnostic, strongest in en
+        (0, 1): (0.2, 0.9),  # agnostic, strongest in de
+        (0, 2): (0.5, 0.0),  # en's one specific head
+        (0, 3): (0.0, 0.4),  # de's specific heads
+        (0, 4): (0.0, 0.3),
+        (0, 5): (0.0, 0.0),
+        (0, 6): (0.0, 0.0),
+    }
+    sets = _select([2], ["agnostic", "specific"], scores=_scores_frame(table))
+    assert _by_name(sets, "agnostic", 2)[0].heads == _addresses((0, 0), (0, 1))
+    assert _own(sets, "specific", 2, "en") == _addresses((0, 2))
+    assert _own(sets, "agnostic-equal", 2, "en") == _addresses((0, 0))
+    assert _own(sets, "specific", 2, "de") == _addresses((0, 3), (0, 4))
+    assert _own(sets, "agnostic-equal", 2, "de") == _addresses((0, 1), (0, 0))
+    alone = _select([2], ["specific"], scores=_scores_frame(table))
+    assert not [s for s in alone if s.name == "agnostic-equal"]
+
+
 def test_random_heads_come_only_from_heads_below_threshold_in_every_language():
     sets = _select([2], ["random"], seeds=6)
     pool = set(_addresses((0, 1), (0, 3), (1, 2)))

@@ -228,47 +228,65 @@ def _ablation_rows(rouge: dict[str, dict[str, float]], prompts: int = 6) -> pd.D
     return pd.DataFrame(rows)
 
 
-def test_finding_5_compares_each_languages_own_specific_heads_at_equal_counts():
+def _f5(samples: pd.DataFrame, sets: pd.DataFrame) -> tuple[dict, dict[str, dict], list]:
     from babelheads.analysis.ablation_claims import ablation_claims
 
-    sets = pd.DataFrame(
-        {
-            "name": ["none", "agnostic", "specific", "specific", "agnostic", "specific", "specific"],
-            "k": [0, 2, 2, 2, 4, 4, 4],
-            "seed": -1,
-            "count": [0, 2, 1, 1, 4, 4, 3],
-            "mask_id": ["baseline", "a2", "en2", "de2", "a4", "en4", "de4"],
-            "language": ["", "", "en", "de", "", "en", "de"],
-        }
-    )
-    samples = _ablation_rows(
-        {
-            "en": {"baseline": 1.0, "a2": 1.0, "a4": -1, "en2": 0.0, "en4": 1.0},
-            "de": {"baseline": 1.0, "a2": 1.0, "a4": 0.1, "de2": 1.0, "de4": 0.0},
-        }
-    )
     rows = ablation_claims(samples, sets, "niah", 200, 0, Context("toy", "toy"))
     row, parts = next(
         (row, parts) for row, parts in rows if row["claim"] == "multilingual.f5_agnostic_hurts_more"
     )
-    by_part = {part["part"].split()[0]: part for part in parts}
-    # en: K=4 has 4 and 4 heads (equal counts); specific masked keeps ROUGE 1, agnostic 0.05 on average
-    assert by_part["en"]["estimate"] == pytest.approx(0.95) and by_part["en"]["verdict"] == HOLDS
-    assert "K=4: 4 specific, 4 agnostic" in by_part["en"]["part"]
-    # de: never as many specific as agnostic heads (1 vs 2, 3 vs 4): no data, the counts said; the
-    # claim over every language is then not shown to hold
-    assert by_part["de"]["verdict"] == NO_DATA
-    assert by_part["de"]["reason"] == "never as many specific as agnostic heads (K=2: 1 vs 2, K=4: 3 vs 4)"
-    assert row["verdict"] == INCONCLUSIVE
-    equal = sets.assign(count=[0, 2, 1, 1, 4, 4, 4])  # de's K=4 set as large as the agnostic one
-    rows = ablation_claims(samples, equal, "niah", 200, 0, Context("toy", "toy"))
-    row, parts = next(
-        (row, parts) for row, parts in rows if row["claim"] == "multilingual.f5_agnostic_hurts_more"
+    return row, {part["part"].split()[0]: part for part in parts}, rows
+
+
+def test_finding_5_compares_each_languages_own_specific_heads_at_equal_counts():
+    # per language: its specific heads against as many of its strongest agnostic heads
+    sets = pd.DataFrame(
+        [
+            ("none", 0, 0, "baseline", ""),
+            ("agnostic", 4, 4, "a4", ""),
+            ("specific", 4, 4, "en4", "en"),
+            ("agnostic-equal", 4, 4, "a4", "en"),
+            ("specific", 4, 0, "baseline", "de"),
+            ("agnostic-equal", 4, 0, "baseline", "de"),
+        ],
+        columns=["name", "k", "count", "mask_id", "language"],
+    ).assign(seed=-1)
+    samples = _ablation_rows(
+        {
+            "en": {"baseline": 1.0, "a4": -1, "en4": 1.0},
+            "de": {"baseline": 1.0, "a4": 0.1, "de4": 0.0, "d3": 0.1},
+        }
     )
-    de = next(part for part in parts if part["part"].startswith("de"))
-    assert de["estimate"] == pytest.approx(-0.1) and de["verdict"] == FAILS and row["verdict"] == FAILS
+    row, by_part, rows = _f5(samples, sets)
+    # en: specific masked keeps ROUGE 1, agnostic 0.05 on average
+    assert by_part["en"]["estimate"] == pytest.approx(0.95) and by_part["en"]["verdict"] == HOLDS
+    assert "K=4: 4 specific, 4 agnostic-equal" in by_part["en"]["part"]
+    # de: no specific heads, so nothing to compare; the claim over every language is not shown
+    assert by_part["de"]["verdict"] == NO_DATA
+    assert by_part["de"]["reason"] == "no specific heads of this language"
+    assert row["verdict"] == INCONCLUSIVE
     matched = next(row for row, _ in rows if row["claim"] == "multilingual.f5_matched")
     assert matched["verdict"] == NO_DATA  # no matched sets in this run
+
+    # de with 3 specific heads against its 3 strongest agnostic ones: specific hurts more, so the
+    # part contradicts and, after Holm over the two languages, the claim does not hold
+    three = pd.concat(
+        [
+            sets[sets["language"] != "de"],
+            pd.DataFrame(
+                [("specific", 4, 3, "de4", "de"), ("agnostic-equal", 4, 3, "d3", "de")],
+                columns=["name", "k", "count", "mask_id", "language"],
+            ).assign(seed=-1),
+        ]
+    )
+    row, by_part, _ = _f5(samples, three)
+    assert by_part["de"]["estimate"] == pytest.approx(-0.1) and by_part["de"]["verdict"] == FAILS
+    assert row["verdict"] == FAILS
+
+    # a head-set table whose counts differ (never written by select_head_sets) gives no data, counts said
+    unequal = three.assign(count=[0, 4, 4, 4, 3, 2])
+    _, by_part, _ = _f5(samples, unequal)
+    assert by_part["de"]["reason"] == "never as many specific as agnostic-equal heads (K=4: 3 vs 2)"
 
 
 def test_top_against_random_heads_resamples_the_random_draws_and_needs_a_baseline():

@@ -149,12 +149,21 @@ def test_ablate_masks_every_head_set_and_resumes(runs, tmp_path, monkeypatch, ca
     code, _stdout, err = run_cli(monkeypatch, capsys, *args)
     assert code == 0, err
     table = RunStore(out).derived("ablation")
-    expected = {"none", "top", "random", "agnostic", "specific", "agnostic-matched", "specific-matched"}
+    expected = {
+        "none",
+        "top",
+        "random",
+        "agnostic",
+        "specific",
+        "agnostic-equal",
+        "agnostic-matched",
+        "specific-matched",
+    }
     assert set(table["head_set"]) <= expected and {"none", "top", "random"} <= set(table["head_set"])
     sets = RunStore(out).derived("head_sets")
     # a language's own specific heads are masked on its prompts only: one row per language and K
     own = sets[sets["language"] != ""]
-    assert set(own["name"]) == {"specific", "agnostic-matched", "specific-matched"}
+    assert set(own["name"]) == {"specific", "agnostic-equal", "agnostic-matched", "specific-matched"}
     for (name, k), group in own.groupby(["name", "k"]):
         rows = table[(table["head_set"] == name) & (table["k"] == k)]
         assert sorted(rows["language"]) == sorted(group["language"]), (name, k)

@@ -54,8 +54,9 @@ def select_head_sets(
     language (the official code draws outside its top 100). agnostic: retrieval heads in every language,
     by mean score. specific: per language, its own specific heads (retrieval heads in that language and
     not in every language), by that language's score, cut to the agnostic set's size when both are
-    asked for (Finding 5 compares them at the same count); masked on that language's prompts only.
-    With both, per language a strength-matched pair of sets too ('agnostic-matched',
+    asked for; masked on that language's prompts only. With both, per language 'agnostic-equal': that
+    language's strongest agnostic heads, as many as its specific heads (Finding 5 compares kinds of
+    heads at the same count), and a strength-matched pair of sets ('agnostic-matched',
     'specific-matched'): agnostic and specific heads paired greedily by the closest score in that
     language, within MATCH_CALIPER, so that being shared is not confounded with being strong.
 
@@ -130,8 +131,13 @@ def select_head_sets(
         for column, language in enumerate(languages):
             own = member[:, column] & ~member.all(axis=1)
             score = wide[language].to_numpy()
-            sets.append(HeadSet("specific", k, -1, tuple(ranked(own, score)[:count]), language))
+            specific = ranked(own, score)[:count]
+            sets.append(HeadSet("specific", k, -1, tuple(specific), language))
             if "agnostic" in names:
+                # the language's strongest agnostic heads, as many as its specific heads: Finding 5
+                # compares kinds of heads, so both sides have the same count in every language
+                equal = ranked(member.all(axis=1), score)[: len(specific)]
+                sets.append(HeadSet("agnostic-equal", k, -1, tuple(equal), language))
                 pairs = _matched(np.flatnonzero(member.all(axis=1)), np.flatnonzero(own), score, count)
                 for name, side in (("agnostic-matched", 0), ("specific-matched", 1)):
                     chosen = tuple(sorted(addresses[pair[side]] for pair in pairs))

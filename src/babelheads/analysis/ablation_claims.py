@@ -91,7 +91,9 @@ def ablation_claims(
             for code in languages
         ]
         rows.append(claim_rows(MASK_TOP_EACH, each, PROMPTS, test, context))
-    rows.append(_finding_5(samples, sets, languages, "specific", "agnostic", F5, replicates, seed, context))
+    rows.append(
+        _finding_5(samples, sets, languages, "specific", "agnostic-equal", F5, replicates, seed, context)
+    )
     rows.append(
         _finding_5(
             samples,
@@ -182,7 +184,7 @@ def _finding_5(
     parts = []
     for code in languages:
         own = sets[(sets["name"] == specific) & (sets["language"].isin([code]))]
-        shared = sets[(sets["name"] == agnostic) & (sets["language"].isin([code, ""]))]
+        shared = sets[(sets["name"] == agnostic) & (sets["language"] == code)]
         common = sorted(set(own["k"]) & set(shared["k"]))
         # as many heads on both sides: a contrast of 1 specific head against 4 agnostic ones measures
         # the count, not the kind
@@ -255,7 +257,9 @@ def _cot_claims(
             context,
         )
     ]
-    both = by_mode["cot"].join(by_mode["direct"], lsuffix=":cot", rsuffix=":direct", how="inner").dropna()
+    both = (
+        by_mode["cot"].add_suffix(":cot").join(by_mode["direct"].add_suffix(":direct"), how="inner").dropna()
+    )
     random_gap = both[[f"{m}:cot" for m in random]].to_numpy(float) - both[
         [f"{m}:direct" for m in random]
     ].to_numpy(float)
