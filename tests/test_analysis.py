@@ -742,3 +742,34 @@ def test_top_heads_break_ties_by_address_and_share_counts_retrieval_heads():
     share = retrieval_head_share(_distribution_scores())
     assert share["en"] == 0.5
     assert share["de"] == 0.5
+
+
+def test_a_language_without_successes_is_in_no_score_bin_and_has_no_head_count():
+    from babelheads.analysis.language_heads import retrieval_overlap
+
+    heads = [(layer, head) for layer in range(2) for head in range(2)]
+    scores = pd.DataFrame(
+        [
+            {"language": code, "layer": layer, "head": head, "score": value}
+            for code, values in (("en", [0.6, 0.2, 0.0, 0.05]), ("de", [np.nan] * 4))
+            for (layer, head), value in zip(heads, values, strict=True)
+        ]
+    )
+    assert score_bin(scores["score"]).isna().sum() == 4
+    shares = distribution(scores)
+    assert shares.loc["en"].tolist() == [0.25, 0.25, 0.25, 0.25]
+    assert shares.loc["de"].isna().all()  # not "all heads strong", not "no heads"
+    share = retrieval_head_share(scores)
+    assert share["en"] == 0.5 and np.isnan(share["de"])
+
+    importance = scores.assign(paper=1.0)[["language", "layer", "head", "paper"]]
+    language_heads = pd.DataFrame(
+        [
+            {"language": code, "layer": 0, "head": 0, "role": "specific", "rank": 1, "score": 1.0}
+            for code in ("en", "de")
+        ]
+    )
+    table = retrieval_overlap(scores, language_heads, importance, 4, "paper", 0.1)
+    de = table[table["language"] == "de"]
+    assert len(de) == 3 and de["retrieval_heads"].isna().all() and de["overlap"].isna().all()
+    assert table.loc[table["language"] == "any", "retrieval_heads"].tolist() == [2, 2, 2]  # en's only

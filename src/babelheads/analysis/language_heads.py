@@ -147,7 +147,10 @@ def retrieval_overlap(
         return set(zip(frame["layer"].astype(int), frame["head"].astype(int), strict=True))
 
     general = heads(language_heads[language_heads["role"] == "general"])
-    shared = sorted(set(retrieval["language"]) & set(language_heads["language"]))
+    # a language whose retrieval scores are NaN (no successful sample) has unknown heads, not none
+    scored = retrieval.groupby("language")["score"].apply(lambda values: values.notna().any())
+    unknown = sorted(set(scored.index[~scored]) & set(language_heads["language"]))
+    shared = sorted(set(scored.index[scored]) & set(language_heads["language"]))
     rows = []
     for code in [*shared, "any"]:
         if code == "any":
@@ -186,6 +189,21 @@ def retrieval_overlap(
                     "spearman_retrieval_vs_importance": rho,
                 }
             )
+    for code in unknown:
+        rows += [
+            {
+                "language": code,
+                "language_heads": role,
+                "retrieval_heads": np.nan,
+                "heads": np.nan,
+                "overlap": np.nan,
+                "expected_by_chance": np.nan,
+                "p_at_least": np.nan,
+                "shared": "",
+                "spearman_retrieval_vs_importance": np.nan,
+            }
+            for role in ("specific", "general", "language")
+        ]
     return pd.DataFrame(rows)
 
 
