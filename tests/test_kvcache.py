@@ -381,6 +381,21 @@ def test_the_compress_command_runs_resumes_reports_and_refuses_bad_input(
     report = tmp_path / "report.html"
     assert run_cli(monkeypatch, capsys, "report", str(out), "--output", str(report))[0] == 0
     assert "accuracy against bytes" in report.read_text()
+    from babelheads.analysis.claims import COLUMNS
+
+    claims = store.derived("claims")
+    assert list(claims.columns) == list(COLUMNS)
+    assert set(claims["claim"]) == {
+        "kv.headsplit_vs_window",
+        "kv.headsplit_vs_random",
+        "kv.headsplit_vs_full",
+    }
+    assert "kv.headsplit_vs_window" in report.read_text()  # the report opens with the claims
+    # the negative control keeps random heads whole: another identity, and no claim holds on it
+    control = tmp_path / "control"
+    assert run_cli(monkeypatch, capsys, *args[:-1], str(control), "--control")[0] == 0
+    assert RunStore(control).manifest()["spec"]["config"]["control"] is True
+    assert "holds" not in set(RunStore(control).derived("claims")["verdict"])
     code, _, err = run_cli(
         monkeypatch, capsys, *args[:-2], "--policies", "full,lossless", "--out", str(tmp_path / "x")
     )

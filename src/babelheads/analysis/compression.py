@@ -15,13 +15,24 @@ from babelheads.analysis.stats import COLUMNS, MIN_UNITS, bootstrap_mean, column
 from babelheads.errors import ThinDataWarning
 
 
+def equal_draws(samples: pd.DataFrame) -> pd.Series:
+    """The random-heads rows whose draw is the head-split set itself (no random baseline: left out of
+    accuracies and contrasts, and counted). Runs from before the flag have none."""
+    if "equals_split" not in samples:
+        return pd.Series(False, index=samples.index)
+    return samples["equals_split"].fillna(False).astype(bool)
+
+
 def compress_scores(samples: pd.DataFrame, replicates: int, seed: int) -> pd.DataFrame:
     """Per language, policy, head set and share: accuracy over samples (random draws averaged per
     sample first) with its interval (accuracy_lo, accuracy_hi over n samples; NaN under MIN_UNITS
-    samples, with one warning for the run), mean ROUGE-1 recall, byte ratios against full, and KV heads
-    kept whole."""
+    samples, with one warning for the run), mean ROUGE-1 recall, byte ratios against full, KV heads
+    kept whole, and the random draws left out because they equal the head-split set."""
     rows = []
     keys = ["language", "policy", "heads", "share"]
+    equal = equal_draws(samples)
+    left_out = samples[equal].groupby(keys)["seed"].nunique()
+    samples = samples[~equal]
     for key, group in samples.groupby(keys, sort=True):
         per_sample = group.groupby("sample_id")[
             ["success", "rouge1_recall", "bytes_ratio", "full_layers_ratio"]
@@ -37,6 +48,7 @@ def compress_scores(samples: pd.DataFrame, replicates: int, seed: int) -> pd.Dat
                 "full_layers_ratio": float(per_sample["full_layers_ratio"].mean()),
                 "kv_heads_full": float(group["kv_heads_full"].mean()),
                 "kv_heads": int(group["kv_heads"].iloc[0]),
+                "draws_equal_to_split": int(left_out.get(key, 0)),
             }
         )
     scores = pd.DataFrame(rows)
@@ -53,6 +65,7 @@ def compress_contrasts(samples: pd.DataFrame, replicates: int, seed: int) -> pd.
     with intervals (value, lo, hi over n paired samples; NaN under MIN_UNITS, which compress_scores warns
     of)."""
     rows = []
+    samples = samples[~equal_draws(samples)]
     for (language, share), group in samples.groupby(["language", "share"], sort=True):
         if share == 1.0 and set(group["policy"]) == {"full"}:
             continue

@@ -64,6 +64,12 @@ def compress_command(
     needles_per_cell: Annotated[int, typer.Option()] = 2,
     max_new_tokens: Annotated[int, typer.Option()] = 24,
     replicates: Replicates = 1000,
+    control: Annotated[
+        bool,
+        typer.Option(
+            help="Negative control: every head set's scores replaced by random ones (must not hold)."
+        ),
+    ] = False,
     out: Out = Path("runs/compress"),
     seed: HeldOutSeed = 1,
     device: Device = "auto",
@@ -101,6 +107,7 @@ def compress_command(
         max_new_tokens=max_new_tokens,
         dtype=dtype,
         replicates=replicates,
+        control=control,
     )
     execution = _execution(device, quiet, batch_size=batch_size, shard=shard)
     store = compress(config, out, execution)

@@ -18,7 +18,9 @@ import pandas as pd
 import torch
 
 from babelheads.analysis.aggregate import completed
+from babelheads.analysis.claims import Context, claims_tables
 from babelheads.analysis.compression import compress_contrasts, compress_scores
+from babelheads.analysis.kv_claims import kv_claims
 from babelheads.errors import BabelheadsError
 from babelheads.execution import DEFAULT_EXECUTION, Execution
 from babelheads.experiments.base import Experiment, ModelChoice, Prepared, run_experiment, run_identity
@@ -46,7 +48,8 @@ class CompressConfig:
     """heads : a detect, dynamic or importance run, or a score file (.json). head_sets : whose heads
     every sample is compressed with (languages of the heads run, 'union', 'intersection': the
     cross-lingual matrix); empty: each sample's own language's heads. shares : the shares of
-    KV heads kept whole (each one byte budget)."""
+    KV heads kept whole (each one byte budget). control : the claims' negative control: every head
+    set's scores replaced by random ones (seeded per set), so 'head-split' keeps random heads whole."""
 
     heads: str
     model: str | None = None
@@ -64,6 +67,7 @@ class CompressConfig:
     dtype: str = "auto"
     replicates: int = 1000
     seed: int = 0
+    control: bool = False
 
     def __post_init__(self) -> None:
         unknown = [policy for policy in self.policies if policy not in POLICIES]
@@ -91,6 +95,8 @@ class CompressConfig:
     def identity(self, model: str) -> dict:
         config = asdict(self)
         config.pop("replicates")
+        if not self.control:
+            config.pop("control")  # runs from before the control keep their identity
         return {**config, "model": model}
 
 
@@ -167,6 +173,15 @@ def chosen_sets(config: CompressConfig, scores: dict[str, np.ndarray]) -> dict[s
     return {name: available[name] for name in wanted}
 
 
+def control_sets(sets: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
+    """Every head set's scores replaced by uniform random ones, one seeded draw per set name: heads kept
+    whole by them are random heads, so no claim about retrieval heads may hold."""
+    return {
+        name: np.random.default_rng([seed, *name.encode()]).random(scores.shape)
+        for name, scores in sets.items()
+    }
+
+
 class Compression(Experiment):
     """Every NIAH sample's context prefilled once, then compressed and answered under every policy and
     head set; one part per sample."""
@@ -222,6 +237,8 @@ class Compression(Experiment):
 
     def prepare(self, loaded: LoadedModel) -> Prepared:
         sets = chosen_sets(self.config, head_scores(self.heads or self.config.heads, loaded.layout))
+        if self.config.control:
+            sets = control_sets(sets, self.config.seed)
         facts = {"layout": asdict(loaded.layout), "head_sets": list(sets)}
         return Prepared(self.part_ids(), facts, sets)
 
@@ -247,7 +264,7 @@ class Compression(Experiment):
             )
 
     def finalize(self, store: RunStore) -> None:
-        finalize(store, self.config)
+        finalize(store, self.config, self.model_name)
 
 
 def compress(config: CompressConfig, out: Path, execution: Execution = DEFAULT_EXECUTION) -> RunStore:
@@ -293,12 +310,20 @@ def _conditions(
             if "head-split" in config.policies:
                 plans.append(({**base, "policy": "head-split", "seed": -1}, split))
             if "random-heads" in config.policies:
+                scope = policies.random_scope(layers)
                 for seed in range(config.random_seeds):
-                    drawn = policies.random_split(layers, context, full, settings, seed)
-                    scope = policies.random_scope(layers)
-                    plans.append(
-                        ({**base, "policy": "random-heads", "seed": seed, "random_scope": scope}, drawn)
-                    )
+                    heads = policies.random_full(layers, full, seed)
+                    drawn = policies.head_split(layers, context, heads, settings)
+                    # a draw that is the head set itself (one in three on a model with three full
+                    # KV heads) is no random baseline: marked, and left out of the contrasts
+                    condition = {
+                        **base,
+                        "policy": "random-heads",
+                        "seed": seed,
+                        "random_scope": scope,
+                        "equals_split": heads == full,
+                    }
+                    plans.append((condition, drawn))
             if "head-budget" in config.policies:
                 budget = policies.head_budget(layers, context, scores, total, settings, keys)
                 plans.append(({**base, "policy": "head-budget", "seed": -1}, budget))
@@ -365,9 +390,14 @@ def _sample_rows(
     return rows
 
 
-def finalize(store: RunStore, config: CompressConfig) -> None:
+def finalize(store: RunStore, config: CompressConfig, model: str) -> None:
     samples = completed(store.table("samples"))
     scores = compress_scores(samples, config.replicates, config.seed)
     store.write_table("compress_scores", scores)
     contrasts = compress_contrasts(samples, config.replicates, config.seed)
     store.write_table("compress_contrasts", contrasts)
+    claims = claims_tables(
+        kv_claims(samples, config.replicates, config.seed, Context(model, str(store.root)))
+    )
+    for name, frame in claims.items():
+        store.write_table(name, frame)

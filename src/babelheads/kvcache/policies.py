@@ -108,21 +108,26 @@ def random_scope(layers: dict[int, int]) -> str:
     return "layer" if max(layers.values(), default=1) > 1 else "model"
 
 
-def random_split(
-    layers: dict[int, int], context: int, full: set[tuple[int, int]], settings: PolicySettings, seed: int
-) -> dict[int, list[torch.Tensor]]:
-    """Head-split with random full heads, as many as ``full`` has, matched per layer or over the model
-    (:func:`random_scope`)."""
+def random_full(layers: dict[int, int], full: set[tuple[int, int]], seed: int) -> set[tuple[int, int]]:
+    """Random KV heads to keep whole, as many as ``full`` has, matched per layer or over the model
+    (:func:`random_scope`). The draw depends on the seed and the counts only, so it is the same for
+    every sample of a language and share."""
     rng = np.random.default_rng(seed)
-    drawn: set[tuple[int, int]] = set()
     if random_scope(layers) == "model":
         pairs = [(layer, head) for layer, count in layers.items() for head in range(count)]
-        drawn = {pairs[index] for index in rng.choice(len(pairs), len(full), replace=False)}
-        return head_split(layers, context, drawn, settings)
+        return {pairs[index] for index in rng.choice(len(pairs), len(full), replace=False)}
+    drawn: set[tuple[int, int]] = set()
     for layer, count in layers.items():
         wanted = sum(1 for chosen_layer, _ in full if chosen_layer == layer)
         drawn |= {(layer, int(head)) for head in rng.choice(count, wanted, replace=False)}
-    return head_split(layers, context, drawn, settings)
+    return drawn
+
+
+def random_split(
+    layers: dict[int, int], context: int, full: set[tuple[int, int]], settings: PolicySettings, seed: int
+) -> dict[int, list[torch.Tensor]]:
+    """Head-split with random full heads (:func:`random_full`)."""
+    return head_split(layers, context, random_full(layers, full, seed), settings)
 
 
 def _proportional(weights: np.ndarray, total: int, floor: float, cap: int) -> np.ndarray:
