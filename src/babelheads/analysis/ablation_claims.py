@@ -17,8 +17,8 @@ from babelheads.analysis.claims import (
     WU,
     Context,
     Measured,
-    bootstrap_units,
     claim_rows,
+    nested_difference,
     nothing,
     register_claim,
 )
@@ -146,22 +146,7 @@ def _top_vs_random(
     return _nested(label, wide[random].to_numpy(float), wide[[top]].to_numpy(float), replicates, seed)
 
 
-def _nested(label: str, first: np.ndarray, second: np.ndarray, replicates: int, seed: int) -> Measured:
-    """mean over prompts of (row mean of ``first``) - (row mean of ``second``); each replicate draws
-    prompts and, on a side with several columns (random head sets), those columns too."""
-    if len(first) == 0:
-        return nothing(label, "no prompt ran under both head sets")
-
-    def statistic(rows: np.ndarray, rng: np.random.Generator | None) -> dict[str, float]:
-        columns = [np.arange(side.shape[1]) for side in (first, second)]
-        if rng is not None:
-            columns = [rng.integers(0, len(c), len(c)) if len(c) > 1 else c for c in columns]
-        left = first[np.ix_(rows, columns[0])].mean(axis=1)
-        right = second[np.ix_(rows, columns[1])].mean(axis=1)
-        return {"value": float(np.mean(left - right))}
-
-    point, draws = bootstrap_units(len(first), statistic, replicates, seed)
-    return Measured(label, point["value"], draws["value"], len(first))
+_nested = nested_difference
 
 
 def _finding_5(

@@ -297,6 +297,27 @@ def bootstrap_units(
     return point, draws
 
 
+def nested_difference(
+    label: str, first: np.ndarray, second: np.ndarray, replicates: int, seed: int
+) -> Measured:
+    """mean over units of (row mean of ``first``) - (row mean of ``second``), arrays of shape (units,
+    columns); each replicate draws units and, on a side with several columns (random head sets, random
+    draws), those columns too (a two-level bootstrap)."""
+    if len(first) == 0:
+        return nothing(label, "no unit ran under both conditions")
+
+    def statistic(rows: np.ndarray, rng: np.random.Generator | None) -> dict[str, float]:
+        columns = [np.arange(side.shape[1]) for side in (first, second)]
+        if rng is not None:
+            columns = [rng.integers(0, len(c), len(c)) if len(c) > 1 else c for c in columns]
+        left = first[np.ix_(rows, columns[0])].mean(axis=1)
+        right = second[np.ix_(rows, columns[1])].mean(axis=1)
+        return {"value": float(np.mean(left - right))}
+
+    point, draws = bootstrap_units(len(first), statistic, replicates, seed)
+    return Measured(label, point["value"], draws["value"], len(first))
+
+
 def measured(
     label: str, point: dict[str, float], draws: dict[str, np.ndarray], name: str, n: int
 ) -> Measured:
