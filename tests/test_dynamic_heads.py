@@ -12,12 +12,12 @@ import torch
 
 from babelheads.analysis.aggregate import ThinDataWarning
 from babelheads.analysis.dynamic_heads import (
-    _statistics,
     dynamism,
     entropy,
     jaccard,
     sample_parts,
     step_heads,
+    weighted_statistics,
 )
 from babelheads.analysis.head_probes import (
     ProbeSettings,
@@ -65,7 +65,7 @@ def test_table_one_statistics_equal_a_hand_computed_case():
 def test_a_bootstrap_draw_is_the_statistic_of_the_drawn_samples():
     events, samples = _events()
     order, parts = sample_parts(step_heads(events, samples), np.array([0, 1]))
-    only_a = _statistics(parts, np.array([[2.0, 0.0]] if order == ["A", "B"] else [[0.0, 2.0]]))
+    only_a = weighted_statistics(parts, np.array([[2.0, 0.0]] if order == ["A", "B"] else [[0.0, 2.0]]))
     assert only_a["jaccard_static"][0] == pytest.approx(0.5)  # (1 + 0.5 + 0) / 3
     assert only_a["jaccard_adjacent"][0] == pytest.approx(0.5)
     assert only_a["entropy"][0] == pytest.approx(scipy.stats.entropy([1, 2, 1]))
@@ -169,7 +169,7 @@ def test_the_probe_beats_the_static_prior_and_shuffled_labels_on_a_planted_signa
     labels[:, :3] = states[:, :3] > 0.3
     settings = ProbeSettings(hidden=(32,), epochs=40, batch_size=64, learning_rate=1e-3, replicates=100)
     data = _step_data(states, labels, samples, steps)
-    scores, curves, trained = probe_heads(data, settings)
+    scores, curves, trained, gains = probe_heads(data, settings)
     scores = scores.set_index("predictor")
     assert scores.loc["probe", "f1"] > scores.loc["static prior", "f1"] + 0.2
     assert scores.loc["probe", "f1"] > scores.loc["shuffled labels", "f1"] + 0.2
@@ -178,7 +178,19 @@ def test_the_probe_beats_the_static_prior_and_shuffled_labels_on_a_planted_signa
     assert scores.loc["probe", "f1_lo"] <= scores.loc["probe", "f1"] <= scores.loc["probe", "f1_hi"]
     assert scores.loc["probe", "auprc_gain_lo"] > 0
     assert scores.loc["static prior", "auprc_gain"] == 0
-    assert set(curves["predictor"]) == {"probe", "static prior", "shuffled labels"}
+    assert set(curves["predictor"]) == {"probe", "static prior", "shuffled labels", "prior x P(retrieve)"}
+    # the states say which heads, not only when: the probe beats the prior within retrieval steps and
+    # the prior times the predicted chance of retrieving; each gain equals the table's difference
+    within = gains["static prior | retrieval steps"]
+    assert within.estimate == pytest.approx(
+        scores.loc["probe | retrieval steps", "auprc"] - scores.loc["static prior | retrieval steps", "auprc"]
+    )
+    assert np.nanpercentile(within.draws, 2.5) > 0
+    timing = gains["prior x P(retrieve)"]
+    assert timing.estimate == pytest.approx(
+        scores.loc["probe", "auprc"] - scores.loc["prior x P(retrieve)", "auprc"]
+    )
+    assert np.nanpercentile(timing.draws, 2.5) > 0
     # The fitted probe, saved and loaded, gives the test AUPRC the table reports.
     from sklearn.metrics import average_precision_score
 
@@ -249,3 +261,48 @@ def test_the_first_canonical_pair_does_not_depend_on_how_many_components_are_fit
         for n in (1, 8)
     ]
     assert first[0] == pytest.approx(first[1], abs=1e-6)
+
+
+def test_a_probe_that_only_knows_when_the_model_retrieves_does_not_beat_the_timing_baseline():
+    """The state says *when* a step retrieves (column 0) but not *which* head (drawn at random): the
+    probe's gain over the static prior comes from timing, so within retrieval steps and against
+    prior x P(retrieve) it must not show."""
+    rng = np.random.default_rng(4)
+    samples, steps = 60, 10
+    states = rng.normal(size=(samples * steps, 12))
+    labels = np.zeros((samples * steps, 6), np.float32)
+    retrieves = states[:, 0] > 0.3
+    labels[np.flatnonzero(retrieves), rng.integers(0, 3, retrieves.sum())] = 1
+    settings = ProbeSettings(hidden=(32,), epochs=40, batch_size=64, learning_rate=1e-3, replicates=100)
+    scores, _, _, gains = probe_heads(_step_data(states, labels, samples, steps), settings)
+    scores = scores.set_index("predictor")
+    assert scores.loc["probe", "auprc_gain_lo"] > 0  # timing alone beats the constant prior
+    for baseline in ("static prior | retrieval steps", "prior x P(retrieve)"):
+        assert not np.nanpercentile(gains[baseline].draws, 2.5) > 0, baseline
+
+
+def test_heads_that_take_turns_make_the_dynamic_claims_hold_and_one_fixed_head_does_not():
+    from babelheads.analysis.claims import HOLDS, Context
+    from babelheads.analysis.dynamic_claims import statistic_claims
+    from babelheads.analysis.dynamic_heads import StepHeads
+
+    samples, steps, heads = 10, 8, 4
+
+    def claims(active_head) -> dict[str, dict]:
+        index = pd.DataFrame(
+            [(f"s{sample}", step, "en") for sample in range(samples) for step in range(steps)],
+            columns=["sample_id", "step", "language"],
+        )
+        matrix = np.zeros((len(index), heads), dtype=bool)
+        matrix[np.arange(len(index)), [active_head(step) for step in index["step"]]] = True
+        tested = {"en": StepHeads(index, matrix, heads, "needle_copy")}
+        rows = statistic_claims(tested, {"en": np.array([0])}, 200, 0, Context("toy", "toy"))
+        return {row["claim"]: row for row, _ in rows}
+
+    turns = claims(lambda step: step % heads)  # four heads in turn, the static top-1 is one of them
+    assert turns["dynamic.not_static"]["estimate"] == pytest.approx(0.75)
+    assert turns["dynamic.turn_taking"]["estimate"] == pytest.approx(np.log(4))
+    assert {row["verdict"] for row in turns.values()} == {HOLDS}
+    fixed = claims(lambda step: 0)
+    assert fixed["dynamic.not_static"]["estimate"] == 0 and fixed["dynamic.not_static"]["verdict"] != HOLDS
+    assert fixed["dynamic.turn_taking"]["verdict"] != HOLDS

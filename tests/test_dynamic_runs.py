@@ -69,6 +69,22 @@ def test_a_fixed_head_gives_jaccard_one_and_zero_entropy(run):
     assert set(static["head"]) == {"1-0"}
 
 
+def test_one_fixed_retriever_is_the_control_on_which_no_dynamic_claim_holds(run):
+    """The copier reads every answer token with one head: its steps' heads are the static top-1, and
+    one head takes every turn, so neither "not static" nor "turn taking" may hold."""
+    from babelheads.analysis.claims import COLUMNS, HOLDS
+
+    claims = run.derived("claims").set_index("claim")
+    assert list(run.derived("claims").columns) == list(COLUMNS)
+    assert {"dynamic.not_static", "dynamic.turn_taking", "dynamic.cca", "dynamic.predictable"} <= set(
+        claims.index
+    )
+    for claim in ("dynamic.not_static", "dynamic.turn_taking"):
+        assert claims.loc[claim, "verdict"] != HOLDS and claims.loc[claim, "estimate"] == 0.0, claim
+    parts = run.derived("claim_parts")
+    assert set(parts.loc[parts["claim"] == "dynamic.not_static", "part"]) == {"de (K=1)", "en (K=1)"}
+
+
 def test_hidden_states_are_stored_per_step_and_the_probes_write_their_baselines(run):
     hidden = run.table("hidden")
     assert len(hidden) == int(run.table("samples")["steps"].sum())

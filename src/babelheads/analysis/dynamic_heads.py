@@ -126,7 +126,7 @@ def sample_parts(steps: StepHeads, static: np.ndarray) -> tuple[list[str], Sampl
     return order, SampleParts(**{name: np.asarray(values, dtype=float) for name, values in parts.items()})
 
 
-def _statistics(parts: SampleParts, weights: np.ndarray) -> dict[str, np.ndarray]:
+def weighted_statistics(parts: SampleParts, weights: np.ndarray) -> dict[str, np.ndarray]:
     """Each statistic for every row of ``weights`` (draws x samples)."""
     with np.errstate(invalid="ignore", divide="ignore"):
         steps = weights @ parts.retrieval_steps
@@ -146,11 +146,11 @@ def dynamism(steps: StepHeads, static: np.ndarray, replicates: int = 1000, seed:
     a static set would give them), retrieval_steps.
     """
     order, parts = sample_parts(steps, static)
-    point = _statistics(parts, np.ones((1, len(order))))
+    point = weighted_statistics(parts, np.ones((1, len(order))))
     draws = np.random.default_rng(seed).multinomial(
         len(order), np.full(len(order), 1 / len(order)), replicates
     )
-    spread = _statistics(parts, draws.astype(float)) if len(order) >= MIN_UNITS else {}
+    spread = weighted_statistics(parts, draws.astype(float)) if len(order) >= MIN_UNITS else {}
     references = {
         "jaccard_static": 1.0,
         "jaccard_adjacent": 1.0,

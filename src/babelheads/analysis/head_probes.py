@@ -128,9 +128,22 @@ def canonical_correlation(
     """Top-1 canonical correlation on the training pairs and on held-out pairs, with the paper's
     preprocessing fitted on the training pairs only; and the number of components the paper's setting
     allows here (min of its 50, the PCA dimensions and the pairs)."""
+    projected = cca_projections(x_train, y_train, x_held, y_held, settings)
+    if projected is None:
+        return np.nan, np.nan, 0
+    (u, v), held, components = projected
+    train = _first_correlation(u, v)
+    return train, _first_correlation(*held) if held is not None else np.nan, components
+
+
+def cca_projections(
+    x_train: np.ndarray, y_train: np.ndarray, x_held: np.ndarray, y_held: np.ndarray, settings: ProbeSettings
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray] | None, int] | None:
+    """The first canonical variates of the training pairs and of the held-out pairs (None under three
+    held-out pairs), and the components allowed; None when nothing varies or under four pairs."""
     varying = y_train.std(axis=0) > 0
     if varying.sum() == 0 or len(x_train) < 4:
-        return np.nan, np.nan, 0
+        return None
     scaler = MinMaxScaler().fit(y_train[:, varying])
     x_pca = PCA(settings.cca_variance[0], svd_solver="full").fit(x_train)
     y_pca = PCA(settings.cca_variance[1], svd_solver="full").fit(scaler.transform(y_train[:, varying]))
@@ -140,14 +153,38 @@ def canonical_correlation(
     # same whatever n_components is, so only it is fitted (8x faster at 30 components).
     cca = CCA(n_components=1, max_iter=1000).fit(x_fit, y_fit)
     u, v = cca.transform(x_fit, y_fit)
-    train = _first_correlation(u[:, 0], v[:, 0])
-    held = np.nan
+    held = None
     if len(x_held) >= 3:
         u_held, v_held = cca.transform(
             x_pca.transform(x_held), y_pca.transform(scaler.transform(y_held[:, varying]))
         )
-        held = _first_correlation(u_held[:, 0], v_held[:, 0])
-    return train, held, components
+        held = (u_held[:, 0], v_held[:, 0])
+    return (u[:, 0], v[:, 0]), held, components
+
+
+def cca_gain(data: StepData, settings: ProbeSettings, lag: int = 0) -> ProbeGain | None:
+    """Held-out canonical correlation at ``lag`` minus the mean of CCAs fitted on shuffled training
+    pairs, both on the same held-out pairs; draws resample held-out samples (a sample's pairs together).
+    None where either side has no held-out correlation."""
+    sources, targets, ids = lagged(data, lag)
+    fit = np.isin(ids, [key for key, part in data.parts.items() if part != "test"])
+    x, y = data.states[sources], data.targets[targets]
+    rng = np.random.default_rng([settings.seed, lag])
+    real = cca_projections(x[fit], y[fit], x[~fit], y[~fit], settings)
+    shuffled = [
+        cca_projections(x[fit], y[fit][rng.permutation(fit.sum())], x[~fit], y[~fit], settings)
+        for _ in range(settings.shuffles)
+    ]
+    if real is None or real[1] is None or any(one is None or one[1] is None for one in shuffled):
+        return None
+    held_ids = ids[~fit]
+
+    def gain(rows: np.ndarray) -> float:
+        null = [_first_correlation(u[rows], v[rows]) for (u, v) in (one[1] for one in shuffled)]
+        return _first_correlation(real[1][0][rows], real[1][1][rows]) - _mean(null)
+
+    draws = np.array([gain(rows) for rows in _sample_draws(held_ids, settings)], dtype=float)
+    return ProbeGain(gain(np.arange(len(held_ids))), draws, len(set(held_ids)))
 
 
 def _mean(values: list[float]) -> float:
@@ -345,15 +382,34 @@ class TrainedProbe:
         return cls(model, saved["mean"], saved["std"], saved["threshold"])
 
 
+WITHIN = " | retrieval steps"
+"""Suffix of the predictors scored on the test steps where some head retrieves (and nowhere else)."""
+
+
+@dataclass(frozen=True)
+class ProbeGain:
+    """The probe's test AUPRC minus a baseline's: on the test data and on each draw of test samples."""
+
+    estimate: float
+    draws: np.ndarray
+    samples: int
+
+
 def probe_heads(
     data: StepData, settings: ProbeSettings
-) -> tuple[pd.DataFrame, pd.DataFrame, TrainedProbe | None]:
+) -> tuple[pd.DataFrame, pd.DataFrame, TrainedProbe | None, dict[str, ProbeGain]]:
     """The MLP probe from the state at step t to that step's dynamic heads, against the static prior
-    (each head's base rate on train) and a probe trained on shuffled labels. Thresholds maximise F1 on
-    validation; F1 and AUPRC are on test. Returns (scores, precision-recall curves, the fitted probe)."""
+    (each head's base rate on train), a probe trained on shuffled labels, and the prior times the
+    chance that the step retrieves at all (a logistic regression on the state: a probe that only
+    knows *when* the model retrieves gets this far). Thresholds maximise F1 on validation; F1 and AUPRC
+    are on test, and on the test steps that retrieve (predictor names ending in WITHIN), where knowing
+    when is no help and only knowing *which* heads counts.
+
+    Returns (scores, precision-recall curves, the fitted probe, the probe's AUPRC gains over the
+    prior within retrieval steps and over prior x P(retrieve), with their draws)."""
     empty = pd.DataFrame(columns=["predictor", "f1", "auprc", "threshold", "test_steps", "test_positives"])
     if _thin(data, "probe"):
-        return empty, pd.DataFrame(columns=["predictor", "precision", "recall"]), None
+        return empty, pd.DataFrame(columns=["predictor", "precision", "recall"]), None, {}
     train, validation, test = (data.part(name) for name in PARTS)
     x_train, x_val, x_test = _standardize(data.states[train], data.states[validation], data.states[test])
     labels = data.targets.astype(bool)
@@ -369,6 +425,7 @@ def probe_heads(
         "static prior": np.broadcast_to(
             y_train.mean(axis=0), (validation.sum() + test.sum(), labels.shape[1])
         ),
+        "prior x P(retrieve)": _prior_times_retrieving(x_train, y_train, np.concatenate([x_val, x_test])),
     }
     test_ids = data.index["sample_id"].to_numpy()[test]
     draws = _sample_draws(test_ids, settings)
@@ -403,11 +460,58 @@ def probe_heads(
         _bounds("auprc_gain", auprc_draws[name] - auprc_draws["static prior"]) for name in table["predictor"]
     ]
     table = pd.concat([table, pd.DataFrame(gains)], axis=1)
+    truth, retrieving = labels[test], labels[test].any(axis=1)
+    within_draws = [drawn[retrieving[drawn]] for drawn in draws]
+    within, extra = {}, []
+    for name in ("probe", "static prior"):
+        scores = predictors[name][validation.sum() :]
+        within[name] = np.array([_auprc(truth[drawn], scores[drawn]) for drawn in within_draws])
+        extra.append(
+            {
+                "predictor": name + WITHIN,
+                "auprc": _auprc(truth[retrieving], scores[retrieving]),
+                **_bounds("auprc", within[name]),
+                "test_steps": int(retrieving.sum()),
+                "test_positives": int(truth[retrieving].sum()),
+                "n": len(set(test_ids[retrieving])),
+            }
+        )
+    extra = pd.DataFrame(extra)
+    extra["auprc_gain"] = extra["auprc"] - extra["auprc"].iloc[1]
+    gains = [_bounds("auprc_gain", within[name] - within["static prior"]) for name in within]
+    table = pd.concat([table, pd.concat([extra, pd.DataFrame(gains)], axis=1)], ignore_index=True)
+    point = table.set_index("predictor")["auprc"]
+    result = {
+        "static prior" + WITHIN: ProbeGain(
+            float(point["probe" + WITHIN] - point["static prior" + WITHIN]),
+            within["probe"] - within["static prior"],
+            len(set(test_ids[retrieving])),
+        ),
+        "prior x P(retrieve)": ProbeGain(
+            float(point["probe"] - point["prior x P(retrieve)"]),
+            auprc_draws["probe"] - auprc_draws["prior x P(retrieve)"],
+            len(set(test_ids)),
+        ),
+    }
     mean, std = data.states[train].mean(axis=0), data.states[train].std(axis=0) + 1e-6
     trained = TrainedProbe(
         fitted, mean.astype(np.float32), std.astype(np.float32), float(table["threshold"].iloc[0])
     )
-    return table, pd.concat(curves, ignore_index=True), trained
+    return table, pd.concat(curves, ignore_index=True), trained, result
+
+
+def _prior_times_retrieving(x_train: np.ndarray, y_train: np.ndarray, x_scored: np.ndarray) -> np.ndarray:
+    """Each head's rate among the training steps that retrieve, times the predicted chance that a step
+    retrieves (a logistic regression on the state; the base rate where train has one kind of step)."""
+    from sklearn.linear_model import LogisticRegression
+
+    retrieves = y_train.any(axis=1)
+    conditional = y_train[retrieves].mean(axis=0)
+    if retrieves.all() or not retrieves.any():
+        chance = np.full(len(x_scored), retrieves.mean())
+    else:
+        chance = LogisticRegression(max_iter=1000).fit(x_train, retrieves).predict_proba(x_scored)[:, 1]
+    return chance[:, None] * conditional[None, :]
 
 
 def regress_heads(data: StepData, settings: ProbeSettings) -> pd.DataFrame:

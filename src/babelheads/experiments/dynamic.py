@@ -15,6 +15,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from babelheads.analysis.aggregate import completed
+from babelheads.analysis.claims import Context, claims_tables
+from babelheads.analysis.dynamic_claims import probe_claims, statistic_claims
 from babelheads.analysis.dynamic_heads import (
     StepHeads,
     check_static_k,
@@ -23,8 +25,10 @@ from babelheads.analysis.dynamic_heads import (
     step_heads,
 )
 from babelheads.analysis.head_probes import (
+    ProbeGain,
     ProbeSettings,
     StepData,
+    cca_gain,
     cca_sweep,
     hidden_states,
     probe_heads,
@@ -258,14 +262,28 @@ def eq2_scores(events: pd.DataFrame, steps: StepHeads) -> np.ndarray:
 
 
 def analyse(store: RunStore, analysis: DynamicAnalysis, progress: bool = True) -> list[str]:
-    """Write the dynamic-heads tables of a finished run; returns the analyses written."""
+    """Write the dynamic-heads tables of a finished run, and the claims it tests; returns the analyses
+    written."""
     events = store.table("events")
     stats, static, steps = dynamic_statistics(store, analysis, events)
     store.write_derived("dynamic_stats", stats)
     store.write_derived("static_heads", static)
     written = ["dynamic_stats", "static_heads"]
+    manifest = store.manifest()
+    context = Context(manifest["spec"]["model"]["model"], str(store.root))
+    halves = split_halves(completed(store.table("samples")), analysis.seed)
+    tested = steps.rows_of({key for key, half in halves.items() if half == "test"})
+    by_language = {
+        language: tested.rows_of(set(tested.index.loc[tested.index["language"] == language, "sample_id"]))
+        for language in sorted(tested.index["language"].unique())
+    }
+    static_flat = {
+        language: group["flat"].to_numpy() for language, group in static.groupby("language", sort=True)
+    }
+    claims = statistic_claims(by_language, static_flat, analysis.replicates, analysis.seed, context)
     if not analysis.probes:
-        return written
+        _write_claims(store, claims)
+        return [*written, "claims"]
     hidden = store.table("hidden")
     graded = (
         events.sort_values(["sample_id", "step", "layer", "head"])["needle_match_weight"]
@@ -276,6 +294,8 @@ def analyse(store: RunStore, analysis: DynamicAnalysis, progress: bool = True) -
     eq2 = eq2_scores(events, steps) if with_regions else None
     results: dict[str, list[pd.DataFrame]] = {"cca": [], "probe": [], "probe_curves": [], "regression": []}
     languages = [*sorted(steps.index["language"].unique()), ALL]
+    cca_gains: dict[str, ProbeGain | None] = {}
+    probe_gains: dict[str, dict[str, ProbeGain]] = {}
     for language in tqdm(languages, desc="probes", disable=not progress):
         chosen = steps.index["language"].eq(language) if language != ALL else steps.index["language"].notna()
         ids = set(steps.index.loc[chosen, "sample_id"])
@@ -286,7 +306,10 @@ def analyse(store: RunStore, analysis: DynamicAnalysis, progress: bool = True) -
         binary = _step_data(part_steps, mine, steps.matrix[rows].astype(np.float32), parts)
         scores = _step_data(part_steps, mine, graded[rows], parts)
         results["cca"].append(cca_sweep(scores, analysis.probe).assign(language=language))
-        probe, curves, trained = probe_heads(binary, analysis.probe)
+        probe, curves, trained, gains = probe_heads(binary, analysis.probe)
+        if language != ALL:
+            cca_gains[language] = cca_gain(scores, analysis.probe)
+            probe_gains[language] = gains
         if trained is not None:
             trained.save(probe_path(store.root, language))
         results["probe"].append(probe.assign(language=language, samples=len(ids)))
@@ -298,4 +321,10 @@ def analyse(store: RunStore, analysis: DynamicAnalysis, progress: bool = True) -
         if frames:
             store.write_derived(name, pd.concat(frames, ignore_index=True))
             written.append(name)
-    return written
+    _write_claims(store, [*claims, *probe_claims(cca_gains, probe_gains, context)])
+    return [*written, "claims"]
+
+
+def _write_claims(store: RunStore, rows: list[tuple[dict, list[dict]]]) -> None:
+    for name, frame in claims_tables(rows).items():
+        store.write_derived(name, frame)
