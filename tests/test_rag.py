@@ -32,7 +32,7 @@ from babelheads.rag.trigger import (
 from babelheads.runner.decode import greedy_decode
 from babelheads.runner.stops import StopRule
 from babelheads.runs import RunStore
-from babelheads.scoring import exact_match, first_line, token_f1
+from babelheads.scoring import exact_match, first_line, normalize_answer, token_f1
 
 
 def test_token_importance_is_the_most_attention_from_a_later_query():
@@ -84,23 +84,48 @@ def test_windows_grow_to_whole_words_in_languages_with_spaces():
     assert whole_words([(1, 2), (2, 3)], texts) == [(1, 3)]
 
 
-def test_exact_match_and_token_f1_follow_squad_with_language_tokenizers():
-    assert exact_match("Tessary", "tessary.", "words")
-    assert not exact_match("Tessary", "in Tessary", "words")
-    # 'in Tessary harbour': precision 1/3, recall 1 -> F1 = 0.5.
-    assert token_f1("Tessary", "in Tessary harbour", "words") == pytest.approx(0.5)
-    assert token_f1("bass clarinet", "the clarinet", "words") == pytest.approx(0.5)
-    assert token_f1("Tessary", "", "words") == 0.0
-    # Chinese by jieba words: '低音单簧管' against '单簧管' shares one of two words.
-    truth, guess = "低音单簧管", "他演奏单簧管"
-    from babelheads.scoring import answer_tokens
-
-    common = sum((Counter(answer_tokens(truth, "jieba")) & Counter(answer_tokens(guess, "jieba"))).values())
-    precision = common / len(answer_tokens(guess, "jieba"))
-    recall = common / len(answer_tokens(truth, "jieba"))
-    assert common >= 1
-    assert token_f1(truth, guess, "jieba") == pytest.approx(2 * precision * recall / (precision + recall))
+def test_english_answers_are_normalised_as_squad_v1_1_does():
+    # Values of SQuAD v1.1's evaluate script: lower case, ASCII punctuation out, a/an/the out.
+    assert normalize_answer("The Eiffel Tower!", "en") == "eiffel tower"
+    assert exact_match("Eiffel Tower", "the Eiffel Tower", "en")
+    assert exact_match("Tessary", "tessary.", "en")
+    assert not exact_match("Tessary", "in Tessary", "en")
+    # 'in Tessary harbour': precision 1/3, recall 1 -> F1 = 2 * (1/3) / (4/3) = 0.5.
+    assert token_f1("Tessary", "in Tessary harbour", "en") == pytest.approx(0.5)
+    # 'the' is an article: 'clarinet' against 'bass clarinet' is precision 1, recall 1/2 -> F1 = 2/3.
+    assert token_f1("bass clarinet", "the clarinet", "en") == pytest.approx(2 / 3)
+    assert token_f1("Tessary", "", "en") == 0.0
+    # SQuAD drops only ASCII punctuation: curly quotes stay part of the word (EM 0, F1 0).
+    assert normalize_answer("“Tessary”", "en") == "“tessary”"
+    assert not exact_match("Tessary", "“Tessary”", "en")
+    # Both sides empty once normalised: EM 1 but F1 0, as the script gives (no common token).
+    assert exact_match("the", "a", "en") and token_f1("the", "a", "en") == 0.0
     assert first_line("\n  Tessary\nQuestion: next") == "Tessary"
+
+
+def test_other_languages_are_normalised_as_mlqa_does():
+    # German: MLQA's articles (der, die, das, den, dem, des, ein...) and Unicode punctuation go.
+    assert normalize_answer("„Die Glocke“!", "de") == "glocke"
+    assert exact_match("Bassklarinette", "die Bassklarinette", "de")
+    assert normalize_answer("dieser Turm", "de") == "dieser turm"  # 'die' only as a whole word
+    # 'glocke' against 'alte glocke': precision 1, recall 1/2 -> 2/3.
+    assert token_f1("eine alte Glocke", "die Glocke", "de") == pytest.approx(2 / 3)
+    # Spanish: MLQA's list is un, una, unos, unas, el, la, los, las ('lo' is not in it).
+    assert normalize_answer("lo mismo, la casa", "es") == "lo mismo casa"
+    # Arabic: MLQA replaces every 'ال'; Vietnamese has its own list.
+    assert exact_match("قاهرة", "القاهرة", "ar")
+    assert normalize_answer("cái bàn", "vi") == "bàn"
+    # French is not an MLQA language: no article list, punctuation and white space only.
+    assert normalize_answer("Les Halles.", "fr") == "les halles"
+
+
+def test_chinese_is_scored_by_character_as_mlqa_does():
+    assert normalize_answer("低音单簧管。", "zh") == "低 音 单 簧 管"
+    # Latin letters and digits between ideographs stay whole tokens.
+    assert normalize_answer("在Velmora的港口, 第42届", "zh") == "在 velmora 的 港 口 第 42 届"
+    # '单簧管' is 3 of the 6 predicted and of the 5 gold characters: P = 1/2, R = 3/5 -> F1 = 6/11.
+    assert token_f1("低音单簧管", "他演奏单簧管", "zh") == pytest.approx(6 / 11)
+    assert exact_match("单簧管", "单簧管。", "zh")
 
 
 DOCUMENTS = [
@@ -446,6 +471,10 @@ def test_the_rag_command_runs_resumes_reports_and_refuses_bad_input(
     assert_one_line_error(code, err, "need --heads RUN")
     code, _, err = run_cli(monkeypatch, capsys, *args[: -len(FAST)], "--selections", "dragin,oracle", *FAST)
     assert_one_line_error(code, err, "Unknown selection oracle")
+    code, _, err = run_cli(
+        monkeypatch, capsys, *args[: -len(FAST)], "--selections", "question-matched,none", *FAST
+    )
+    assert_one_line_error(code, err, "budget of a head-guided selection: add one of dynamic, static, dragin")
     code, _, err = run_cli(monkeypatch, capsys, "rag", "--heads", str(out), "--out", str(tmp_path / "y"))
     assert_one_line_error(code, err, "is a rag run")
     code, _, err = run_cli(monkeypatch, capsys, *args[: -len(FAST)], "--threshold", "-1", *FAST)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import string
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass
@@ -211,15 +212,78 @@ def first_line(text: str) -> str:
     return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
 
-def exact_match(expected: str, predicted: str, tokenizer_kind: str) -> bool:
-    """The two texts give the same answer tokens (lower-cased, NFKC, punctuation dropped)."""
-    return answer_tokens(expected, tokenizer_kind) == answer_tokens(predicted, tokenizer_kind)
+# Answer normalisation of the official short-answer scripts, written from their behaviour: SQuAD v1.1's
+# ``normalize_answer`` for English, MLQA's per language for the rest. Both lower-case, drop punctuation,
+# then articles, then split on white space; EM compares the normalised strings, F1 their tokens.
+SQUAD_PUNCTUATION = frozenset(string.punctuation)
+MLQA_ARTICLES: dict[str, str | None] = {
+    "en": r"\b(a|an|the)\b",
+    "es": r"\b(un|una|unos|unas|el|la|los|las)\b",
+    "de": r"\b(ein|eine|einen|einem|eines|einer|der|die|das|den|dem|des)\b",
+    "vi": r"\b(của|là|cái|chiếc|những)\b",
+    # MLQA's pattern is '\sال^|ال': the first branch can never match ('^' after a character), so every
+    # 'ال' is replaced, inside words too.
+    "ar": "ال",
+    "hi": None,
+    "zh": None,
+}
+"""MLQA's article patterns (mlqa_evaluation_v1.py); a language outside them has none removed."""
+MLQA_WHITESPACE = frozenset({"en", "es", "hi", "vi", "de", "ar"})
+"""Languages MLQA splits on white space only; every other language is split by MLQA's Chinese rule,
+which is the same on text without CJK ideographs."""
+_MLQA_IDEOGRAPH = re.compile(r"[\u4e00-\u9fa5]")
 
 
-def token_f1(expected: str, predicted: str, tokenizer_kind: str) -> float:
-    """SQuAD's token F1: the harmonic mean of precision and recall of the answer tokens as multisets;
-    0 when either side has no token."""
-    truth, guess = answer_tokens(expected, tokenizer_kind), answer_tokens(predicted, tokenizer_kind)
+def _mlqa_punctuation(character: str) -> bool:
+    """MLQA's punctuation: string.punctuation and every character of a Unicode category P*."""
+    return character in SQUAD_PUNCTUATION or unicodedata.category(character).startswith("P")
+
+
+def _by_character(text: str) -> list[str]:
+    """MLQA's mixed segmentation: each CJK ideograph (U+4E00..U+9FA5, MLQA's range) or punctuation mark
+    is a token of its own; the text between them is split on white space."""
+    tokens: list[str] = []
+    pending = ""
+    for character in text:
+        if _MLQA_IDEOGRAPH.match(character) or _mlqa_punctuation(character):
+            tokens += pending.split()
+            pending = ""
+            tokens.append(character)
+        else:
+            pending += character
+    return tokens + pending.split()
+
+
+def normalize_answer(text: str, language: str) -> str:
+    """An answer as the official scripts compare it: SQuAD v1.1 for ``en`` (lower case; ASCII
+    punctuation dropped; a, an, the dropped; white space collapsed), MLQA for every other language code
+    (lower case; ASCII and Unicode P* punctuation dropped; MLQA's articles of the language dropped;
+    Chinese split into single characters). Languages MLQA does not cover (fr, ...) lose no article
+    (MLQA has no list for them) and are split like Chinese, which splits nothing without ideographs."""
+    text = text.lower()
+    if language == "en":
+        text = "".join(character for character in text if character not in SQUAD_PUNCTUATION)
+        return " ".join(re.sub(MLQA_ARTICLES["en"], " ", text).split())
+    text = "".join(character for character in text if not _mlqa_punctuation(character))
+    articles = MLQA_ARTICLES.get(language)
+    if articles:
+        text = re.sub(articles, " ", text)
+    tokens = text.split() if language in MLQA_WHITESPACE else _by_character(text)
+    return " ".join(token for token in tokens if token.strip())
+
+
+def exact_match(expected: str, predicted: str, language: str) -> bool:
+    """SQuAD's / MLQA's exact match: the normalised answers are equal (:func:`normalize_answer`;
+    ``language`` is the question's language code)."""
+    return normalize_answer(expected, language) == normalize_answer(predicted, language)
+
+
+def token_f1(expected: str, predicted: str, language: str) -> float:
+    """SQuAD's / MLQA's token F1: the harmonic mean of precision and recall of the normalised answers'
+    tokens as multisets (Chinese: characters); 0 when they share no token (also when both are empty, as
+    the official scripts give)."""
+    truth = normalize_answer(expected, language).split()
+    guess = normalize_answer(predicted, language).split()
     common = sum((Counter(truth) & Counter(guess)).values())
     if not common:
         return 0.0

@@ -26,7 +26,7 @@ from babelheads.cli.options import (
     _execution,
     report_run,
 )
-from babelheads.rag.selections import SELECTIONS
+from babelheads.rag.selections import POLICIES, SELECTIONS
 
 
 @app.command("rag")
@@ -47,7 +47,13 @@ def rag_command(
         typer.Option(help="Paragraphs added to the collection: 'builtin', a file, a directory, hf:NAME, ''."),
     ] = "builtin",
     data: Annotated[Path | None, typer.Option(help="Extra data root.")] = None,
-    selections: Annotated[str, typer.Option(help=f"Some of {','.join(SELECTIONS)}.")] = ",".join(SELECTIONS),
+    selections: Annotated[
+        str,
+        typer.Option(
+            help=f"Some of {','.join((*SELECTIONS, *POLICIES))} ({' and '.join(POLICIES)} answer at the "
+            "budget of a head-guided selection: the budget-matched question baseline and the control)."
+        ),
+    ] = ",".join((*SELECTIONS, *POLICIES)),
     threshold: Annotated[float, typer.Option(help="RIND above which a token triggers retrieval.")] = 0.15,
     retrievals: Annotated[
         int, typer.Option(help="Retrievals per answer at most (the same for every selection).")

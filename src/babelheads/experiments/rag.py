@@ -6,19 +6,45 @@ Heads come from another run: a dynamic run's probe predicts the ``dynamic`` head
 detect or dynamic run's retrieval scores give the ``static`` ones. Those runs chose their heads on
 other samples (needle tests, or other two-hop questions: questions a two-hop heads run used are left
 out here). Each question is one resumable part holding every selection's answer and retrieval trace.
+
+Two policies answer at the budget of a head-guided selection on the same question (the ``dynamic``
+one when the run has it, else the first of static, dragin; ``matched_to`` in the samples):
+``question-matched`` makes as many retrievals with the question as the query, each taking as many
+documents as that selection's retrieval of the same rank found, and answers once with them; the
+negative control ``random-retriever`` draws the documents at random from the collection instead (a
+generator seeded by the run's seed and the question's id, so a resumed or re-sharded run draws the
+same). Both answer in one round after retrieving, like ``question``.
+
+RIND, the trigger, is not DRAGIN's number. Its attention a_max(i) is read off the answering pass itself:
+the last layer's attention, averaged over heads, of each later answer token on token i, a softmax over
+the whole context (instructions, documents, question, answer), token by token. DRAGIN runs a separate
+pass over the generated text alone (no prompt), sums the attention over a word's tokens and rescales
+it to mean 1 within the sentence, so its scores are larger and its thresholds (0.6-1.4) do not carry
+over: here the default is 0.15. Every scanned step's RIND is recorded (the ``steps`` table), and the
+``rag_threshold_sweep`` table shows, from those records alone, the share of steps over a range of
+thresholds and the F1 wherever the run determines the answer at that threshold.
 """
 
 from __future__ import annotations
 
 import random
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from babelheads.analysis.claims import Context
 from babelheads.analysis.head_probes import TrainedProbe
-from babelheads.analysis.rag_scores import rag_contrasts, rag_scores
+from babelheads.analysis.rag_claims import rag_claims_tables
+from babelheads.analysis.rag_scores import (
+    POLICIES,
+    QUESTION_MATCHED,
+    rag_contrasts,
+    rag_scores,
+    threshold_sweep,
+)
 from babelheads.data.languages import Language, load_language
 from babelheads.data.multihop import TwoHop, load_two_hop
 from babelheads.errors import BabelheadsError
@@ -27,12 +53,14 @@ from babelheads.experiments.base import Experiment, ModelChoice, Prepared, run_e
 from babelheads.heads import flat_label
 from babelheads.models import LoadedModel
 from babelheads.probe import Instrument, ProbeSettings
-from babelheads.rag.collection import build_collection, cached_index
-from babelheads.rag.loop import SELECTIONS, Branch, LoopSettings, Question, RetrievalLoop
-from babelheads.rag.trigger import load_stop_words
+from babelheads.rag.collection import Bm25Index, Document, build_collection, cached_index
+from babelheads.rag.loop import SELECTIONS, Branch, LoopSettings, Question, RetrievalLoop, _Prompt
+from babelheads.rag.selections import HEAD_GUIDED
+from babelheads.rag.trigger import content_flags, load_stop_words, rind, token_importance
+from babelheads.runner.decode import Decoded
 from babelheads.runner.jobs import DEFAULT_BATCH_SIZE
 from babelheads.runner.parts import Part, execute_parts, in_batches_of
-from babelheads.runs import RunStore
+from babelheads.runs import RunStore, RunStoreError
 from babelheads.scoring import check_answer, exact_match, first_line, token_f1
 from babelheads.sources import ALL, Source, load_probe, open_source
 from babelheads.tasks.base import content_digest, safe_id
@@ -40,6 +68,7 @@ from babelheads.tasks.multihop import MultihopSettings, MultihopTask
 from babelheads.tasks.niah import check_prompt_format
 
 PROBES = ("all", "language")
+KNOWN = tuple(dict.fromkeys((*SELECTIONS, *POLICIES)))
 
 
 @dataclass(frozen=True)
@@ -47,8 +76,10 @@ class RagConfig:
     """heads : a dynamic run (its probe: the ``dynamic`` heads; its scores: the ``static`` ones) or a
     detect run (``static`` only). questions : 'builtin', a two-hop file or directory, or hf:NAME
     (HotpotQA); count : questions per language, a seeded choice (0: all). corpus : paragraphs added to
-    the collection ('' for none). probe : 'all' (the probe fitted on every language pooled) or
-    'language' (each language's own)."""
+    the collection ('' for none). selections : some of the loop's selections and the policies
+    question-matched and random-retriever (which need a head-guided selection whose budget they
+    copy). probe : 'all' (the probe fitted on every language pooled) or 'language' (each language's
+    own)."""
 
     heads: str | None = None
     model: str | None = None
@@ -66,11 +97,16 @@ class RagConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        unknown = [selection for selection in self.selections if selection not in SELECTIONS]
+        unknown = [selection for selection in self.selections if selection not in KNOWN]
         if unknown or not self.selections:
             raise BabelheadsError(
-                f"Unknown selection {', '.join(unknown) or '(none given)'}. "
-                f"Use some of {', '.join(SELECTIONS)}."
+                f"Unknown selection {', '.join(unknown) or '(none given)'}. Use some of {', '.join(KNOWN)}."
+            )
+        policies = [selection for selection in self.selections if selection in POLICIES]
+        if policies and budget_reference(self.selections) is None:
+            raise BabelheadsError(
+                f"{', '.join(policies)} answer at the budget of a head-guided selection: add one of "
+                f"{', '.join(HEAD_GUIDED)} to --selections."
             )
         if self.probe not in PROBES:
             raise BabelheadsError(f"probe must be one of {', '.join(PROBES)}. Got {self.probe!r}.")
@@ -92,6 +128,12 @@ class RagConfig:
         config = asdict(self)
         config.pop("replicates")
         return {**config, "model": model}
+
+
+def budget_reference(selections: tuple[str, ...] | list[str]) -> str | None:
+    """The head-guided selection whose budget the policies copy: dynamic (the paper's) when run, else
+    the first of static, dragin; None without one."""
+    return next((selection for selection in HEAD_GUIDED if selection in selections), None)
 
 
 @dataclass
@@ -187,8 +229,11 @@ class RetrievalAugmented(Experiment):
         chat = {"auto": loaded.is_chat, "chat": True, "plain": False}[config.prompt]
         size = execution.batch_size or DEFAULT_BATCH_SIZE.get(loaded.device.type, 8)
         settings = ProbeSettings(top_k=1, mass_sink=0, mass_window=0)
+        in_loop = [selection for selection in config.selections if selection not in POLICIES]
+        policies = [selection for selection in config.selections if selection in POLICIES]
+        reference = budget_reference(config.selections)
         with Instrument(loaded.model, loaded.layout, settings) as instrument:
-            loop = RetrievalLoop(
+            loop = _RecordingLoop(
                 loaded,
                 instrument,
                 self.languages,
@@ -203,10 +248,23 @@ class RetrievalAugmented(Experiment):
             def compute(batch: list[Part]):
                 # every selection of ``size`` questions decodes together: the first round fills a batch
                 chunk = [part.work for part in batch]
-                branches = loop.answer(chunk, config.selections)
+                branches = loop.answer(chunk, in_loop)
+                if policies:
+                    # the policies need the reference's retrievals on the same question, so they run
+                    # after it, inside the question's part: a resumed part redoes both
+                    matched = [
+                        _budget_branch(branch, policy, indexes[branch.question.language], config.seed)
+                        for branch in branches
+                        if branch.selection == reference
+                        for policy in policies
+                    ]
+                    loop.answer_prepared(matched)
+                    branches += matched
                 for part, question in zip(batch, chunk, strict=True):
                     own = [branch for branch in branches if branch.question is question]
-                    yield part, _tables(own, loaded, self.languages[question.language], loop)
+                    tables = _tables(own, loaded, self.languages[question.language], loop, reference)
+                    yield part, {**tables, "steps": loop.steps(own)}
+                loop.forget(branches)
 
             execute_parts(
                 store,
@@ -220,7 +278,7 @@ class RetrievalAugmented(Experiment):
             )
 
     def finalize(self, store: RunStore) -> None:
-        finalize(store, self.config)
+        finalize(store, self.config, Context(self.model_name, str(store.root)))
 
 
 def rag(config: RagConfig, out: Path, execution: Execution = DEFAULT_EXECUTION) -> RunStore:
@@ -318,8 +376,121 @@ TRACE_COLUMNS = [
 ]
 
 
+STEP_COLUMNS = ["sample_id", "language", "selection", "round", "retrievals", "step", "rind"]
+
+
+class _RecordingLoop(RetrievalLoop):
+    """The retrieval loop that also records the RIND of every step it scans (the loop itself keeps the
+    triggering step's only), for the threshold sweep, and answers branches whose documents were
+    retrieved beforehand (the budget-matched policies)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._scanned: dict[int, list[dict]] = {}
+
+    def answer_prepared(self, branches: list[Branch]) -> None:
+        """Answer ``branches`` (not head-guided: one round each) with the documents they hold."""
+        pending = list(branches)
+        while pending:
+            prompts = [self._prompt(branch) for branch in pending]
+            for branch, prompt, decoded in zip(pending, prompts, self._decode(pending, prompts), strict=True):
+                self._after_round(branch, prompt, decoded)
+            pending = [branch for branch in pending if branch.answer is None]
+
+    def _after_round(self, branch: Branch, prompt: _Prompt, decoded: Decoded) -> None:
+        # recorded before the loop acts on the round: it moves the prefix and counts the retrievals
+        if branch.selection in HEAD_GUIDED and branch.retrievals < self.settings.retrievals:
+            self._scanned.setdefault(id(branch), []).append(
+                {
+                    "round": branch.rounds,
+                    "retrievals": branch.retrievals,
+                    "start": len(branch.prefix),
+                    "rind": self._round_rind(branch, prompt, decoded),
+                }
+            )
+        super()._after_round(branch, prompt, decoded)
+
+    def _round_rind(self, branch: Branch, prompt: _Prompt, decoded: Decoded) -> np.ndarray:
+        """RIND of each of the round's tokens, as the loop computes it (the same functions on the same
+        records): entropy x the most attention a later token of the round pays it in the last layer
+        (averaged over heads) x not a stop word."""
+        tokens = decoded.tokens
+        offset = (prompt.question[1] - prompt.question[0]) + len(branch.prefix)
+        texts = [self.loaded.tokenizer.decode([token]) for token in tokens]
+        content = content_flags(
+            texts, self.stop_words[branch.question.language], [token in self.special for token in tokens]
+        )
+        last_layer = decoded.records.mass[:, 0, -1].mean(axis=1)
+        importance = token_importance(last_layer[:, offset : offset + len(tokens)])
+        return rind(decoded.entropy, importance, content)
+
+    def steps(self, branches: list[Branch]) -> pd.DataFrame:
+        """The recorded steps of ``branches``: one row per scanned step (step: its position in the
+        answer; retrievals: made before its round)."""
+        rows = [
+            {
+                "sample_id": branch.question.sample_id,
+                "language": branch.question.language,
+                "selection": branch.selection,
+                "round": record["round"],
+                "retrievals": record["retrievals"],
+                "step": record["start"] + index,
+                "rind": float(score),
+            }
+            for branch in branches
+            for record in self._scanned.get(id(branch), [])
+            for index, score in enumerate(record["rind"])
+        ]
+        return pd.DataFrame(rows, columns=STEP_COLUMNS)
+
+    def forget(self, branches: list[Branch]) -> None:
+        for branch in branches:
+            self._scanned.pop(id(branch), None)
+
+
+def _budget_branch(reference: Branch, policy: str, index: Bm25Index, seed: int) -> Branch:
+    """A ``policy`` branch of the reference's question holding the documents it retrieves at the
+    reference's budget: one retrieval per reference retrieval, each taking as many documents as that
+    one found (the question as BM25 query, or a seeded random draw from the collection)."""
+    question = reference.question
+    branch = Branch(question, policy)
+    # seeded by the run's seed and the question alone: the same draw whatever the batch or shard
+    rng = np.random.default_rng([seed, zlib.crc32(question.sample_id.encode())])
+    facts = {f"{question.item.id}/fact{k}" for k in range(len(question.item.facts))}
+    for entry in reference.trace:
+        wanted = len(entry["documents"])
+        held = {document.id for document in branch.documents}
+        if policy == QUESTION_MATCHED:
+            query = question.item.question
+            found = index.search(query, wanted, held) if wanted else []
+        else:
+            query = ""
+            free = [document for document in index.documents if document.id not in held]
+            chosen = rng.choice(len(free), size=min(wanted, len(free)), replace=False) if wanted else []
+            found = [(free[position], float("nan")) for position in chosen]
+        documents: list[Document] = [document for document, _ in found]
+        branch.documents = branch.documents + documents
+        branch.retrievals += 1
+        branch.trace.append(
+            {
+                "step": -1,
+                "trigger": policy,
+                "retrieval": branch.retrievals,
+                "query": query,
+                "documents": [document.id for document in documents],
+                "document_scores": [score for _, score in found if np.isfinite(score)],
+                "gold": [document.id in facts for document in documents],
+            }
+        )
+    return branch
+
+
 def _tables(
-    branches: list[Branch], loaded: LoadedModel, language: Language, loop: RetrievalLoop
+    branches: list[Branch],
+    loaded: LoadedModel,
+    language: Language,
+    loop: RetrievalLoop,
+    reference: str | None = None,
 ) -> dict[str, pd.DataFrame]:
     rows, trace = [], []
     for branch in branches:
@@ -338,14 +509,16 @@ def _tables(
                 "output": text,
                 "prediction": prediction,
                 "answer": item.answer,
-                "exact": exact_match(item.answer, prediction, language.answer_tokenizer),
-                "f1": token_f1(item.answer, prediction, language.answer_tokenizer),
+                # SQuAD's normalisation for English, MLQA's for the others: the question's language decides
+                "exact": exact_match(item.answer, prediction, branch.question.language),
+                "f1": token_f1(item.answer, prediction, branch.question.language),
                 "contains": check_answer(item.answer, prediction, language.answer_tokenizer).contains,
                 "retrievals": branch.retrievals,
                 "rounds": branch.rounds,
                 "documents": len(branch.documents),
                 "gold_found": len(facts & held) / len(facts),
                 "context": " ".join(document.id for document in branch.documents),
+                "matched_to": (reference or "") if branch.selection in POLICIES else "",
             }
         )
         for entry in branch.trace:
@@ -382,9 +555,74 @@ def _flat(entry: dict, loop: RetrievalLoop, loaded: LoadedModel) -> dict:
     }
 
 
-def finalize(store: RunStore, config: RagConfig) -> None:
-    samples = store.table("samples")
+def finalize(store: RunStore, config: RagConfig, context: Context | None = None) -> None:
+    """The scores, contrasts, threshold sweep and claims, from the finished parts. EM and F1 are
+    scored again from each row's prediction, so a run resumed across versions is scored one way."""
+    samples = rescored(store.table("samples"))
     scores = rag_scores(samples, config.replicates, config.seed)
     store.write_table("rag_scores", scores)
     contrasts = rag_contrasts(samples, config.replicates, config.seed)
     store.write_table("rag_contrasts", contrasts)
+    sweep = threshold_sweep(
+        samples,
+        _recorded_steps(store),
+        store.table("trace"),
+        config.loop.threshold,
+        config.loop.retrievals,
+        config.replicates,
+        config.seed,
+    )
+    store.write_table("rag_threshold_sweep", sweep)
+    context = context or Context(config.model or "", str(store.root))
+    tables = rag_claims_tables(samples, config.replicates, config.seed, context, protocol(config))
+    for name, frame in tables.items():
+        store.write_table(name, frame)
+
+
+def rescored(samples: pd.DataFrame) -> pd.DataFrame:
+    """``samples`` with exact and f1 from the prediction and gold answer under the question language's
+    normalisation (and matched_to '' where a run's parts predate it)."""
+    if samples.empty:
+        return samples
+    predictions = samples["prediction"].fillna("").astype(str)
+    answers = samples["answer"].astype(str)
+    codes = samples["language"].astype(str)
+    triples = list(zip(answers, predictions, codes, strict=True))
+    return samples.assign(
+        exact=[exact_match(*triple) for triple in triples],
+        f1=[token_f1(*triple) for triple in triples],
+        matched_to=samples["matched_to"].fillna("") if "matched_to" in samples else "",
+    )
+
+
+def _recorded_steps(store: RunStore) -> pd.DataFrame:
+    """The per-step RIND of every part; empty for a run whose parts predate the record (its sweep is
+    then empty, not guessed)."""
+    try:
+        return store.table("steps")
+    except RunStoreError:
+        return pd.DataFrame(columns=STEP_COLUMNS)
+
+
+def protocol(config: RagConfig) -> str:
+    """The protocol the claims were measured under and how it differs from the paper's, for the claims'
+    test column."""
+    loop = config.loop
+    corpus = f" plus the paragraphs of {config.corpus!r}" if config.corpus else ""
+    reference = budget_reference(config.selections)
+    matched = (
+        f"; question-matched and random-retriever copy the {reference} selection's retrievals and documents "
+        "per question"
+        if reference and set(POLICIES) & set(config.selections)
+        else ""
+    )
+    return (
+        f"DRAGIN-style loop (up to {loop.retrievals} retrievals of {loop.documents} documents, "
+        f"{loop.max_new_tokens} new tokens, greedy; queries from the top {loop.query_tokens} positions of "
+        f"{loop.head_count} heads' attention, clustered and widened); RIND trigger at {loop.threshold:g} "
+        "on the answering pass's full-context softmax attention of the last layer, token by token, not "
+        "DRAGIN's word-level pass over the generated text alone (its thresholds 0.6-1.4 do not apply; "
+        "see rag_threshold_sweep); BM25 over the facts and distractors of "
+        f"{config.questions!r}{corpus} (the paper: HotpotQA with DRAGIN's BM25 over Wikipedia); "
+        f"{config.count or 'all'} questions per language, languages {', '.join(config.languages)}" + matched
+    )

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure as MplFigure
 
-from babelheads.rag.loop import SELECTIONS
+from babelheads.analysis.rag_scores import ORDER as SELECTIONS
 from babelheads.report.figures import WIDTH, Figure, _png, _styled
 
 SELECTION_COLOURS = {
