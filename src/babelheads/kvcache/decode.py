@@ -31,9 +31,11 @@ class CompressedDecode:
     bytes_full_layers: int
     """The part of ``bytes_analytic`` in full-attention layers (the ones policies act on)."""
     peak_prefill: float = float("nan")
-    """On a GPU: peak allocated bytes while the question was prefilled onto the compressed cache."""
+    """On a GPU: peak allocated bytes while the question was prefilled onto the compressed cache, less
+    what was allocated besides that cache (the weights, the reference prefill other policies fork):
+    this policy's cache and activations."""
     peak_decode: float = float("nan")
-    """On a GPU: peak allocated bytes while decoding."""
+    """On a GPU: the same while decoding."""
 
 
 @torch.no_grad()
@@ -71,17 +73,20 @@ def compressed_decode_from(
     if gpu:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
+    # the weights, the caller's reference prefill (kept for the next policy's fork) and this policy's
+    # compressed cache: the peaks are reported above everything but the last, so a saving shows
+    resident = float(torch.cuda.memory_allocated(device) - storage_bytes(cache)) if gpu else float("nan")
     _prefill(instrument.model, cache, ids, context_end, len(ids) - 1, chunk)
     analytic, storage = analytic_bytes(cache), storage_bytes(cache)
     full = sum(
         sum(t.numel() * t.element_size() for t in layer.tensors())
         for layer in compressed_layers(cache).values()
     )
-    peak_prefill = float(torch.cuda.max_memory_allocated(device)) if gpu else float("nan")
+    peak_prefill = float(torch.cuda.max_memory_allocated(device)) - resident if gpu else float("nan")
     if gpu:
         torch.cuda.reset_peak_memory_stats(device)
     decoded = decode_prefilled(instrument, cache, Row(ids, max_new_tokens), stops, record)
-    peak_decode = float(torch.cuda.max_memory_allocated(device)) if gpu else float("nan")
+    peak_decode = float(torch.cuda.max_memory_allocated(device)) - resident if gpu else float("nan")
     return CompressedDecode(decoded, analytic, storage, full, peak_prefill, peak_decode)
 
 
