@@ -1,5 +1,8 @@
 """Cross-language (and cross-model) comparison of detection runs' per-sample head scores: Findings 1-4
-as tables, every figure with a bootstrap interval over samples (columns lo, hi).
+as tables, every figure with a bootstrap interval (columns lo, hi): overlap and rank statistics draw
+the parallel grid's cells jointly for every language; a head's score and the translation table draw
+each condition's samples (descriptive: the claims table holds the verdicts, on paired cells, with
+heads chosen on other cells than the ones that measure them).
 
 Pure functions from a run's tables (:class:`DetectionTables`) to tables; experiments/compare.py reads
 the runs and writes what these return.
@@ -15,12 +18,20 @@ import pandas as pd
 
 from babelheads.analysis import crosslingual
 from babelheads.analysis.aggregate import AggregateSettings, with_success
-from babelheads.analysis.cell_grid import cell_grid
+from babelheads.analysis.cell_grid import CellGrid, cell_grid
 from babelheads.analysis.claims import Context, claims_tables
 from babelheads.analysis.distribution import distribution
 from babelheads.analysis.multilingual_claims import multilingual_claims
 from babelheads.analysis.scores import ScoreMatrix, bootstrap, score_matrix
-from babelheads.analysis.stats import COLUMNS, bootstrap_mean, difference_of_means, row
+from babelheads.analysis.stats import (
+    COLUMNS,
+    LEVEL,
+    bootstrap_mean,
+    bootstrap_statistics,
+    difference_of_means,
+    percentiles,
+    row,
+)
 from babelheads.errors import BabelheadsError, ThinDataWarning
 from babelheads.heads import HeadAddress
 
@@ -119,15 +130,27 @@ def crosslingual_tables(
         tables["overlap"]["heads"] = tables["overlap"]["heads"].map(" ".join)
         tables["generality"] = crosslingual.generality_table(means, mono.layers, mono.heads, config.threshold)
     if len(kept) >= 2:
-        statistics = bootstrap(
-            mono,
-            lambda scores: {
-                **crosslingual.overlap_statistics(scores, mono.layers, config.threshold, config.strong),
+        grid = _grid(runs)
+
+        def on_cells(rows: np.ndarray) -> dict[str, float]:
+            scores = grid.mean_scores(rows, kept)
+            if any(np.isnan(values).any() for values in scores.values()):
+                return {}  # a language without a success in this draw: the draw does not count
+            return {
+                **crosslingual.overlap_statistics(scores, grid.layers, config.threshold, config.strong),
                 **crosslingual.rank_agreement(scores, config.threshold, config.strong),
-            },
+            }
+
+        # the grid is parallel: cells are drawn once for every language (the design's unit)
+        statistics = bootstrap_statistics(
+            np.arange(len(grid.cells)),
+            on_cells,
+            lambda rows, rng: rows[rng.integers(0, len(rows), len(rows))],
             config.replicates,
             config.seed,
+            percentiles(LEVEL),
         )
+        statistics.insert(4, "n", len(grid.cells))
         ranks = statistics["statistic"].str.contains("|", regex=False)
         tables["overlap_statistics"] = statistics[~ranks].reset_index(drop=True)
         split = crosslingual.split_keys(statistics[ranks])
@@ -148,17 +171,20 @@ def detection_claims(
     runs: list[DetectionTables], config: CompareConfig, languages: list[str], context: Context
 ) -> dict[str, pd.DataFrame]:
     """The claims and claim_parts tables of Wu et al.'s sparsity and Findings 1-4, on the runs' cells."""
+    rows = multilingual_claims(
+        _grid(runs), languages, config.threshold, config.strong, config.replicates, config.seed, context
+    )
+    return claims_tables(rows)
+
+
+def _grid(runs: list[DetectionTables]) -> CellGrid:
     settings = runs[0].settings
-    grid = cell_grid(
+    return cell_grid(
         pd.concat([run.samples for run in runs], ignore_index=True),
         pd.concat([run.head_scores for run in runs], ignore_index=True),
         settings.score,
         settings.success_threshold,
     )
-    rows = multilingual_claims(
-        grid, languages, config.threshold, config.strong, config.replicates, config.seed, context
-    )
-    return claims_tables(rows)
 
 
 def _heads_table(matrix: ScoreMatrix, config: CompareConfig) -> pd.DataFrame:
