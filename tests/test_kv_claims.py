@@ -45,18 +45,19 @@ def _verdicts(rows: pd.DataFrame) -> dict[str, dict]:
 
 
 def test_head_split_that_keeps_the_answers_holds_against_window_random_and_full():
-    rows = _rows({"full": [1.0], "head-split": [1.0], "window": [0.0], "random-heads": [[0.0], [1.0, 0.0]]})
+    draws = [[0.0], [0.0], [0.0], [0.0]]  # every random draw loses the answer
+    rows = _rows({"full": [1.0], "head-split": [1.0], "window": [0.0], "random-heads": draws})
     verdicts = _verdicts(rows)
     assert verdicts["kv.headsplit_vs_window"]["verdict"] == HOLDS
     assert verdicts["kv.headsplit_vs_window"]["estimate"] == pytest.approx(1.0)
     assert verdicts["kv.headsplit_vs_random"]["verdict"] == HOLDS
-    assert verdicts["kv.headsplit_vs_random"]["estimate"] == pytest.approx(0.75)  # draws 0 and 0.5
+    assert verdicts["kv.headsplit_vs_random"]["estimate"] == pytest.approx(1.0)
     assert verdicts["kv.headsplit_vs_full"]["estimate"] == pytest.approx(MARGIN)
     assert verdicts["kv.headsplit_vs_full"]["verdict"] == HOLDS
 
 
 def test_head_split_that_loses_the_answers_does_not_hold():
-    rows = _rows({"full": [1.0], "head-split": [0.0], "window": [1.0], "random-heads": [[1.0], [1.0]]})
+    rows = _rows({"full": [1.0], "head-split": [0.0], "window": [1.0], "random-heads": [[1.0], [1.0], [1.0]]})
     verdicts = _verdicts(rows)
     for claim in ("kv.headsplit_vs_window", "kv.headsplit_vs_random", "kv.headsplit_vs_full"):
         assert verdicts[claim]["verdict"] == FAILS, claim
@@ -65,7 +66,8 @@ def test_head_split_that_loses_the_answers_does_not_hold():
 def test_random_draws_equal_to_the_head_split_set_are_left_out_and_counted():
     # draw 1 is the head set itself (it answers like head-split): with it, random heads look better
     rows = _rows(
-        {"full": [1.0], "head-split": [1.0], "window": [0.0], "random-heads": [[0.0], [1.0]]}, equal_seed=1
+        {"full": [1.0], "head-split": [1.0], "window": [0.0], "random-heads": [[0.0], [1.0], [0.0]]},
+        equal_seed=1,
     )
     verdict = _verdicts(rows)["kv.headsplit_vs_random"]
     assert verdict["estimate"] == pytest.approx(1.0)

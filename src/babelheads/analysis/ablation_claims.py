@@ -17,6 +17,7 @@ from babelheads.analysis.claims import (
     WU,
     Context,
     Measured,
+    against_random,
     claim_rows,
     nested_difference,
     nothing,
@@ -64,7 +65,8 @@ F5_MATCHED = register_claim(
 )
 PROMPTS = (
     "prompts (paired across head sets; pooled: grid cells, each language's prompt of a cell averaged); "
-    "random head sets resampled with them"
+    "against random heads: the top set compared with the spread of the random sets (a t prediction "
+    "interval for one more random set, k - 1 df)"
 )
 
 
@@ -142,11 +144,15 @@ def _top_vs_random(
     baseline = samples.loc[samples["mask_id"] == "baseline", metric]
     if baseline.empty or baseline.mean() == 0:
         return nothing(label, "baseline accuracy 0: nothing to lower")
-    wide = _wide(samples, [top, *random], metric)
-    return _nested(label, wide[random].to_numpy(float), wide[[top]].to_numpy(float), replicates, seed)
+    return _random_minus_top(label, _wide(samples, [top, *random], metric), top, random, replicates, seed)
 
 
-_nested = nested_difference
+def _random_minus_top(
+    label: str, wide: pd.DataFrame, top: str, random: list[str], replicates: int, seed: int
+) -> Measured:
+    """Accuracy with the random sets masked minus with the top set (the paper's side positive), the
+    top set against the random sets' spread."""
+    return against_random(label, -wide[top].to_numpy(float), -wide[random].to_numpy(float), replicates, seed)
 
 
 def _finding_5(
@@ -189,7 +195,7 @@ def _finding_5(
         wide = _wide(samples[samples["language"] == code], masks, "rouge1_recall")
         label = f"{code} (K={k}: {_count(own, k)} {specific}, {_count(shared, k)} {agnostic})"
         parts.append(
-            _nested(
+            nested_difference(
                 label, wide[[masks[0]]].to_numpy(float), wide[[masks[1]]].to_numpy(float), replicates, seed
             )
         )
@@ -236,7 +242,7 @@ def _cot_claims(
     rows = [
         claim_rows(
             COT_TOP,
-            [_nested("cot", cot[random].to_numpy(float), cot[[top]].to_numpy(float), replicates, seed)],
+            [_random_minus_top("cot", cot, top, random, replicates, seed)],
             unit,
             test_top,
             context,
@@ -248,11 +254,11 @@ def _cot_claims(
     random_gap = both[[f"{m}:cot" for m in random]].to_numpy(float) - both[
         [f"{m}:direct" for m in random]
     ].to_numpy(float)
-    top_gap = both[[f"{top}:cot"]].to_numpy(float) - both[[f"{top}:direct"]].to_numpy(float)
+    top_gap = both[f"{top}:cot"].to_numpy(float) - both[f"{top}:direct"].to_numpy(float)
     rows.append(
         claim_rows(
             COT_VS_DIRECT,
-            [_nested("cot minus direct", random_gap, top_gap, replicates, seed)],
+            [against_random("cot minus direct", -top_gap, -random_gap, replicates, seed)],
             unit,
             f"(random minus top-K accuracy, K={k}) under CoT minus the same under direct answers, "
             "paired by problem",

@@ -15,6 +15,7 @@ import pandas as pd
 from babelheads.analysis.claims import (
     Context,
     Measured,
+    against_random,
     claim_rows,
     nested_difference,
     nothing,
@@ -44,7 +45,10 @@ VS_FULL = register_claim(
     f"Head-split matches the full cache: it loses less than {MARGIN:.2f} accuracy (non-inferiority).",
     figure=FIGURE,
 )
-UNIT = "samples (paired across policies; random draws resampled with them)"
+UNIT = (
+    "samples (paired across policies); against random heads: head-split compared with the spread of the "
+    "random draws (a t prediction interval for one more draw, k - 1 df)"
+)
 
 
 def kv_claims(
@@ -74,9 +78,9 @@ def kv_claims(
         else:
             both = draws.join(chosen.rename("split"), how="inner").dropna()
             parts["random"].append(
-                nested_difference(
+                against_random(
                     label,
-                    both[["split"]].to_numpy(float),
+                    both["split"].to_numpy(float),
                     both[list(draws.columns)].to_numpy(float),
                     replicates,
                     seed,

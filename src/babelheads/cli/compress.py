@@ -55,7 +55,10 @@ def compress_command(
     kv_mapping: Annotated[str, typer.Option(help="Query-head scores to KV heads: max or mean.")] = "max",
     floor: Annotated[float, typer.Option(help="head-budget: least budget as a share of the mean.")] = 0.2,
     token_rule: Annotated[str, typer.Option(help="head-budget: recent or key-norm.")] = "recent",
-    random_seeds: Annotated[int, typer.Option(help="Random head sets per head set.")] = 2,
+    random_seeds: Annotated[
+        int,
+        typer.Option(help="Random head sets per head set (the claims compare head-split with their spread)."),
+    ] = 4,
     needles: Annotated[
         str, typer.Option(help="'builtin' (short answers: each policy decodes a few steps), 'magic', a file.")
     ] = "builtin",

@@ -62,7 +62,7 @@ class CompressConfig:
     head_sets: tuple[str, ...] = ()
     shares: tuple[float, ...] = (0.25, 0.5)
     settings: PolicySettings = field(default_factory=PolicySettings)
-    random_seeds: int = 2
+    random_seeds: int = 4
     max_new_tokens: int = 24
     dtype: str = "auto"
     replicates: int = 1000
