@@ -260,6 +260,14 @@ def test_diagonality_tells_a_diagonal_matrix_from_a_flat_one():
     assert table.loc[("all", "diagonal_ratio"), "value"] == pytest.approx(10, rel=0.05)
     flat = diagonality(_ppl_frame({}), 200, 0).set_index(["test_language", "measure"])
     assert abs(flat.loc[("all", "diagonal_difference"), "value"]) < 0.01
+    # the one interval schema: n texts beside each interval (every language's for 'all'), and which
+    # heads were masked (runs before exclusive masks: all specific heads)
+    assert table.loc[("de", "diagonal_difference"), "n"] == 6 and overall["n"] == 18
+    assert set(table["masked"]) == {"specific"}
+    exclusive = diagonal.assign(condition=diagonal["condition"].str.replace("specific:", "exclusive:"))
+    again = diagonality(exclusive, 200, 0).set_index(["test_language", "measure"])
+    assert set(again["masked"]) == {"exclusive"}
+    assert again.loc[("all", "diagonal_difference"), "value"] == pytest.approx(overall["value"])
 
 
 def test_retrieval_overlap_counts_against_the_hypergeometric_chance():
@@ -382,3 +390,21 @@ def test_weights_that_cannot_carry_gradients_are_refused():
     model.weight = torch.nn.Parameter(torch.zeros(2, dtype=torch.int8), requires_grad=False)
     with pytest.raises(BabelheadsError, match="cannot carry gradients"):
         check_differentiable(LoadedModel(model, None, None, {}, False))
+
+
+def test_drift_decay_is_a_no_op_on_bf16_gates_as_in_the_released_code():
+    """AdamW's default decay (lr 1e-2 x 0.01) multiplies a gate by 0.9999: a bf16 gate of 1 rounds back
+    to 1 (as the released code's), a float32 one shrinks. A zero gradient isolates the decay."""
+    from babelheads.experiments.importance import DRIFT_DTYPE, drift_step, drifting_gates
+
+    gate, optimiser = drifting_gates((2, 3))
+    assert gate.dtype == DRIFT_DTYPE == torch.bfloat16
+    drift_step(gate, optimiser, torch.zeros(2, 3, dtype=torch.float64))
+    assert torch.equal(gate.detach(), torch.ones(2, 3, dtype=torch.bfloat16))
+    wide, optimiser = drifting_gates((2, 3), torch.float32)
+    drift_step(wide, optimiser, torch.zeros(2, 3, dtype=torch.float64))
+    assert torch.allclose(wide.detach(), torch.full((2, 3), 1 - 1e-2 * 0.01)) and (wide < 1).all()
+    # A gradient still moves a bf16 gate: Adam's first step is about lr, rounded to bf16's spacing.
+    moved, optimiser = drifting_gates((1, 2))
+    drift_step(moved, optimiser, torch.tensor([[1.0, -1.0]]))
+    assert moved.detach().double().tolist() == [[0.98828125, 1.0078125]]

@@ -7,10 +7,31 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from babelheads.analysis.stats import COLUMNS, Interval, bootstrap_statistics, columns, nested_contrast
+from babelheads.analysis.stats import (
+    COLUMNS,
+    MIN_UNITS,
+    Interval,
+    bootstrap_statistics,
+    columns,
+    nested_contrast,
+)
 from babelheads.analysis.stats import row as interval_row
 
 RANDOM_PREFIX = "random"
+UNDEFINED_SHARE = 0.05
+CROSS_PREFIXES = ("exclusive:", "specific:")
+"""Conditions of a cross matrix: ppl-cross masks each language's exclusive specific heads (runs made
+before it masked all of them, 'specific:')."""
+
+
+def _cross_masks(conditions) -> list[str]:
+    return sorted(str(c) for c in conditions if str(c).startswith(CROSS_PREFIXES))
+
+
+def _masked_kind(conditions) -> str:
+    """'exclusive' or 'specific': which heads a cross matrix's masks hold."""
+    masks = _cross_masks(conditions)
+    return masks[0].split(":", 1)[0] if masks else ""
 
 
 def _contrast(
@@ -84,27 +105,32 @@ def contrasts(
 
 def cross_matrix(frame: pd.DataFrame, replicates: int, seed: int) -> pd.DataFrame:
     """Test language x masked-head language: the rise of mean log-perplexity (nats per token) over no
-    mask, paired per text: value, lo, hi over n texts."""
+    mask, paired per text: value, lo, hi over n texts; ``masked`` says which heads of the language
+    were masked (its exclusive specific heads, or in older runs all its specific heads)."""
     rows = []
     for language, group in frame.groupby("language", sort=True):
-        for condition in sorted(c for c in group["condition"].unique() if c.startswith("specific:")):
+        for condition in _cross_masks(group["condition"].unique()):
             effect = paired(group, "log_ppl", [condition], ["none"], replicates, seed)
+            kind, heads_of = condition.split(":", 1)
             rows.append(
-                {"test_language": language, "heads_of": condition.split(":", 1)[1], **interval_row(effect)}
+                {"test_language": language, "heads_of": heads_of, "masked": kind, **interval_row(effect)}
             )
-    return pd.DataFrame(rows, columns=["test_language", "heads_of", *COLUMNS])
+    return pd.DataFrame(rows, columns=["test_language", "heads_of", "masked", *COLUMNS])
 
 
 def diagonality(frame: pd.DataFrame, replicates: int, seed: int) -> pd.DataFrame:
     """How diagonal the cross matrix is: per test language and overall, the diagonal's rise minus the
     mean off-diagonal rise, and their ratio, from one bootstrap that resamples each language's texts.
-    A ratio is NaN when the off-diagonal rise is not positive (a ratio of a noise-sized denominator)."""
+    A ratio is NaN when the off-diagonal rise is not positive (a ratio of a noise-sized denominator).
+    ``masked`` names the heads masked (exclusive specific heads: no head on both sides); n counts the
+    texts resampled (every language's, for 'all')."""
     deltas: dict[str, pd.DataFrame] = {}
     for language, group in frame.groupby("language", sort=True):
         wide = group.pivot_table(index="unit", columns="condition", values="log_ppl")
-        masked = [c for c in wide.columns if c.startswith("specific:")]
+        masked = _cross_masks(wide.columns)
         deltas[language] = wide[masked].sub(wide["none"], axis=0).rename(columns=lambda c: c.split(":", 1)[1])
-    languages = [code for code in deltas if code in deltas[code].columns]
+    # a row needs its own column and another one (a language without exclusive heads has neither)
+    languages = [code for code in deltas if code in deltas[code].columns and len(deltas[code].columns) > 1]
 
     def statistic(draw: dict[str, pd.DataFrame]) -> dict[str, float]:
         out = {}
@@ -123,14 +149,25 @@ def diagonality(frame: pd.DataFrame, replicates: int, seed: int) -> pd.DataFrame
     def resample(data: dict[str, pd.DataFrame], rng: np.random.Generator) -> dict[str, pd.DataFrame]:
         return {code: texts.iloc[rng.integers(0, len(texts), len(texts))] for code, texts in data.items()}
 
+    if not languages:
+        return pd.DataFrame(columns=["test_language", "measure", "masked", *COLUMNS])
     table = bootstrap_statistics(deltas, statistic, resample, replicates, seed)
     names = table["statistic"].str.split(":", expand=True)
-    return pd.DataFrame(
+    texts = {code: len(deltas[code]) for code in languages}
+    result = pd.DataFrame(
         {
             "test_language": names[0],
             "measure": "diagonal_" + names[1],
+            "masked": _masked_kind(frame["condition"].unique()),
             "value": table["value"],
             "lo": table["lo"],
             "hi": table["hi"],
+            "n": [texts.get(code, sum(texts.values())) for code in names[0]],
         }
     )
+    # under MIN_UNITS texts a percentile interval is a zero-width artefact: the one schema says NaN.
+    # A ratio undefined in over 5 % of the draws (an off-diagonal rise near 0) has no interval either:
+    # the defined draws alone are a biased sample, and their interval can exclude the estimate.
+    undefined = table["replicates"].to_numpy() < (1 - UNDEFINED_SHARE) * replicates
+    result.loc[(result["n"] < MIN_UNITS).to_numpy() | undefined, ["lo", "hi"]] = np.nan
+    return result

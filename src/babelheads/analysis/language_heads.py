@@ -222,3 +222,18 @@ def random_head_sets(
         if chosen not in sets or len(set(sets)) >= possible:
             sets.append(chosen)
     return sets
+
+
+def exclusive_heads(
+    sets: dict[str, list[tuple[int, int]]],
+) -> tuple[dict[str, list[tuple[int, int]]], dict[str, list[tuple[int, int]]]]:
+    """Each language's heads that no other language in ``sets`` has, in their order, and the heads
+    left out (shared with another language). A head specific to two languages belongs to neither: in a
+    cross matrix it would mask the same head on and off the diagonal."""
+    counts: dict[tuple[int, int], int] = {}
+    for heads in sets.values():
+        for head in dict.fromkeys(heads):
+            counts[head] = counts.get(head, 0) + 1
+    exclusive = {code: [head for head in heads if counts[head] == 1] for code, heads in sets.items()}
+    left_out = {code: [head for head in heads if counts[head] > 1] for code, heads in sets.items()}
+    return exclusive, left_out

@@ -96,6 +96,29 @@ def language_test(
     head_mask: HeadMask = None,
     detect: Annotated[Path | None, typer.Option(help="retrieval: a detection run of the same model.")] = None,
     threshold: Annotated[float, typer.Option(help="retrieval: retrieval-head score threshold.")] = 0.1,
+    control: Annotated[
+        bool,
+        typer.Option(
+            help="Negative control: the language heads replaced by random heads (no claim may hold)."
+        ),
+    ] = False,
+    protocol: Annotated[
+        str,
+        typer.Option(
+            help="general, off-target: 'offline' (perplexity, built-in QA, corpus paragraphs, py3langid) "
+            "or 'paper' (XL-Sum summaries scored with BERTScore; fastText with --lid-model)."
+        ),
+    ] = "offline",
+    summaries: Annotated[
+        str | None, typer.Option(help="--protocol paper: the XL-Sum source (hf:NAME:{xlsum}:SPLIT or JSON).")
+    ] = None,
+    article_tokens: Annotated[int, typer.Option(help="--protocol paper: article tokens kept.")] = 1024,
+    bertscore_model: Annotated[
+        str | None, typer.Option(help="--protocol paper: the BERTScore model (a multilingual model id).")
+    ] = None,
+    lid_model: Annotated[
+        str | None, typer.Option(help="--protocol paper, off-target: a fastText language-ID model file.")
+    ] = None,
     replicates: Replicates = 1000,
     out: Annotated[
         Path | None,
@@ -131,6 +154,13 @@ def language_test(
         threshold=threshold,
         replicates=replicates,
         seed=seed,
+        control=control,
+        protocol=protocol,
+        article_tokens=article_tokens,
+        lid_model=lid_model,
+        # unset: the experiment's defaults (named in its --help), without importing it here
+        **({"summaries": summaries} if summaries else {}),
+        **({"bertscore_model": bertscore_model} if bertscore_model else {}),
     )
     execution = _execution(device, quiet, batch_size=batch_size, shard=shard)
     store = run_test(config, out or Path("runs") / experiment, execution)
@@ -152,7 +182,7 @@ def adapt(
     ] = "builtin",
     train_questions: Annotated[int, typer.Option(help="Training questions (0: the whole half).")] = 0,
     eval_questions: Annotated[int, typer.Option(help="Held-out questions (0: the whole half).")] = 0,
-    random_seeds: Annotated[int, typer.Option(help="Random head sets trained the same way.")] = 2,
+    random_seeds: Annotated[int, typer.Option(help="Random head sets trained the same way.")] = 3,
     replicates: Replicates = 1000,
     out: Out = Path("runs/adapt"),
     seed: Seed = 0,

@@ -30,6 +30,12 @@ from babelheads.tasks.lm_texts import TextSettings, TextWindow, TextWindows
 SELECTION_FILE = "selection.json"
 DRIFT_LR = 1e-2
 DRIFT_WEIGHT_DECAY = 0.01
+DRIFT_DTYPE = torch.bfloat16
+"""The released code's gate: ``nn.Parameter(torch.ones(L, H, dtype=torch.bfloat16))``, so its gradient
+and AdamW's moments are bf16 too. Its AdamW default decay multiplies the gate by 1 - lr x 0.01 =
+0.9999, which rounds back to the same bf16 value (a relative step of 1e-4 is under half of bf16's
+spacing, 2^-9 relative): the decay is a no-op there. In float32 it would shrink every gate, the ones
+with no gradient too."""
 
 
 @dataclass(frozen=True)
@@ -75,8 +81,11 @@ class Selection:
 @dataclass(frozen=True)
 class ImportanceConfig:
     """texts : windows of the corpus's scoring half. drift : reproduce the released code, whose AdamW
-    step (lr 1e-2) moves the gates after every text, so later texts are scored on a changed model (a
-    bug of that code, off by default)."""
+    step (lr 1e-2, weight decay 0.01) moves the gates after every text, so later texts are scored on a
+    changed model (a bug of that code, off by default). The gate, its gradient and the optimiser's
+    state are bf16 as there (so the decay is the same no-op); the gradient is computed at the run's
+    dtype and rounded to bf16 (the released code's comes out of a bf16 backward pass), and the scores
+    are accumulated in float64 (the released code's bf16 sums lose small increments)."""
 
     model: str = "gemma-3-270m"
     texts: TextSettings = field(default_factory=TextSettings)
@@ -93,6 +102,8 @@ class ImportanceConfig:
     def identity(self) -> dict:
         config = asdict(self)
         config.pop("selection")
+        if self.drift:  # drift runs made before the gates were bf16 moved them otherwise: other runs
+            config["drift_gates"] = str(DRIFT_DTYPE).removeprefix("torch.")
         return config
 
 
@@ -198,22 +209,35 @@ def _by_language(parts: list[Part]) -> Iterator[list[Part]]:
         yield sorted(group, key=lambda part: part.part_id)
 
 
+def drifting_gates(
+    shape: tuple[int, int], dtype: torch.dtype = DRIFT_DTYPE
+) -> tuple[torch.nn.Parameter, torch.optim.AdamW]:
+    """The released code's gate of ones and its optimiser (AdamW, lr 1e-2, default decay 0.01), in
+    ``dtype`` (bf16 as released; float32 only to show what the decay would do there)."""
+    gate = torch.nn.Parameter(torch.ones(shape, dtype=dtype))
+    return gate, torch.optim.AdamW([gate], lr=DRIFT_LR, weight_decay=DRIFT_WEIGHT_DECAY)
+
+
+def drift_step(gate: torch.nn.Parameter, optimiser: torch.optim.AdamW, gradient: torch.Tensor) -> None:
+    """One AdamW step on ``gate`` with ``gradient`` rounded to the gate's dtype, as its .grad would be."""
+    gate.grad = gradient.to(gate.dtype)
+    optimiser.step()
+    optimiser.zero_grad()
+
+
 def _drifting(loaded: LoadedModel, instrument: Instrument):
-    """The released code's scoring: one text at a time, an AdamW step on the gates after each. The
+    """The released code's scoring: one text at a time, an AdamW step on the bf16 gates after each. The
     optimiser's state is not stored, so a language is written only once all its texts are done."""
 
     def compute(batch: list[Part]) -> Iterator[tuple[Part, dict[str, pd.DataFrame]]]:
         layout = loaded.layout
-        gate = torch.nn.Parameter(torch.ones(layout.num_layers, layout.num_heads))
-        optimiser = torch.optim.AdamW([gate], lr=DRIFT_LR, weight_decay=DRIFT_WEIGHT_DECAY)
+        gate, optimiser = drifting_gates((layout.num_layers, layout.num_heads))
         done = []
         for part in batch:
-            current = gate.detach().clone()
+            current = gate.detach().clone()  # bf16 values, exact in the float gates of the pass
             gradient, losses = gate_gradients(loaded, instrument, [part.work], current)
             done.append((part, _tables(part.work, gradient[0], current.double(), float(losses[0]))))
-            gate.grad = gradient[0].float()
-            optimiser.step()
-            optimiser.zero_grad()
+            drift_step(gate, optimiser, gradient[0])
         yield from done
 
     return compute

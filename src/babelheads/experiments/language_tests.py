@@ -1,36 +1,47 @@
 """The LAHIS experiments on the heads an importance run selected, each a resumable run:
 
 - ppl: per language, perplexity with no mask, its n specific heads masked, n random heads masked;
-- ppl-cross: every language's specific heads masked, perplexity measured in every language;
-- general: the general heads masked against as many random heads: perplexity and held-out QA;
+- ppl-cross: every language's exclusive specific heads masked (a head specific to two of the tested
+  languages is left out of both), perplexity measured in every language;
+- general: the general heads masked against as many random heads: perplexity and held-out QA
+  (offline protocol), or XL-Sum summaries scored with BERTScore (``protocol='paper'``);
 - off-target: summaries asked for in each language, with English-specific or random heads masked;
-  the share of outputs in the asked language;
+  the share of outputs in the asked language (offline: corpus paragraphs and py3langid; paper:
+  XL-Sum articles, and fastText's lid.176 when ``lid_model`` is given);
 - attn-transfer: two conflicting statements in two languages; language-1 heads amplified or
   language-2 heads zeroed, against random heads: which statement the answer follows;
 - retrieval: how a detection run's retrieval heads meet the language heads, against chance (no model).
 
 Perplexity is measured on the corpus's evaluation half, never on the texts that chose the heads.
 Random heads are drawn (per seed) from the heads that are no language head of any language; their
-intervals resample both the seeds and the texts.
+intervals resample both the seeds and the texts. ``control`` replaces the language heads by random
+heads of the same counts (the claims' negative control). Finalize writes the LAHIS claims
+(:mod:`analysis.lahis_claims`).
 """
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Iterator
+import random
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
 
+from babelheads.analysis import lahis_claims as lahis
 from babelheads.analysis import language_effects as effects
-from babelheads.analysis.language_heads import heads_of, random_head_sets, retrieval_overlap
-from babelheads.errors import BabelheadsError
+from babelheads.analysis.claims import Context, claims_tables
+from babelheads.analysis.language_heads import exclusive_heads, heads_of, random_head_sets, retrieval_overlap
+from babelheads.data.corpora import HF_PREFIX, hf_dataset
+from babelheads.data.prompts import LanguagePrompts, load_prompts
+from babelheads.errors import BabelheadsError, TaskError
 from babelheads.execution import DEFAULT_EXECUTION, Execution
 from babelheads.experiments.base import Experiment, ModelChoice, Prepared, run_experiment, source_model
 from babelheads.head_masks import check_mask_for_run, mask_digest, read_head_mask
-from babelheads.heads import HeadLayout
+from babelheads.heads import HeadLayout, head_label
 from babelheads.models import LoadedModel
 from babelheads.probe import HeadGates, Instrument
 from babelheads.runner import Job, run_jobs
@@ -38,14 +49,46 @@ from babelheads.runner.losses import Scored, row_losses, rows_per_pass
 from babelheads.runner.parts import Part, execute_parts, in_batches_of
 from babelheads.runs import RunStore
 from babelheads.sources import open_source
+from babelheads.tasks.base import Sample, content_digest, safe_id
 from babelheads.tasks.lm_texts import TextSettings, TextWindow, TextWindows
-from babelheads.tasks.off_target import OffTargetSettings, OffTargetTask
+from babelheads.tasks.off_target import OffTargetSettings, OffTargetTask, identify
 from babelheads.tasks.qa import QA_TOKENS, QaSettings, QaTask
 from babelheads.tasks.transfer import TransferSettings, TransferTask
 
 EXPERIMENTS = ("ppl", "ppl-cross", "general", "off-target", "attn-transfer", "retrieval")
+PROTOCOLS = ("offline", "paper")
+PAPER_EXPERIMENTS = ("general", "off-target")
 RANDOM_POOL = "outside every language head, distinct draws"
 TRANSFER_TOKENS = 5
+XLSUM = "hf:csebuetnlp/xlsum:{xlsum}:train"
+"""XL-Sum, as the released code samples it (its train split); {xlsum} becomes XL-Sum's language name."""
+XLSUM_NAMES = {
+    "ar": "arabic",
+    "bn": "bengali",
+    "en": "english",
+    "es": "spanish",
+    "fa": "persian",
+    "fr": "french",
+    "hi": "hindi",
+    "id": "indonesian",
+    "ja": "japanese",
+    "ko": "korean",
+    "pt": "portuguese",
+    "ru": "russian",
+    "sw": "swahili",
+    "th": "thai",
+    "tr": "turkish",
+    "uk": "ukrainian",
+    "ur": "urdu",
+    "vi": "vietnamese",
+    "zh": "chinese_simplified",
+}
+"""ISO 639-1 code -> XL-Sum configuration (XL-Sum has no German)."""
+XLSUM_POOL = 1000
+"""Articles read (streamed) per language, from which the prompts are drawn with the run's seed."""
+BERTSCORE_MODEL = "bert-base-multilingual-cased"
+"""A multilingual BERTScore model (the released code: bert-base-uncased, English-only, for every
+language)."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +98,12 @@ class LanguageTestConfig:
     prompts : summaries per language (off-target). per_pair : prompts per language pair (attn-transfer).
     amplify : the factor language-1 heads get in attn-transfer (LAHIS: 3). head_mask : a mask file
     applied under every condition. detect, threshold (retrieval) : a detection run of the same model,
-    and the score above which its heads are retrieval heads."""
+    and the score above which its heads are retrieval heads. control : the negative control, the
+    language heads replaced by random heads of the same counts (no claim may hold). protocol (general,
+    off-target) : 'offline' (perplexity, built-in QA, corpus paragraphs, py3langid) or 'paper'
+    (XL-Sum articles from ``summaries``, cut to ``article_tokens``; general: BERTScore F1 x 100 against
+    the reference summary with ``bertscore_model``; off-target: fastText ``lid_model`` when given,
+    else py3langid)."""
 
     heads: str
     experiment: str = "ppl"
@@ -73,12 +121,33 @@ class LanguageTestConfig:
     threshold: float = 0.1
     replicates: int = 1000
     seed: int = 0
+    control: bool = False
+    protocol: str = "offline"
+    summaries: str = XLSUM
+    article_tokens: int = 1024
+    bertscore_model: str = BERTSCORE_MODEL
+    lid_model: str | None = None
 
     def __post_init__(self) -> None:
         if self.experiment not in EXPERIMENTS:
             raise BabelheadsError(
                 f"Unknown experiment {self.experiment!r}. Use one of: {', '.join(EXPERIMENTS)}."
             )
+        if self.protocol not in PROTOCOLS:
+            raise BabelheadsError(
+                f"Unknown --protocol {self.protocol!r}. Use one of: {', '.join(PROTOCOLS)}."
+            )
+        if self.protocol == "paper" and self.experiment not in PAPER_EXPERIMENTS:
+            raise BabelheadsError(
+                f"--protocol paper (XL-Sum summaries) applies to --exp general and off-target, not "
+                f"{self.experiment}."
+            )
+        if self.protocol == "paper" and self.article_tokens < 16:
+            raise BabelheadsError(f"--article-tokens must be at least 16. Got {self.article_tokens}.")
+        if self.lid_model is not None and not (self.protocol == "paper" and self.experiment == "off-target"):
+            raise BabelheadsError("--lid-model (fastText) goes with --exp off-target --protocol paper.")
+        if self.control and self.experiment == "retrieval":
+            raise BabelheadsError("--control applies to the masking experiments, not --exp retrieval.")
         if self.random_seeds < 1:
             raise BabelheadsError(f"--random-seeds must be at least 1. Got {self.random_seeds}.")
         if (self.experiment == "retrieval") != (self.detect is not None):
@@ -101,6 +170,230 @@ class LanguageTestConfig:
                 raise BabelheadsError(f"{flag} must be at least {least}. Got {value}.")
         if self.head_mask is not None:
             check_mask_for_run(self.head_mask, self.heads)
+        # Refused now, before any model loads: the scorers are optional packages.
+        if self.protocol == "paper" and self.experiment == "general":
+            require_bert_score()
+        if self.lid_model is not None:
+            require_fasttext(self.lid_model)
+
+
+def require_bert_score() -> None:
+    """bert-score is optional (only the paper's general protocol needs it): refuse in one line."""
+    try:
+        import bert_score  # noqa: F401
+    except ImportError as error:
+        raise BabelheadsError(
+            "--protocol paper scores summaries with BERTScore, which needs the bert-score package: "
+            "pip install bert-score"
+        ) from error
+
+
+def require_fasttext(path: str) -> None:
+    try:
+        import fasttext  # noqa: F401
+    except ImportError as error:
+        raise BabelheadsError(
+            "--lid-model identifies languages with fastText, which needs the fasttext package: "
+            "pip install fasttext"
+        ) from error
+    if not Path(path).is_file():
+        raise BabelheadsError(f"--lid-model {path} is not a file (fastText's lid.176.bin).")
+
+
+@dataclass(frozen=True)
+class SummarySettings:
+    """The paper's XL-Sum protocol. source : 'hf:NAME[:CONFIG[:SPLIT]]' ('{xlsum}' becomes XL-Sum's
+    name of the language, '{lang}' its code), a JSON file ({code: [...]}) or a directory of
+    <code>.json, each a list of {id, text, summary}. articles : per language, drawn with the seed from
+    the first XLSUM_POOL. article_tokens : an article is cut to this many tokens, so the request and
+    the summary marker after it are never cut off (the released code cuts the whole prompt at 2048
+    and drops the examples that lose their marker). measure : 'bertscore' (general) or 'language'
+    (off-target)."""
+
+    languages: tuple[str, ...]
+    source: str = XLSUM
+    data_dir: str | None = None
+    articles: int = 8
+    article_tokens: int = 1024
+    measure: str = "bertscore"
+    bertscore_model: str = BERTSCORE_MODEL
+    lid_model: str | None = None
+    prompt: str = "auto"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Article:
+    id: str
+    text: str
+    summary: str
+
+
+def load_articles(source: str, code: str, pool: int = XLSUM_POOL) -> list[Article]:
+    """The first ``pool`` articles with a reference summary of ``code`` in ``source`` (see
+    :class:`SummarySettings`)."""
+    if source.startswith(HF_PREFIX):
+        spec = source[len(HF_PREFIX) :]
+        if "{xlsum}" in spec:
+            if code not in XLSUM_NAMES:
+                raise TaskError(
+                    f"XL-Sum has no language {code!r} here (it has {', '.join(sorted(XLSUM_NAMES))}). "
+                    "Leave it out of --languages."
+                )
+            spec = spec.replace("{xlsum}", XLSUM_NAMES[code])
+        # streamed: XL-Sum's train splits are large, and only the first articles are read
+        dataset, (name, *_) = hf_dataset(spec, code, [None, "train"], "Summaries", streaming=True)
+        rows = []
+        for row in dataset:
+            rows.append(row)
+            if len(rows) >= pool:
+                break
+    else:
+        rows = _local_articles(Path(source), code)
+        name = source
+    articles = []
+    for index, row in enumerate(rows):
+        if not {"text", "summary"} <= set(row):
+            raise TaskError(f"{name} lacks XL-Sum's columns text and summary; it has {', '.join(row)}.")
+        if str(row["text"]).strip() and str(row["summary"]).strip():
+            articles.append(Article(str(row.get("id", index)), str(row["text"]), str(row["summary"])))
+    return articles[:pool]
+
+
+def _local_articles(path: Path, code: str) -> list[dict]:
+    file = path / f"{code}.json" if path.is_dir() else path
+    if not file.is_file():
+        raise TaskError(
+            f"Summaries not found: {file}. Give hf:NAME, a JSON file or a directory of <code>.json."
+        )
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise TaskError(f"{file} is not JSON: {error}.") from error
+    rows = data.get(code, []) if isinstance(data, dict) else data
+    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+        raise TaskError(f"{file} must hold a list of {{id, text, summary}} (per language code in a file).")
+    return rows
+
+
+_BERTSCORERS: dict[tuple[str, str], object] = {}
+_LID_MODELS: dict[str, object] = {}
+
+
+def bertscore_f1(candidate: str, reference: str, language: str, model: str) -> float:
+    """BERTScore F1 x 100 of ``candidate`` against ``reference``, rescaled with the package's baseline
+    for the language and model (as the released code rescales its own)."""
+    key = (model, language)
+    try:
+        if key not in _BERTSCORERS:
+            require_bert_score()
+            from bert_score import BERTScorer
+
+            _BERTSCORERS[key] = BERTScorer(model_type=model, lang=language, rescale_with_baseline=True)
+        _, _, f1 = _BERTSCORERS[key].score([candidate], [reference])
+    except (OSError, ValueError, KeyError) as error:  # no such model, or no baseline for the language
+        raise BabelheadsError(
+            f"BERTScore cannot score {language!r} with {model!r}: {str(error).splitlines()[0]} "
+            "Give another --bertscore-model."
+        ) from error
+    return 100.0 * float(f1[0])
+
+
+def fasttext_language(text: str, model_path: str) -> str:
+    """The ISO 639-1 code fastText's language-ID model gives ``text``; 'none' without letters."""
+    if not any(character.isalpha() for character in text):
+        return "none"
+    if model_path not in _LID_MODELS:
+        require_fasttext(model_path)
+        import fasttext
+
+        _LID_MODELS[model_path] = fasttext.load_model(model_path)
+    labels, _ = _LID_MODELS[model_path].predict(" ".join(text.split()))  # one line: fastText's rule
+    return str(labels[0]).removeprefix("__label__")
+
+
+class SummaryTask:
+    """XL-Sum articles with a request to summarise them in their language; scored by BERTScore F1
+    against the reference summary (general) or by the output's language (off-target)."""
+
+    name = "summaries"
+
+    def __init__(self, settings: SummarySettings):
+        self.settings = settings
+        root = Path(settings.data_dir) if settings.data_dir else None
+        self.templates: dict[str, LanguagePrompts] = {
+            code: load_prompts(code, root) for code in settings.languages
+        }
+        self.articles = {code: self._chosen(code) for code in settings.languages}
+
+    def _chosen(self, code: str) -> list[Article]:
+        found = load_articles(self.settings.source, code)
+        if len(found) < self.settings.articles:
+            raise TaskError(
+                f"{self.settings.source} has {len(found)} articles with summaries in {code!r}; "
+                f"{self.settings.articles} asked for. Use --prompts {len(found)} or fewer."
+            )
+        random.Random(f"{self.settings.seed}-{code}").shuffle(found)
+        return sorted(found[: self.settings.articles], key=lambda article: article.id)
+
+    def sample_ids(self) -> list[str]:
+        return [safe_id(f"{code}-{a.id}") for code, articles in self.articles.items() for a in articles]
+
+    def identity(self) -> dict:
+        settings = self.settings
+        scorer = (
+            settings.bertscore_model if settings.measure == "bertscore" else settings.lid_model or "py3langid"
+        )
+        return {
+            f"summaries:{code}": content_digest(
+                [
+                    [vars(article) for article in articles],
+                    vars(self.templates[code]),
+                    settings.measure,
+                    scorer,
+                    settings.article_tokens,
+                ]
+            )
+            for code, articles in self.articles.items()
+        }
+
+    def build(self, loaded: LoadedModel) -> list[Sample]:
+        chat = {"auto": loaded.is_chat, "chat": True, "plain": False}[self.settings.prompt]
+        samples = []
+        for code, articles in self.articles.items():
+            for article in articles:
+                ids = loaded.tokenizer(article.text, add_special_tokens=False)["input_ids"]
+                text = article.text
+                if len(ids) > self.settings.article_tokens:
+                    text = loaded.tokenizer.decode(ids[: self.settings.article_tokens])
+                prompt = self.templates[code].summary_prompt.format(text=text)
+                if chat:
+                    prompt = loaded.tokenizer.apply_chat_template(
+                        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+                    )
+                prompt_ids = loaded.tokenizer(prompt, add_special_tokens=not chat)["input_ids"]
+                samples.append(
+                    Sample(
+                        safe_id(f"{code}-{article.id}"),
+                        code,
+                        tuple(prompt_ids),
+                        article.summary,
+                        meta={"article": article.id},
+                    )
+                )
+        return samples
+
+    def identify(self, output: str) -> str:
+        model = self.settings.lid_model
+        return fasttext_language(output, model) if model else identify(output)
+
+    def score(self, sample: Sample, output: str) -> dict[str, object]:
+        found = self.identify(output)
+        row: dict[str, object] = {"identified": found, "success": found == sample.language}
+        if self.settings.measure == "bertscore":
+            model = self.settings.bertscore_model
+            row["bertscore_f1"] = bertscore_f1(output, sample.expected, sample.language, model)
+        return row
 
 
 @dataclass(frozen=True)
@@ -124,6 +417,46 @@ class Condition:
         return HeadGates(values)
 
 
+def _selected(table: pd.DataFrame) -> set[tuple[int, int]]:
+    return set(zip(table["layer"].astype(int), table["head"].astype(int), strict=True))
+
+
+def language_head_sets(
+    config: LanguageTestConfig, table: pd.DataFrame, layout: HeadLayout
+) -> Callable[[str | None], tuple[tuple[int, int], ...]]:
+    """The heads a condition masks: a language's specific heads (best first), or the general heads
+    (None). Under ``config.control``, random heads of the same count from outside every language head,
+    one draw per set, other than the random baselines' (they are seeded by another label)."""
+
+    def heads(code: str | None) -> tuple[tuple[int, int], ...]:
+        found = tuple(heads_of(table, code, "general" if code is None else "specific"))
+        if not config.control or not found:
+            return found
+        label = f"{config.seed}-control-{code or 'general'}"
+        return random_head_sets(layout, len(found), _selected(table), 1, label)[0]
+
+    return heads
+
+
+def cross_sets(
+    config: LanguageTestConfig, table: pd.DataFrame, layout: HeadLayout, languages: list[str]
+) -> tuple[dict[str, list[tuple[int, int]]], dict[str, list[tuple[int, int]]]]:
+    """ppl-cross: each tested language's exclusive specific heads, and the heads left out as shared."""
+    heads = language_head_sets(config, table, layout)
+    for code in languages:
+        if not heads(code):
+            raise BabelheadsError(_no_specific(code))
+    return exclusive_heads({code: list(heads(code)) for code in languages})
+
+
+def _no_specific(code: str) -> str:
+    return (
+        f"{code} has no language-specific heads in this importance run (all its candidates are "
+        "general). Re-select with a higher --min-languages or a lower --percentile "
+        "(babelheads importance --from RUN --out RUN ...)."
+    )
+
+
 def conditions_for(
     config: LanguageTestConfig, table: pd.DataFrame, layout: HeadLayout, languages: list[str]
 ) -> dict[str, list[Condition]]:
@@ -131,17 +464,14 @@ def conditions_for(
     seeds = range(config.random_seeds)
     # Random heads come from outside every selected language head (as ablate draws outside the
     # retrieval heads): the contrast is "heads LAHIS flags" against "heads it does not".
-    selected = set(zip(table["layer"].astype(int), table["head"].astype(int), strict=True))
+    selected = _selected(table)
+    heads = language_head_sets(config, table, layout)
 
     def specific(code: str, factor: float = 0.0, label: str = "specific") -> Condition:
-        heads = tuple(heads_of(table, code, "specific"))
-        if not heads:
-            raise BabelheadsError(
-                f"{code} has no language-specific heads in this importance run (all its candidates are "
-                "general). Re-select with a higher --min-languages or a lower --percentile "
-                "(babelheads importance --from RUN --out RUN ...)."
-            )
-        return Condition(f"{label}:{code}", heads, factor)
+        found = heads(code)
+        if not found:
+            raise BabelheadsError(_no_specific(code))
+        return Condition(f"{label}:{code}", found, factor)
 
     def randoms(label: str, like: Condition, key: str) -> list[Condition]:
         sets = random_head_sets(layout, len(like.heads), selected, len(seeds), f"{config.seed}-{key}")
@@ -156,9 +486,19 @@ def conditions_for(
             code: [none, specific(code), *randoms("specific", specific(code), code)] for code in languages
         }
     if config.experiment == "ppl-cross":
-        return {"*": [none, *(specific(code) for code in languages)]}
+        exclusive, _ = cross_sets(config, table, layout, languages)
+        if not any(exclusive.values()):
+            raise BabelheadsError(
+                f"Every specific head of {', '.join(languages)} is specific to two of them, so no cell of "
+                "the cross matrix can mask one language's heads alone. Re-select with a lower --share or "
+                "test other --languages."
+            )
+        masks = [
+            Condition(f"exclusive:{code}", tuple(exclusive[code])) for code in languages if exclusive[code]
+        ]
+        return {"*": [none, *masks]}
     if config.experiment == "general":
-        general = Condition("general", tuple(heads_of(table, None, "general")))
+        general = Condition("general", heads(None))
         if not general.heads:
             raise BabelheadsError(
                 "The importance run found no language-general heads. Re-select with a lower --percentile "
@@ -202,9 +542,12 @@ class LanguageTest(Experiment):
                 f"The importance run has no heads for {', '.join(unknown)}; "
                 f"it scored {', '.join(scored['languages'])}."
             )
-        self.plan = conditions_for(
-            config, self.source.store.derived("language_heads"), self.source.layout, self.languages
-        )
+        table = self.source.store.derived("language_heads")
+        self.plan = conditions_for(config, table, self.source.layout, self.languages)
+        self.left_out: dict[str, list[str]] = {}
+        if config.experiment == "ppl-cross":
+            _, shared = cross_sets(config, table, self.source.layout, self.languages)
+            self.left_out = {code: [head_label(*head) for head in heads] for code, heads in shared.items()}
         self.tasks = _tasks(config, scored, self.languages)
 
     @property
@@ -213,8 +556,8 @@ class LanguageTest(Experiment):
 
     def identity(self, execution: Execution) -> dict:
         config = self.config
-        return {
-            "config": _without(asdict(config), self.analysis_fields),
+        identity = {
+            "config": _config_identity(config, self.analysis_fields),
             "data": {name: task.identity() for name, task in self.tasks.items()},
             "precision": self.source.manifest["spec"]["precision"],
             "importance": self.source.digest,
@@ -222,6 +565,9 @@ class LanguageTest(Experiment):
             "head_mask": mask_digest(Path(config.head_mask)) if config.head_mask else None,
             "random_heads": RANDOM_POOL,
         }
+        if config.experiment == "ppl-cross":  # its masks changed: a run made before is another run
+            identity["cross_masks"] = "exclusive specific heads"
+        return identity
 
     def model(self) -> ModelChoice:
         return source_model(self.source)
@@ -239,6 +585,8 @@ class LanguageTest(Experiment):
         ]
         conditions = {c.name: asdict(c) for group in self.plan.values() for c in group}
         facts = {"layout": self.source.manifest["layout"], "conditions": conditions}
+        if self.left_out:
+            facts["left_out_as_shared"] = self.left_out
         return Prepared(sorted(parts), facts, (base, text_parts, generation))
 
     def execute(self, store: RunStore, loaded: LoadedModel, prepared: Prepared, execution: Execution) -> None:
@@ -249,7 +597,7 @@ class LanguageTest(Experiment):
             run_jobs(store, loaded, jobs, self.tasks[name].score, settings, execution.progress, name)
 
     def finalize(self, store: RunStore) -> None:
-        finalize(store, self.config)
+        finalize(store, self.config, Context(self.source.model_name, str(store.root)))
 
 
 class RetrievalMeetsLanguage(Experiment):
@@ -270,7 +618,7 @@ class RetrievalMeetsLanguage(Experiment):
 
     def identity(self, execution: Execution) -> dict:
         return {
-            "config": _without(asdict(self.config), self.analysis_fields),
+            "config": _config_identity(self.config, self.analysis_fields),
             "model": self.source.model,
             "importance": self.source.digest,
             "detection": self.detection.digest,
@@ -314,14 +662,56 @@ def _without(config: dict, fields: tuple[str, ...]) -> dict:
     return {key: value for key, value in config.items() if key not in fields}
 
 
+NEWER_SETTINGS = {
+    "control": False,
+    "protocol": "offline",
+    "summaries": XLSUM,
+    "article_tokens": 1024,
+    "bertscore_model": BERTSCORE_MODEL,
+    "lid_model": None,
+}
+"""Settings added after runs existed: left out of the identity at their defaults, so those runs keep
+theirs (and so do the paper protocol's fields in an offline run, which reads none of them)."""
+
+
+def _config_identity(config: LanguageTestConfig, analysis: tuple[str, ...]) -> dict:
+    identity = _without(asdict(config), analysis)
+    for name, default in NEWER_SETTINGS.items():
+        unused = config.protocol == "offline" and name in ("summaries", "article_tokens", "bertscore_model")
+        if identity[name] == default or unused:
+            identity.pop(name)
+    return identity
+
+
 def _new_tokens(task: str, config: LanguageTestConfig) -> int:
-    return {"qa": QA_TOKENS, "off_target": config.summary_tokens, "attn_transfer": TRANSFER_TOKENS}[task]
+    return {
+        "qa": QA_TOKENS,
+        "off_target": config.summary_tokens,
+        "summaries": config.summary_tokens,
+        "attn_transfer": TRANSFER_TOKENS,
+    }[task]
 
 
 def _tasks(config: LanguageTestConfig, scored: dict, languages: list[str]) -> dict:
     data_dir, seed = scored["data_dir"], scored["seed"]
     experiment = config.experiment
     tasks: dict[str, object] = {}
+    if config.protocol == "paper":  # the paper's general / off-target: XL-Sum articles only
+        asked = tuple(languages) if experiment == "general" else tuple(c for c in languages if c != "en")
+        measure = "bertscore" if experiment == "general" else "language"
+        settings = SummarySettings(
+            asked,
+            config.summaries,
+            data_dir,
+            config.prompts,
+            config.article_tokens,
+            measure,
+            config.bertscore_model,
+            config.lid_model,
+            seed=seed,
+        )
+        tasks["summaries"] = SummaryTask(settings)
+        return tasks
     if experiment in ("ppl", "ppl-cross", "general"):
         settings = TextSettings(
             tuple(languages), scored["corpus"], data_dir, config.texts, config.window, "evaluation", seed
@@ -413,7 +803,7 @@ def _generation_jobs(loaded: LoadedModel, task, plan, base) -> list[Job]:
     ]
 
 
-def finalize(store: RunStore, config: LanguageTestConfig) -> None:
+def finalize(store: RunStore, config: LanguageTestConfig, context: Context) -> None:
     samples = store.table("samples")
     r, s = config.replicates, config.seed
     texts = samples[samples["task"] == "texts"]
@@ -421,30 +811,30 @@ def finalize(store: RunStore, config: LanguageTestConfig) -> None:
     if config.experiment == "ppl":
         tables["ppl"] = effects.contrasts(texts, "log_ppl", {"specific": "specific:{language}"}, r, s)
     elif config.experiment == "ppl-cross":
-        tables["ppl_cross"] = effects.cross_matrix(texts, r, s)
+        cross = effects.cross_matrix(texts, r, s)
+        shared = store.manifest().get("left_out_as_shared", {})
+        # which heads of the column's language were left out of its mask as specific to another too
+        cross["left_out_as_shared"] = cross["heads_of"].map(lambda code: " ".join(shared.get(code, [])))
+        tables["ppl_cross"] = cross
         tables["diagonality"] = effects.diagonality(texts, r, s)
     elif config.experiment == "general":
-        qa = samples[samples["task"] == "qa"].assign(correct=lambda f: f["success"].astype(float))
-        tables["general"] = pd.concat(
-            [
-                effects.contrasts(texts, "log_ppl", {"general": "general"}, r, s),
-                effects.contrasts(qa, "correct", {"general": "general"}, r, s),
-            ],
-            ignore_index=True,
-        )
+        if config.protocol == "paper":
+            summaries = samples[samples["task"] == "summaries"]
+            tables["general"] = effects.contrasts(summaries, "bertscore_f1", {"general": "general"}, r, s)
+        else:
+            tables["general"] = pd.concat(
+                [
+                    effects.contrasts(texts, "log_ppl", {"general": "general"}, r, s),
+                    effects.contrasts(_qa(samples), "correct", {"general": "general"}, r, s),
+                ],
+                ignore_index=True,
+            )
     elif config.experiment == "off-target":
-        shares = samples.assign(on_target=lambda f: f["success"].astype(float))
-        tables["off_target"] = effects.contrasts(shares, "on_target", {"specific": "specific:en"}, r, s)
-    else:
-        follows = samples.assign(
-            follows_first=(samples["followed"] == "first").astype(float),
-            follows_second=(samples["followed"] == "second").astype(float),
-            # One amplified and one zeroed set per prompt (and their random draws): name them by role and
-            # seed, not by language, so prompts of every pair line up.
-            condition=samples["condition"]
-            .str.replace(r"^(amplify|zero):.*$", r"\1", regex=True)
-            .str.replace(r"^random-(amplify|zero):[^:]+:(\d+)$", r"random-\1:\2", regex=True),
+        tables["off_target"] = effects.contrasts(
+            _shares(samples), "on_target", {"specific": "specific:en"}, r, s
         )
+    else:
+        follows = _follows(samples)
         by_language = pd.concat([follows.assign(language="all"), follows.assign(language=follows["first"])])
         tables["attn_transfer"] = pd.concat(
             [
@@ -453,5 +843,114 @@ def finalize(store: RunStore, config: LanguageTestConfig) -> None:
             ],
             ignore_index=True,
         )
+    tables.update(claims_tables(language_test_claims(samples, config, context)))
     for name, frame in tables.items():
         store.write_table(name, frame)
+
+
+def _qa(samples: pd.DataFrame) -> pd.DataFrame:
+    return samples[samples["task"] == "qa"].assign(correct=lambda f: f["success"].astype(float))
+
+
+def _shares(samples: pd.DataFrame) -> pd.DataFrame:
+    return samples.assign(on_target=lambda f: f["success"].astype(float))
+
+
+def _follows(samples: pd.DataFrame) -> pd.DataFrame:
+    return samples.assign(
+        follows_first=(samples["followed"] == "first").astype(float),
+        follows_second=(samples["followed"] == "second").astype(float),
+        # One amplified and one zeroed set per prompt (and their random draws): name them by role and
+        # seed, not by language, so prompts of every pair line up.
+        condition=samples["condition"]
+        .str.replace(r"^(amplify|zero):.*$", r"\1", regex=True)
+        .str.replace(r"^random-(amplify|zero):[^:]+:(\d+)$", r"random-\1:\2", regex=True),
+    )
+
+
+def language_test_claims(
+    samples: pd.DataFrame, config: LanguageTestConfig, context: Context
+) -> list[tuple[dict, list[dict]]]:
+    """The LAHIS claims of this run's mode, measured, and one 'mode not run' row for each other one.
+    Each row's test names the protocol used and how it departs from the paper's."""
+    r, s = config.replicates, config.seed
+    texts = samples[samples["task"] == "texts"]
+    experiment, paper = config.experiment, config.protocol == "paper"
+    if experiment == "ppl":
+        sets = min(lahis.random_sets(g, f"random-specific:{c}:") for c, g in texts.groupby("language"))
+        parts = lahis.ppl_specific(texts, r, s)
+        test = (
+            "mean log-perplexity (nats per token) with the language's specific heads zeroed minus with as "
+            f"many random heads zeroed (drawn outside every language head), on {config.texts} held-out "
+            f"windows of {config.window} tokens of the corpus's evaluation half per language (LAHIS: "
+            "1000 Wikipedia articles of 2048 tokens, and 9 fixed random heads against n specific ones)"
+        )
+        unit = lahis.against_random_unit("held-out texts", sets)
+    elif experiment == "ppl-cross":
+        parts = lahis.ppl_cross(texts, r, s)
+        test = (
+            "per test language: mean log-perplexity with its own exclusive specific heads zeroed minus the "
+            "mean over the other tested languages' exclusive specific heads zeroed (a head specific to "
+            f"two of them masks neither), on {config.texts} held-out windows of {config.window} tokens "
+            "per language (LAHIS: all specific heads, 1000 Wikipedia articles)"
+        )
+        unit = "held-out texts of the test language, paired across masks"
+    elif experiment == "general":
+        sets = lahis.random_sets(samples, "random-general:")
+        if paper:
+            frame = samples[samples["task"] == "summaries"]
+            measures = {"BERTScore": (frame, "bertscore_f1", -1.0)}
+            test = (
+                "per language: BERTScore F1 drop with the general heads zeroed minus with as many random "
+                f"heads zeroed, on {config.prompts} XL-Sum articles per language ({config.summaries}, cut to "
+                f"{config.article_tokens} tokens) summarised in {config.summary_tokens} greedy tokens, "
+                f"scored with {config.bertscore_model} rescaled with its baseline (LAHIS: 500 articles, 80 "
+                "sampled tokens, bert-base-uncased for every language, 9 fixed random heads)"
+            )
+        else:
+            measures = {"log-ppl": (texts, "log_ppl", 1.0), "QA": (_qa(samples), "correct", -1.0)}
+            test = (
+                "per language: the rise of log-perplexity on held-out corpus windows and the drop of "
+                f"accuracy on {config.questions or 'all'} built-in held-out QA questions with the general "
+                "heads zeroed minus with as many random heads zeroed; OFFLINE PROTOCOL, not the paper's "
+                "XL-Sum summaries scored with BERTScore (--protocol paper)"
+            )
+        parts = lahis.general_all(measures, r, s)
+        unit = lahis.against_random_unit("texts, questions or articles", sets)
+    elif experiment == "off-target":
+        sets = lahis.random_sets(samples, "random-specific:en:")
+        parts = lahis.off_target(_shares(samples), r, s)
+        if paper:
+            identifier = (
+                f"fastText ({config.lid_model})"
+                if config.lid_model
+                else "py3langid (LAHIS: fastText lid.176)"
+            )
+            source = f"{config.prompts} XL-Sum articles per language ({config.summaries})"
+        else:
+            identifier = "py3langid"
+            source = (
+                f"{config.prompts} corpus paragraphs per language; OFFLINE PROTOCOL, not the paper's XL-Sum "
+                "articles and fastText language ID (--protocol paper)"
+            )
+        test = (
+            "share of summaries in the requested language with the English-specific heads zeroed minus "
+            f"with as many random heads zeroed, identified with {identifier}; {source}; "
+            f"{config.summary_tokens} greedy tokens (LAHIS: 80 sampled tokens; its off-target mode "
+            "compares specific heads with the unmasked model and the top heads, not random ones)"
+        )
+        unit = lahis.against_random_unit("prompts", sets)
+    elif experiment == "attn-transfer":
+        follows = _follows(samples)
+        sets = lahis.random_sets(follows, "random-amplify:")
+        parts = lahis.attn_transfer(follows, r, s)
+        test = (
+            "share of answers that follow the language-1 statement with language-1 specific heads scaled "
+            f"x{config.amplify:g} minus with as many random heads scaled alike, every ordered language pair "
+            f"pooled, {config.per_pair} prompts per pair, {TRANSFER_TOKENS} greedy tokens (LAHIS: 90 "
+            "prompts per pair and no random baseline)"
+        )
+        unit = lahis.against_random_unit("prompts", sets)
+    else:
+        return []
+    return lahis.language_test_claims(experiment, parts, test, unit, context, config.control)
