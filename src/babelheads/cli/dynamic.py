@@ -190,6 +190,10 @@ def dynamic_ablate_command(
         str, typer.Option(help="gate (zero the head's output) or uniform (the official code).")
     ] = "gate",
     replicates: Replicates = 1000,
+    control: Annotated[
+        bool,
+        typer.Option(help="Negative control: random heads masked in place of each step's dynamic heads."),
+    ] = False,
     out: Out = Path("runs/dynamic-ablate"),
     seed: HeldOutSeed = 1,
     device: Device = "auto",
@@ -226,6 +230,7 @@ def dynamic_ablate_command(
         method=method,
         dtype=dtype,
         replicates=replicates,
+        control=control,
     )
     execution = _execution(device, quiet, batch_size=batch_size, shard=shard)
     store = dynamic_ablate(config, out, execution)

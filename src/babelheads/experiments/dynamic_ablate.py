@@ -10,6 +10,10 @@ clean prefix with one head set masked in that step only:
 - progressive: the k best heads of the step's ranking, for each k; the heads that then copy the clean
   token in their place are the compensating heads, counted with how many are static top-K heads.
 
+With ``control`` (the claims' negative control), the dynamic and progressive conditions mask as many
+uniformly random heads instead (the static and random conditions are unchanged), so no claim about
+the dynamic heads may hold.
+
 A condition's answer is the clean prefix's masked predictions read as a sequence: exact match (the
 answer in it) and ROUGE-L, per sample, with intervals over samples.
 """
@@ -24,7 +28,9 @@ import numpy as np
 import pandas as pd
 
 from babelheads.analysis.aggregate import completed
+from babelheads.analysis.claims import Context, claims_tables
 from babelheads.analysis.dynamic_ablation import contrasts, per_sample, summary
+from babelheads.analysis.dynamic_ablation_claims import dynamic_ablation_claims
 from babelheads.analysis.dynamic_heads import check_static_k
 from babelheads.errors import BabelheadsError
 from babelheads.execution import DEFAULT_EXECUTION, Execution
@@ -51,7 +57,8 @@ CONDITIONS = ("clean", "dynamic", "static", "random", "progressive")
 class DynamicAblateConfig:
     """heads : a detect or dynamic run of the same model; its retrieval scores rank the static heads
     (per language). The samples here use another seed than that run's (``niah.seed``), so no head is
-    tested on the samples that chose it."""
+    tested on the samples that chose it. control : the claims' negative control: each step's dynamic
+    heads, and the k best heads of its progressive ranking, replaced by as many random heads."""
 
     heads: str
     model: str | None = None
@@ -69,6 +76,7 @@ class DynamicAblateConfig:
     dtype: str = "auto"
     replicates: int = 1000
     seed: int = 0
+    control: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -93,6 +101,8 @@ class DynamicAblateConfig:
     def identity(self, model: str) -> dict:
         config = asdict(self)
         config.pop("replicates")
+        if not self.control:
+            config.pop("control")  # runs from before the control keep their identity
         return {**config, "model": model}
 
 
@@ -170,7 +180,7 @@ class DynamicAblation(Experiment):
             )
 
     def finalize(self, store: RunStore) -> None:
-        finalize(store, self.config)
+        finalize(store, self.config, self.model_name)
 
 
 def dynamic_ablate(
@@ -215,9 +225,18 @@ def _ablate_sample(
     dynamic = events.needle_copy.reshape(steps, -1)
     graded = events.needle_match_weight.reshape(steps, -1)
     on_needle = clean.records.mass[:, 0, ..., 0].reshape(steps, -1)
-    k_static = config.static_k or max(1, round(config.static_share * layout.total_heads))
-    static_top = set(static[:k_static].tolist())
+    static_top = set(static[: static_count(config, layout.total_heads)].tolist())
     rng = np.random.default_rng([config.seed, *sample.sample_id.encode()])
+    # The control's draws come from a stream of their own, so its random condition draws the same heads
+    # as the run without the control (the two runs' baselines are the same masks).
+    control = np.random.default_rng([config.seed, *b"control", *sample.sample_id.encode()])
+
+    def replaced(chosen: list[int]) -> list[int]:
+        """``chosen``, or under the control as many uniformly random heads."""
+        if not config.control:
+            return chosen
+        return sorted(control.choice(layout.total_heads, len(chosen), replace=False).tolist())
+
     plans: list[dict] = []
     for step in range(steps):
         heads = np.flatnonzero(dynamic[step]).tolist()
@@ -225,7 +244,9 @@ def _ablate_sample(
         base = {"step": step, "dynamic_heads": len(heads)}
         plans.append({**base, "condition": "clean", "k": 0, "seed": -1, "heads": []})
         if heads:
-            plans.append({**base, "condition": "dynamic", "k": len(heads), "seed": -1, "heads": heads})
+            plans.append(
+                {**base, "condition": "dynamic", "k": len(heads), "seed": -1, "heads": replaced(heads)}
+            )
             plans.append(
                 {
                     **base,
@@ -248,7 +269,13 @@ def _ablate_sample(
                 )
         for k in config.progressive:
             plans.append(
-                {**base, "condition": "progressive", "k": k, "seed": -1, "heads": order[:k].tolist()}
+                {
+                    **base,
+                    "condition": "progressive",
+                    "k": k,
+                    "seed": -1,
+                    "heads": replaced(order[:k].tolist()),
+                }
             )
     prompts = [list(sample.input_ids) + tokens[: plan["step"]] for plan in plans]
     keep = branch_points([prompt[:-1] for prompt in prompts])
@@ -323,10 +350,33 @@ def _sequences(table: pd.DataFrame, steps: int) -> dict[tuple[str, int, int], li
     return sequences
 
 
-def finalize(store: RunStore, config: DynamicAblateConfig) -> None:
+def static_count(config: DynamicAblateConfig, total_heads: int) -> int:
+    """K of the static top-K that compensating heads are counted against."""
+    return config.static_k or max(1, round(config.static_share * total_heads))
+
+
+def finalize(store: RunStore, config: DynamicAblateConfig, model: str) -> None:
     """Summaries over the samples whose clean answer is right; how many that are is in ``samples``
-    beside ``samples_run``."""
-    table = per_sample(completed(store.table("samples")), store.table("steps"))
+    beside ``samples_run``. The claims tables (claims, claim_parts) from the same rows."""
+    samples = completed(store.table("samples"))
+    steps = store.table("steps")
+    table = per_sample(samples, steps)
     summary_table = summary(table, config.replicates, config.seed)
     store.write_table("dynamic_ablation", summary_table)
     store.write_derived("dynamic_ablation_contrasts", contrasts(table, config.replicates, config.seed))
+    layout = store.manifest().get("layout")
+    total = layout["num_layers"] * layout["num_heads"] if isinstance(layout, dict) else None
+    claims = claims_tables(
+        dynamic_ablation_claims(
+            samples,
+            steps,
+            config.replicates,
+            config.seed,
+            Context(model, str(store.root)),
+            control=config.control,
+            method=config.method,
+            static_k=static_count(config, total) if total else None,
+        )
+    )
+    for name, frame in claims.items():
+        store.write_table(name, frame)

@@ -6,8 +6,10 @@ import pandas as pd
 
 # the modules that register claims (their figures' titles link the rows)
 import babelheads.analysis.ablation_claims
+import babelheads.analysis.dynamic_ablation_claims
 import babelheads.analysis.dynamic_claims
 import babelheads.analysis.kv_claims
+import babelheads.analysis.lahis_claims
 import babelheads.analysis.multilingual_claims
 import babelheads.analysis.rag_claims  # noqa: F401
 from babelheads.analysis.claims import COLUMNS
