@@ -428,7 +428,7 @@ def test_the_rag_command_runs_resumes_reports_and_refuses_bad_input(
         "--count",
         "3",
         "--selections",
-        "dragin,question,none",
+        "dragin,question,question-matched,random-retriever,none",
         "--threshold",
         "0",
         "--retrievals",
@@ -443,10 +443,10 @@ def test_the_rag_command_runs_resumes_reports_and_refuses_bad_input(
     store = RunStore(out)
     scores = store.derived("rag_scores")
     assert set(scores["language"]) == {"en", "zh", "all"}
-    assert set(scores["selection"]) == {"dragin", "question", "none"}
+    assert set(scores["selection"]) == {"dragin", "question", "question-matched", "random-retriever", "none"}
     trace = store.table("trace")
     assert (trace.groupby(["sample_id", "selection"]).size() <= 2).all()
-    assert set(trace["selection"]) == {"dragin", "question"}
+    assert {"dragin", "question"} <= set(trace["selection"])
     before = store.derived("rag_scores")
     # A lost part is redone to the same rows; the rest is not decoded again.
     lost = sorted(store.finished())[0]
@@ -464,6 +464,7 @@ def test_the_rag_command_runs_resumes_reports_and_refuses_bad_input(
     assert code == 0, err
     page = report.read_text()
     assert "Dynamic RAG: answers per head selection" in page and "Retrieval trace of one question" in page
+    assert "Dynamic RAG: the RIND threshold" in page and "dynamic.rag_vs_question" in page
     # Bad input: one line each, nothing written over.
     code, _, err = run_cli(
         monkeypatch, capsys, "rag", "--model", str(tiny_model_dir), "--out", str(tmp_path / "x")

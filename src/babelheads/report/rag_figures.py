@@ -15,6 +15,8 @@ SELECTION_COLOURS = {
     "static": "#1f77b4",
     "dragin": "#9467bd",
     "question": "#2ca02c",
+    "question-matched": "#98df8a",
+    "random-retriever": "#c7c7c7",
     "none": "#7f7f7f",
 }
 
@@ -110,3 +112,37 @@ def trace_chart(samples: pd.DataFrame, trace: pd.DataFrame, sample_id: str) -> F
         "token, heads, query windows and documents."
     )
     return Figure("Retrieval trace of one question", caption, steps.reset_index(drop=True), png=_png(figure))
+
+
+@_styled
+def threshold_sweep_chart(sweep: pd.DataFrame) -> Figure:
+    """The share of answer steps that trigger retrieval and the token F1 against the RIND threshold,
+    per head-guided selection, languages pooled (from the run's recorded per-step RIND)."""
+    pooled = sweep[sweep["language"] == "all"] if "all" in set(sweep["language"]) else sweep
+    figure = MplFigure(figsize=(WIDTH, 3.0), layout="constrained")
+    left, right = figure.subplots(1, 2)
+    for selection, rows in pooled.groupby("selection", sort=False):
+        rows = rows.sort_values("threshold")
+        colour = SELECTION_COLOURS.get(str(selection))
+        left.plot(rows["threshold"], rows["triggered"], marker="o", color=colour, label=str(selection))
+        right.errorbar(
+            rows["threshold"],
+            rows["f1"],
+            yerr=np.nan_to_num([rows["f1"] - rows["f1_lo"], rows["f1_hi"] - rows["f1"]]),
+            marker="o",
+            color=colour,
+            capsize=2,
+        )
+    for ax in (left, right):
+        ax.axvline(float(pooled["run_threshold"].iloc[0]), color="black", linestyle="--", linewidth=1)
+        ax.set_xlabel("RIND threshold")
+    left.set_ylabel("answer steps that trigger")
+    right.set_ylabel("token F1 (questions it determines)")
+    left.legend(fontsize=7)
+    caption = (
+        "How the result depends on the RIND threshold, from the per-step RIND the run recorded (no new "
+        "decoding); the dashed line is the run's threshold. RIND here uses the last layer's full-context "
+        "softmax token by token, not DRAGIN's pass over the generated text, so its scale is not DRAGIN's "
+        "0.6-1.4. F1 counts only the questions whose answer the run determines at that threshold."
+    )
+    return Figure("Dynamic RAG: the RIND threshold", caption, pooled.reset_index(drop=True), png=_png(figure))

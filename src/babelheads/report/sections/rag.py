@@ -15,6 +15,10 @@ def languages(store: RunStore, config: dict) -> list[str]:
 def draw(run: Run, page: Page) -> list[Section]:
     store = run.store
     drawn = [figures.scores_chart(store.derived("rag_scores"))]
+    if (store.root / "rag_threshold_sweep.parquet").exists():
+        sweep = store.derived("rag_threshold_sweep")
+        if not sweep.empty:
+            drawn.append(figures.threshold_sweep_chart(sweep))
     sample_id = traced_question(store)
     if sample_id is not None:
         drawn.append(figures.trace_chart(store.table("samples"), store.table("trace"), sample_id))
