@@ -49,7 +49,7 @@ from babelheads.runner.losses import Scored, row_losses, rows_per_pass
 from babelheads.runner.parts import Part, execute_parts, in_batches_of
 from babelheads.runs import RunStore
 from babelheads.sources import open_source
-from babelheads.tasks.base import Sample, content_digest, safe_id
+from babelheads.tasks.base import Sample, content_digest, encode_prompt, safe_id
 from babelheads.tasks.lm_texts import TextSettings, TextWindow, TextWindows
 from babelheads.tasks.off_target import OffTargetSettings, OffTargetTask, identify
 from babelheads.tasks.qa import QA_TOKENS, QaSettings, QaTask
@@ -367,16 +367,12 @@ class SummaryTask:
                 if len(ids) > self.settings.article_tokens:
                     text = loaded.tokenizer.decode(ids[: self.settings.article_tokens])
                 prompt = self.templates[code].summary_prompt.format(text=text)
-                if chat:
-                    prompt = loaded.tokenizer.apply_chat_template(
-                        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-                    )
-                prompt_ids = loaded.tokenizer(prompt, add_special_tokens=not chat)["input_ids"]
+                ids = encode_prompt(loaded.tokenizer, prompt, chat)
                 samples.append(
                     Sample(
                         safe_id(f"{code}-{article.id}"),
                         code,
-                        tuple(prompt_ids),
+                        tuple(ids),
                         article.summary,
                         meta={"article": article.id},
                     )

@@ -89,6 +89,16 @@ class Skipped:
         }
 
 
+def encode_prompt(tokenizer, text: str, chat: bool) -> list[int]:
+    """The token ids of ``text`` as the user's turn of the model's chat template (its own special
+    tokens, so none added again), or as plain text with the tokenizer's usual special tokens."""
+    if chat:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+        )
+    return tokenizer(text, add_special_tokens=not chat)["input_ids"]
+
+
 def safe_id(text: str) -> str:
     """``text`` as a portable file name: characters outside [A-Za-z0-9._-] become '_' and, since that
     could make two ids equal, a short hash of the original is appended."""

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from babelheads.data.problems import ProblemSet, load_problems
 from babelheads.errors import TaskError
-from babelheads.tasks.base import Sample, Skipped, Stop, content_digest, safe_id
+from babelheads.tasks.base import Sample, Skipped, Stop, content_digest, encode_prompt, safe_id
 
 if TYPE_CHECKING:
     from babelheads.models import LoadedModel
@@ -110,11 +110,7 @@ class CotTask:
             self._cells(), self.sample_ids(), strict=True
         ):
             body = problem_set.prompt(mode).format(question=problem.question)
-            if chat:
-                body = loaded.tokenizer.apply_chat_template(
-                    [{"role": "user", "content": body}], tokenize=False, add_generation_prompt=True
-                )
-            ids = loaded.tokenizer(body, add_special_tokens=not chat)["input_ids"]
+            ids = encode_prompt(loaded.tokenizer, body, chat)
             samples.append(
                 Sample(
                     sample_id,

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from babelheads.data.corpora import load_documents
 from babelheads.data.prompts import LanguagePrompts, load_prompts
 from babelheads.errors import TaskError
-from babelheads.tasks.base import Sample, content_digest, safe_id
+from babelheads.tasks.base import Sample, content_digest, encode_prompt, safe_id
 from babelheads.tasks.lm_texts import split_documents
 
 if TYPE_CHECKING:
@@ -85,11 +85,7 @@ class OffTargetTask:
         for code, found in self.paragraphs.items():
             for name, paragraph in found:
                 text = self.templates[code].summary_prompt.format(text=paragraph)
-                if chat:
-                    text = loaded.tokenizer.apply_chat_template(
-                        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-                    )
-                ids = loaded.tokenizer(text, add_special_tokens=not chat)["input_ids"]
+                ids = encode_prompt(loaded.tokenizer, text, chat)
                 samples.append(
                     Sample(safe_id(f"{code}-{name}"), code, tuple(ids), code, meta={"paragraph": name})
                 )

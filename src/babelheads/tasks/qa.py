@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from babelheads.data.languages import Language, load_language
 from babelheads.data.qa import Question, load_questions
 from babelheads.errors import TaskError
-from babelheads.tasks.base import Sample, Scored, content_digest, safe_id
+from babelheads.tasks.base import Sample, Scored, content_digest, encode_prompt, safe_id
 from babelheads.tasks.lm_texts import HALVES, split_documents
 
 QA_TOKENS = 10
@@ -82,14 +82,9 @@ class QaTask:
     def prompt_ids(self, loaded: LoadedModel, code: str, question: Question) -> list[int]:
         chat = {"auto": loaded.is_chat, "chat": True, "plain": False}[self.settings.prompt]
         language = self.languages[code]
-        if chat:
-            body = language.chat_prompt.format(context=question.context, question=question.question)
-            text = loaded.tokenizer.apply_chat_template(
-                [{"role": "user", "content": body}], tokenize=False, add_generation_prompt=True
-            )
-            return loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
-        text = language.plain_prompt.format(context=question.context, question=question.question)
-        return loaded.tokenizer(text)["input_ids"]
+        template = language.chat_prompt if chat else language.plain_prompt
+        text = template.format(context=question.context, question=question.question)
+        return encode_prompt(loaded.tokenizer, text, chat)
 
     def build(self, loaded: LoadedModel) -> list[Sample]:
         return [
