@@ -64,6 +64,7 @@ PART_COLUMNS = (
 
 WU = "Wu et al. 2024, Retrieval Head Mechanistically Explains Long-Context Factuality"
 MULTILINGUAL = "Do Retrieval Heads Speak the Same Language? (multilingual retrieval heads)"
+DYNAMIC = "Retrieval Heads are Dynamic (dynamic retrieval heads)"
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from babelheads.analysis.claims import (
+    DYNAMIC,
     Context,
     Measured,
     bootstrap_units,
@@ -26,7 +27,6 @@ from babelheads.analysis.claims import (
     register_claim,
 )
 
-DYNAMIC = "Retrieval Heads are Dynamic (dynamic retrieval heads)"
 COLLAPSE = 0.5
 """Progressive masking "collapses" retrieval when its last stage keeps under this share of the unmasked
 retrieval: merely "below the unmasked baseline" also holds when as many random heads are masked on a

@@ -12,11 +12,18 @@ from collections.abc import Callable
 
 import numpy as np
 
-from babelheads.analysis.claims import Context, Measured, bootstrap_units, claim_rows, nothing, register_claim
+from babelheads.analysis.claims import (
+    DYNAMIC,
+    Context,
+    Measured,
+    bootstrap_units,
+    claim_rows,
+    nothing,
+    register_claim,
+)
 from babelheads.analysis.dynamic_heads import SampleParts, StepHeads, sample_parts, weighted_statistics
 from babelheads.analysis.head_probes import ProbeGain
 
-DYNAMIC = "Retrieval Heads are Dynamic (dynamic retrieval heads)"
 NOT_STATIC = register_claim(
     "dynamic.not_static",
     DYNAMIC,

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from babelheads.analysis.claims import (
+    DYNAMIC,
     Claim,
     Context,
     Measured,
@@ -28,7 +29,6 @@ from babelheads.analysis.claims import (
 )
 from babelheads.analysis.rag_scores import QUESTION_MATCHED, RANDOM_RETRIEVER
 
-DYNAMIC_PAPER = "Retrieval Heads are Dynamic (dynamic retrieval heads)"
 FIGURE = "Dynamic RAG: answers per head selection"
 PAPER_SIDE = "dynamic"
 MEASURE = "token F1"
@@ -41,28 +41,28 @@ F1_NORMALISATION = (
 
 RAG_VS_NONE = register_claim(
     "dynamic.rag_vs_none",
-    DYNAMIC_PAPER,
+    DYNAMIC,
     "Retrieval with queries from the probe's dynamic heads answers two-hop questions better (token F1) "
     "than no retrieval.",
     figure=FIGURE,
 )
 RAG_VS_STATIC = register_claim(
     "dynamic.rag_vs_static",
-    DYNAMIC_PAPER,
+    DYNAMIC,
     "Queries from the dynamic heads answer two-hop questions better (token F1) than queries from the "
     "static top retrieval heads, at the same trigger and budget.",
     figure=FIGURE,
 )
 RAG_VS_LAST_LAYER = register_claim(
     "dynamic.rag_vs_last_layer",
-    DYNAMIC_PAPER,
+    DYNAMIC,
     "Queries from the dynamic heads answer two-hop questions better (token F1) than DRAGIN's own "
     "queries from the last layer's heads, at the same trigger and budget.",
     figure=FIGURE,
 )
 RAG_VS_QUESTION = register_claim(
     "dynamic.rag_vs_question",
-    DYNAMIC_PAPER,
+    DYNAMIC,
     "Queries from the dynamic heads answer two-hop questions better (token F1) than the question as the "
     "query at the same document budget (as many retrievals and documents on each question).",
     figure=FIGURE,
