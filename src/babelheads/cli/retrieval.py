@@ -207,7 +207,9 @@ def ablate(
     head_sets: Annotated[
         str, typer.Option(help="top, random, agnostic, specific.")
     ] = "top,random,agnostic,specific",
-    random_seeds: Annotated[int, typer.Option(help="Draws of random heads per K.")] = 3,
+    random_seeds: Annotated[
+        int, typer.Option(help="Draws of random heads per K (the top set is compared with their spread).")
+    ] = 5,
     method: Annotated[
         str, typer.Option(help="gate (zero the head's output) or uniform (official code).")
     ] = "gate",

@@ -47,7 +47,7 @@ class AblateConfig:
     languages: tuple[str, ...] = ()
     k: tuple[int, ...] = (2, 4, 8)
     head_sets: tuple[str, ...] = HEAD_SETS
-    random_seeds: int = 3
+    random_seeds: int = 5
     method: str = "gate"
     phases: str = "all"
     threshold: float = 0.1
