@@ -306,3 +306,20 @@ def test_heads_that_take_turns_make_the_dynamic_claims_hold_and_one_fixed_head_d
     fixed = claims(lambda step: 0)
     assert fixed["dynamic.not_static"]["estimate"] == 0 and fixed["dynamic.not_static"]["verdict"] != HOLDS
     assert fixed["dynamic.turn_taking"]["verdict"] != HOLDS
+
+
+def test_a_probe_gain_on_too_few_test_samples_gives_no_verdict():
+    from babelheads.analysis.claims import HOLDS, NO_DATA, Context
+    from babelheads.analysis.dynamic_claims import MIN_TEST_SAMPLES, probe_claims
+    from babelheads.analysis.head_probes import ProbeGain
+
+    def verdict(samples: int) -> dict:
+        gain = ProbeGain(0.3, np.full(200, 0.3), samples)
+        rows = probe_claims({"all": gain}, {"all": {"prior x P(retrieve)": gain}}, Context("t", "t"))
+        return {row["claim"]: row for row, _ in rows}
+
+    few = verdict(MIN_TEST_SAMPLES - 1)
+    assert (
+        few["dynamic.predictable"]["verdict"] == NO_DATA and "too few" in few["dynamic.predictable"]["reason"]
+    )
+    assert verdict(MIN_TEST_SAMPLES)["dynamic.cca"]["verdict"] == HOLDS

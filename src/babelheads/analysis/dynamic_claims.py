@@ -52,8 +52,11 @@ PREDICTABLE = register_claim(
     "retrieval steps, and beats the prior times the predicted chance that a step retrieves.",
     figure="Predicting each step's retrieval heads",
 )
+MIN_TEST_SAMPLES = 5
+"""Test samples a probe's gain needs for a verdict: a bootstrap over two or three samples has a handful
+of distinct draws and no 95 % coverage."""
 STEPS = "tested samples (the other half chose the static heads; a sample's steps together)"
-TEST = "test samples of the probe split (a sample's steps together)"
+TEST = "test samples of the probe split, languages pooled (a sample's steps together)"
 
 
 def statistic_claims(
@@ -100,7 +103,8 @@ def statistic_claims(
 def probe_claims(
     cca: dict[str, ProbeGain | None], probe: dict[str, dict[str, ProbeGain]], context: Context
 ) -> list[tuple[dict, list[dict]]]:
-    """dynamic.cca and dynamic.predictable, one part per language (and comparison)."""
+    """dynamic.cca and dynamic.predictable from the probes fitted on every language pooled (one probe
+    per model, as the paper fits it), one part per comparison."""
     cca_parts = [
         _measured(language, gain, "too few held-out pairs, or nothing varies")
         for language, gain in cca.items()
@@ -151,4 +155,10 @@ def _dynamism(sums: SampleParts, k: int) -> Callable[[np.ndarray, np.random.Gene
 def _measured(label: str, gain: ProbeGain | None, reason: str) -> Measured:
     if gain is None or not np.isfinite(gain.estimate):
         return nothing(label, reason)
+    if gain.samples < MIN_TEST_SAMPLES:
+        return nothing(
+            label,
+            f"{gain.samples} test sample(s): too few to resample for a verdict (at least "
+            f"{MIN_TEST_SAMPLES}; the probe split tests 10 % of the samples: run more)",
+        )
     return Measured(label, gain.estimate, gain.draws, gain.samples)

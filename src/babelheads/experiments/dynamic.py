@@ -307,7 +307,7 @@ def analyse(store: RunStore, analysis: DynamicAnalysis, progress: bool = True) -
         scores = _step_data(part_steps, mine, graded[rows], parts)
         results["cca"].append(cca_sweep(scores, analysis.probe).assign(language=language))
         probe, curves, trained, gains = probe_heads(binary, analysis.probe)
-        if language != ALL:
+        if language == ALL:  # one probe per model, as the paper fits it (a language alone tests ~2 samples)
             cca_gains[language] = cca_gain(scores, analysis.probe)
             probe_gains[language] = gains
         if trained is not None:
