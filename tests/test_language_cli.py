@@ -517,7 +517,7 @@ def test_xlsum_loads_through_hf_with_its_language_names(monkeypatch):
     import types
 
     from babelheads.errors import TaskError
-    from babelheads.experiments.language_tests import XLSUM, load_articles
+    from babelheads.tasks.summaries import XLSUM, load_articles
 
     seen = {}
 
