@@ -10,7 +10,9 @@ holds once the prompt is in (as a share of ``full``) and the accuracy of ``full`
 full-attention layers; the others sink 64 + window 256),
 ``window`` (every head the same window, equal bytes) and ``random-heads`` (as many random heads per
 layer). Without ``--*-heads`` a small detection run (English, 1000 tokens) is made first. On a GPU
-it also reports peak allocated memory. The last line reads, for SmolLM2 at the longest length,
+it also reports the peak allocated while decoding above the weights and the shared reference
+prefill (the policy's own cache and activations). The last line reads, for SmolLM2 at the longest
+length,
 ``kv_bytes_ratio=R accuracy_full=A0 accuracy_headsplit=A1 accuracy_window=A2``.
 """
 
@@ -86,7 +88,7 @@ def main() -> None:
             samples = store.table("samples")
             for policy, row in scores.iterrows():
                 peak = samples.loc[samples["policy"] == policy, "peak_decode"].max()
-                memory = "" if peak != peak else f", peak {peak / 2**20:.0f} MiB"
+                memory = "" if peak != peak else f", decode peak {peak / 2**20:.0f} MiB over weights"
                 accuracy = f"{row['accuracy']:.2f} [{row['accuracy_lo']:.2f}, {row['accuracy_hi']:.2f}]"
                 print(
                     f"| {model} | {length} | {policy} | {row['bytes_ratio']:.3f} | "
