@@ -268,3 +268,42 @@ def test_hotpotqa_rows_load_through_hf_with_yes_no_questions_left_out(monkeypatc
     # The fact that holds the answer goes last; the context's other sentences are distractors.
     assert item.facts == ("It was drained by Ivo Brask.", "Ivo Brask was born in Tellum.")
     assert item.distractors == ("Orla Fen is a marsh.", "He liked boats.")
+
+
+def test_a_detect_recording_with_hidden_states_is_the_dynamic_run_of_its_samples(
+    tmp_path, tiny_model_dir, monkeypatch, capsys
+):
+    """`dynamic --recording` analyses a detect run instead of decoding: the same samples decoded by
+    `dynamic` give the same events and hidden states, so its analyses are the same."""
+    grid = ["--model", str(tiny_model_dir), "--lengths", "1200", "--depths", "0.3,0.7", "--needles", "magic"]
+    grid += ["--needles-per-cell", "2", "--max-new-tokens", "6", "--languages", "en,de"]
+    detect, decoded, replay = tmp_path / "detect", tmp_path / "decoded", tmp_path / "replay"
+    code, _, err = run_cli(
+        monkeypatch, capsys, "detect", *grid, "--hidden-states", "--out", str(detect), "--quiet"
+    )
+    assert code == 0, err
+    code, _, err = run_cli(monkeypatch, capsys, "dynamic", *grid, "--out", str(decoded), *FAST)
+    assert code == 0, err
+    code, stdout, err = run_cli(
+        monkeypatch, capsys, "dynamic", "--recording", str(detect), "--out", str(replay), *FAST
+    )
+    assert code == 0, err
+    assert "CCA top-1" in stdout
+    ours, theirs = RunStore(replay), RunStore(decoded)
+    for name in ("events", "hidden", "head_scores"):
+        assert ours.table(name).equals(theirs.table(name)), name
+    for name in ("dynamic_stats", "static_heads", "cca", "probe", "claims"):
+        assert ours.derived(name).drop(columns=["run"], errors="ignore").equals(
+            theirs.derived(name).drop(columns=["run"], errors="ignore")
+        ), name
+    # Replayed with --from, it is the same run: finished, nothing copied again.
+    code, _, err = run_cli(monkeypatch, capsys, "dynamic", "--from", str(replay), "--out", str(replay), *FAST)
+    assert code == 0, err
+    # A recording without hidden states is refused with the fix.
+    plain = tmp_path / "plain"
+    code, _, err = run_cli(monkeypatch, capsys, "detect", *grid, "--out", str(plain), "--quiet")
+    assert code == 0, err
+    code, _, err = run_cli(
+        monkeypatch, capsys, "dynamic", "--recording", str(plain), "--out", str(tmp_path / "x"), *FAST
+    )
+    assert_one_line_error(code, err, "recorded without hidden states")

@@ -81,6 +81,13 @@ def dynamic_command(
     shuffles: Annotated[
         int, typer.Option(help="Shuffled-pair CCA fits per lag (their mean is the baseline).")
     ] = 3,
+    recording: Annotated[
+        Path | None,
+        typer.Option(
+            help="A detect run recorded with --hidden-states: analyse its samples instead of decoding "
+            "new ones (the task's options then do not apply)."
+        ),
+    ] = None,
     out: Out = Path("runs/dynamic"),
     seed: Seed = 0,
     device: Device = "auto",
@@ -137,6 +144,7 @@ def dynamic_command(
         top_k=top_k,
         dtype=dtype,
         analysis=analysis,
+        recording=str(recording) if recording else None,
     )
     execution = _execution(device, quiet, batch_size=batch_size, shard=shard)
     store = dynamic(config, out, execution)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from babelheads.analysis.aggregate import AggregateSettings, aggregate
@@ -37,6 +37,9 @@ class DetectConfig:
     analysis: AggregateSettings = field(default_factory=AggregateSettings)
     head_mask: str | None = None
     """A head-mask file (e.g. from ``babelheads adapt``) applied in every forward pass."""
+    hidden_states: bool = False
+    """Also record each step's final hidden state, so that a dynamic run can analyse this recording
+    (``DynamicConfig.recording``) instead of decoding the samples again."""
 
     def __post_init__(self) -> None:
         if self.top_k < 1 or self.sink_tokens < 0:
@@ -58,7 +61,9 @@ class DetectConfig:
         """The config as the run's identity: everything but the analysis settings."""
         config = asdict(self)
         config.pop("analysis")
-        if self.head_mask is None:  # runs made before masks existed keep their identity
+        if not self.hidden_states:  # runs made before hidden states could be recorded keep their identity
+            config.pop("hidden_states")
+        if self.head_mask is None:  # likewise for runs made before masks existed
             config.pop("head_mask")
         else:
             config["head_mask"] = {"file": self.head_mask, "digest": mask_digest(Path(self.head_mask))}
@@ -99,6 +104,7 @@ class Detection(Experiment):
         settings = execution.run_settings(
             config.max_new_tokens, ProbeSettings(config.top_k, config.sink_tokens)
         )
+        settings = replace(settings, hidden_states=config.hidden_states)
         gates = head_mask_gates(config.head_mask, loaded.layout)
         jobs = [Job(sample.sample_id, sample, gates) for sample in prepared.state]
         run_jobs(store, loaded, jobs, self.task.score, settings, execution.progress, "detect")

@@ -43,7 +43,7 @@ from babelheads.models import DEFAULT_MODEL, LoadedModel, config_layout
 from babelheads.probe import ProbeSettings as RecordSettings
 from babelheads.runner import Job, run_jobs
 from babelheads.runs import RunStore
-from babelheads.sources import ALL, probe_path
+from babelheads.sources import ALL, Source, open_source, probe_path
 from babelheads.tasks.multihop import MultihopSettings, MultihopTask
 from babelheads.tasks.niah import NiahSettings, NiahTask
 
@@ -96,8 +96,13 @@ class DynamicConfig:
     top_k: int = 4
     dtype: str = "auto"
     analysis: DynamicAnalysis = field(default_factory=DynamicAnalysis)
+    recording: str | None = None
+    """A detect run recorded with hidden states: its samples are analysed instead of decoding new ones
+    (the settings above, but the analysis, then do not apply)."""
 
     def __post_init__(self) -> None:
+        if self.recording is not None:
+            return
         if self.task not in TASKS:
             raise TaskError(f"Unknown task {self.task!r}. Use one of: {', '.join(TASKS)}.")
         if self.max_new_tokens < 1 or self.top_k < 1:
@@ -163,8 +168,65 @@ class DynamicRecording(Experiment):
         analyse(store, self.config.analysis, progress=self.progress)
 
 
+class DynamicReplay(Experiment):
+    """The analyses of a detect run recorded with hidden states: its samples' tables are copied (every
+    command reading a dynamic run finds them where it looks) and analysed; nothing is decoded."""
+
+    kind = "dynamic"
+
+    def __init__(self, config: DynamicConfig, progress: bool = True):
+        self.config = config
+        self.progress = progress
+        self.source = open_source(str(config.recording), ("detect",), "--recording")
+        recorded = self.source.manifest["spec"]["config"]
+        if not recorded.get("hidden_states"):
+            raise BabelheadsError(
+                f"--recording {self.source.path} was recorded without hidden states. Run detect with "
+                "--hidden-states into a new --out, or run dynamic without --recording."
+            )
+        self.languages = list(recorded["task"]["languages"])
+
+    @property
+    def seed(self) -> int:
+        return int(self.source.seed or 0)
+
+    def identity(self, execution: Execution) -> dict:
+        spec = self.source.manifest["spec"]
+        return {
+            "config": {"recording": str(self.source.path.resolve()), "languages": self.languages},
+            "recording": self.source.digest,
+            "precision": spec.get("precision"),
+            "model": self.source.model,
+        }
+
+    def model(self) -> None:
+        return None
+
+    def sources(self) -> list[Source]:
+        return [self.source]
+
+    def part_ids(self) -> list[str]:
+        return sorted(self.source.store.finished())
+
+    def prepare(self, loaded: None) -> Prepared:
+        self.config.analysis.check_heads(self.source.manifest["layout"], self.source.path)
+        return Prepared(self.part_ids(), {"layout": self.source.manifest["layout"]})
+
+    def execute(self, store: RunStore, loaded: None, prepared: Prepared, execution: Execution) -> None:
+        done = store.finished()
+        for sample_id in prepared.parts:
+            if sample_id not in done:
+                store.copy_part(self.source.store, sample_id)
+
+    def finalize(self, store: RunStore) -> None:
+        analyse(store, self.config.analysis, progress=self.progress)
+
+
 def dynamic(config: DynamicConfig, out: Path, execution: Execution = DEFAULT_EXECUTION) -> RunStore:
-    """Record (or resume) the run into ``out``, then write its analyses once every sample is done."""
+    """Record (or resume) the run into ``out`` (or copy the recording of ``config.recording``), then
+    write its analyses once every sample is done."""
+    if config.recording is not None:
+        return run_experiment(DynamicReplay(config, execution.progress), out, execution)
     return run_experiment(DynamicRecording(config, execution.progress), out, execution)
 
 

@@ -11,7 +11,7 @@ from babelheads.runs import RunStore
 
 def languages(store: RunStore, config: dict) -> list[str]:
     task = config.get("niah") or config.get("multihop") or {}
-    return list(task.get("languages", []))
+    return list(task.get("languages") or config.get("languages", []))
 
 
 def draw(run: Run, page: Page) -> list[Section]:
