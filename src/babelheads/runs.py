@@ -15,8 +15,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import warnings
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -39,7 +41,8 @@ def spec_digest(spec: dict) -> str:
 
 class RunStore:
     """Reads and writes one run directory. ``spec`` is what makes two runs comparable: the kind of run,
-    its config and the model identity; the environment is recorded but never compared."""
+    its config and the model identity; the environment is recorded, never required to match (resuming
+    under other versions only warns: see :func:`warn_if_versions_differ`)."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -133,6 +136,17 @@ class RunStore:
             table = pa.Table.from_pandas(tables[name], preserve_index=False)
             temporary = path.with_suffix(".parquet.tmp")
             pq.write_table(table, temporary)
+            os.replace(temporary, path)
+
+    def copy_part(self, source: RunStore, sample_id: str) -> None:
+        """Copy one finished sample's rows of every table from ``source``; the samples table last, as
+        the commit."""
+        names = sorted(path.parent.name for path in (source.root / TABLES).glob(f"*/{sample_id}.parquet"))
+        for name in [name for name in names if name != COMMIT_TABLE] + [COMMIT_TABLE]:
+            path = self.root / TABLES / name / f"{sample_id}.parquet"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_suffix(".parquet.tmp")
+            shutil.copyfile(source.root / TABLES / name / f"{sample_id}.parquet", temporary)
             os.replace(temporary, path)
 
     def table(self, name: str) -> pd.DataFrame:
@@ -244,6 +258,55 @@ def environment() -> dict:
         except metadata.PackageNotFoundError:
             versions[package] = None
     return {"python": sys.version.split()[0], "packages": versions, "git_commit": _git_commit()}
+
+
+# Named in a version warning even when they match: what a reader compares numbers across first.
+CONTEXT_PACKAGES = ("transformers", "torch")
+
+
+def version_differences(recorded: object, current: dict | None = None) -> list[tuple[str, str, str]]:
+    """(name, recorded version, current version) of python and each package whose version differs
+    between a manifest's ``environment`` and this one's (``current``: :func:`environment`). An entry
+    missing on either side (a manifest of an older version, a package not installed) is no difference;
+    the git commit is not compared."""
+    if not isinstance(recorded, dict):
+        return []
+    current = environment() if current is None else current
+    old = {"python": recorded.get("python"), **_packages(recorded)}
+    new = {"python": current.get("python"), **_packages(current)}
+    return [
+        (name, str(old[name]), str(new[name]))
+        for name in old
+        if old[name] is not None and new.get(name) is not None and old[name] != new[name]
+    ]
+
+
+def warn_if_versions_differ(store: RunStore, current: dict | None = None) -> bool:
+    """Warn once (a UserWarning) when the existing run in ``store`` was written with other versions than
+    this environment's: a resumed run mixes parts of both. Returns whether it warned."""
+    manifest = store.manifest()
+    recorded = manifest.get("environment")
+    differing = version_differences(recorded, current)
+    if not differing:
+        return False
+    packages = _packages(recorded)
+    names = [name for name, _, _ in differing]
+    context = [name for name in CONTEXT_PACKAGES if name not in names and packages.get(name) is not None]
+    old_versions = {name: old for name, old, _ in differing} | {name: str(packages[name]) for name in context}
+    written = ", ".join(f"{name} {old_versions[name]}" for name in names + context)
+    now = ", ".join(f"{name} {new}" for name, _, new in differing)
+    warnings.warn(
+        f"{store.root} was written with {written}; now {now}: results may differ at numerical "
+        "near-ties; rerun into a new --out to compare.",
+        UserWarning,
+        stacklevel=2,
+    )
+    return True
+
+
+def _packages(environment_: dict) -> dict:
+    packages = environment_.get("packages")
+    return dict(packages) if isinstance(packages, dict) else {}
 
 
 def _git_commit() -> str | None:

@@ -12,7 +12,8 @@ A kind of run is a subclass of :class:`Experiment` that says
 :func:`run_experiment` does the rest, the same way for every kind: spec and two-phase identity (without
 the model, then with it), validation of an existing directory, the model loaded and checked against
 the spec and every source run, the directory created only once all of that passed, the parts not yet
-finished executed, and the tables finalized once every part is.
+finished executed, and the tables finalized once every part is. Resuming (or re-finalizing) a run written
+with other package versions warns once, naming them (:func:`babelheads.runs.warn_if_versions_differ`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from babelheads.errors import BabelheadsError
 from babelheads.execution import DEFAULT_EXECUTION, Execution
 from babelheads.kinds import FINALIZED
 from babelheads.models import LoadedModel, resolved_precision
-from babelheads.runs import RunStore
+from babelheads.runs import RunStore, warn_if_versions_differ
 from babelheads.sources import Source
 
 
@@ -122,6 +123,8 @@ def run_experiment(experiment: Experiment, out: Path, execution: Execution = DEF
     store.check_compatible(spec, ignore=() if "model" in spec else ("model",), loose=loose)
     if store.exists():
         store.validate()
+        # Resumed or re-finalized: warn once per run (not per part) if its package versions differ.
+        warn_if_versions_differ(store)
     if not finished(store, experiment):
         loaded = None if choice is None else _load(choice, execution)
         if loaded is not None:
