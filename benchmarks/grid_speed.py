@@ -25,10 +25,10 @@ from _measure import PeakMemory, add_common_arguments, run_worker
 
 
 def grid_samples(loaded):
-    from babelheads.study import StudyConfig, detection_grid
+    from babelheads.study import PROFILES, StudyConfig, detection_grid
     from babelheads.tasks.niah import NiahTask
 
-    task = NiahTask(detection_grid(StudyConfig()))
+    task = NiahTask(detection_grid(StudyConfig(), PROFILES["default"]))
     return task, [sample for sample in task.build(loaded) if hasattr(sample, "input_ids")]
 
 

@@ -40,6 +40,9 @@ def main() -> None:
 
     # Summaries print these notes themselves, as one line each; Python's form would add source lines.
     warnings.simplefilter("ignore", ThinDataWarning)
+    # The others (a run resumed under other package versions, ...) as one line each, without the
+    # source line Python's form adds.
+    warnings.formatwarning = lambda message, category, *_: f"warning: {message}\n"
     try:
         code = app(prog_name=PROG, standalone_mode=False)  # click returns, not raises, a command's Exit here
     except BabelheadsError as error:

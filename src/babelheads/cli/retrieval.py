@@ -25,6 +25,7 @@ from babelheads.cli.options import (
     Shard,
     SharePrefix,
     TestedLanguages,
+    _codes,
     _execution,
     _floats,
     _ints,
@@ -67,6 +68,13 @@ def detect(
     top_k: Annotated[int, typer.Option(help="Attention peaks kept per head and step.")] = 4,
     sink_tokens: Annotated[int, typer.Option(help="Leave the first N positions out of the peaks.")] = 0,
     prompt: Annotated[str, typer.Option(help="auto, chat or plain.")] = "auto",
+    hidden_states: Annotated[
+        bool,
+        typer.Option(
+            help="Also record each step's final hidden state, so that `dynamic --recording RUN` analyses "
+            "this run (statistics, CCA, probes) without decoding again."
+        ),
+    ] = False,
     out: Out = Path("runs/detect"),
     seed: Seed = 0,
     device: Device = "auto",
@@ -110,6 +118,7 @@ def detect(
         dtype=dtype,
         analysis=analysis,
         head_mask=str(head_mask) if head_mask else None,
+        hidden_states=hidden_states,
     )
     execution = _execution(
         device, quiet, batch_size=batch_size, shard=shard, share_prefix=share_prefix, device_map=device_map
@@ -277,8 +286,29 @@ def ablate(
 @app.command()
 def study(
     out: Annotated[Path, typer.Option(help="Directory for every run and the report.")] = Path("runs/study"),
-    model: Model = "gemma-3-270m",
+    profile: Annotated[
+        str,
+        typer.Option(
+            help="default (every paper at sizes for about a quarter of an hour on 2 CPU cores) or paper "
+            "(the papers' sizes: Wikipedia haystacks to 32K tokens, more samples; for a GPU and a model "
+            "such as Qwen/Qwen2.5-7B-Instruct)."
+        ),
+    ] = "default",
+    only: Annotated[
+        str, typer.Option(help="Run only these stages (comma-separated; see the stage lines).")
+    ] = "",
+    skip: Annotated[str, typer.Option(help="Skip these stages (comma-separated).")] = "",
+    model: Annotated[
+        str,
+        typer.Option(
+            help="Built-in name, hub id, model directory or .gguf file (default: the profile's: "
+            "gemma-3-270m; paper: Qwen/Qwen2.5-7B-Instruct)."
+        ),
+    ] = "",
     languages: Languages = "en,de,zh",
+    lahis_languages: Annotated[
+        str, typer.Option(help="LAHIS's languages (its general heads are those of 80 % of them).")
+    ] = "en,de,zh,fr,es",
     translate_from: Annotated[str, typer.Option(help="Source language of the translation task.")] = "en",
     seed: Seed = 0,
     device: Device = "auto",
@@ -290,28 +320,36 @@ def study(
         bool,
         typer.Option(
             help="Also run the negative controls (the first language copied under the others' codes; "
-            "random heads as 'top') and show their verdicts beside the claims. Doubles the time."
+            "random heads as 'top', as language heads, as dynamic heads, kept whole) and show their "
+            "verdicts beside the claims. About doubles the time."
         ),
     ] = False,
     quiet: Quiet = False,
     config_file: ConfigFile = None,
 ) -> None:
-    """The whole study in one command: detect, translate, compare, ablate, report."""
-    from babelheads.study import StudyConfig, run_study
+    """The whole mission in one command: every paper's experiments in stages, then one report."""
+    from babelheads.study import StudyConfig, profile_named, run_study
+    from babelheads.study.runner import FAILED
 
     config = StudyConfig(
-        model=model,
-        languages=tuple(code for code in languages.split(",") if code),
+        model=model or profile_named(profile).model,
+        languages=_codes(languages),
+        lahis_languages=_codes(lahis_languages),
         translate_from=translate_from,
         seed=seed,
         dtype=dtype,
+        profile=profile,
         control=control,
     )
     execution = _execution(
         device, quiet, batch_size=batch_size, share_prefix=share_prefix, device_map=device_map
     )
-    report = run_study(config, out, execution, say=lambda line: typer.echo(line, err=True))
-    typer.echo(f"report written to {report}")
+    say = lambda line: typer.echo(line, err=True)  # noqa: E731
+    report, results = run_study(config, out, execution, say, only=_codes(only), skip=_codes(skip))
+    if report is not None:
+        typer.echo(f"report written to {report}")
+    if any(result.status == FAILED for result in results):
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -91,8 +91,9 @@ def language_test_summary(store: RunStore) -> str:
         lines = ["retrieval heads meet language heads (overlap; expected by chance; P(overlap >= observed))"]
         for _, row in table.iterrows():
             lines.append(
-                f"{row['language']:4s} {row['language_heads']:9s} retrieval {row['retrieval_heads']:3d} x "
-                f"{row['heads']:3d} heads: overlap {row['overlap']} (chance {row['expected_by_chance']:.2f}, "
+                f"{row['language']:4s} {row['language_heads']:9s} retrieval {_count(row['retrieval_heads'])} x "
+                f"{_count(row['heads'])} heads: overlap {_count(row['overlap'])} "
+                f"(chance {row['expected_by_chance']:.2f}, "
                 f"p={row['p_at_least']:.3f}) {row['shared']}"
             )
         return "\n".join(lines)
@@ -113,3 +114,9 @@ def adaptation_summary(store: RunStore) -> str:
             f"  adapted - random   {_named(row, 'masked_minus_random')}",
         ]
     )
+
+
+def _count(value: float) -> str:
+    """A count, or 'NaN' where it is undefined (a language without a successful sample has no
+    retrieval heads to count, which is not 0 of them)."""
+    return "NaN" if pd.isna(value) else f"{int(value):3d}"

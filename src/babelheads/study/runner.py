@@ -1,0 +1,244 @@
+"""Running the study: the stages chosen, one line per stage with its time, a failed stage reported
+while the stages that do not need it go on, ``study.json`` recording each stage, and the report.
+
+A stage recorded as done in ``study.json`` under the same settings is not run again when the study is
+resumed (its runs would only be re-analysed); every other stage resumes its runs where they stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from babelheads.analysis.claims import with_controls
+from babelheads.errors import BabelheadsError
+from babelheads.execution import DEFAULT_EXECUTION, Execution
+from babelheads.report.html import build_report
+from babelheads.runs import RunStore
+from babelheads.sources import is_finished
+from babelheads.study.config import StudyConfig
+from babelheads.study.profiles import profile_named
+from babelheads.study.stages import Context, Stage, stages
+
+RECORD = "study.json"
+ERRORS = "study-errors.log"
+DONE, FAILED, NOT_RUN, SKIPPED = "done", "failed", "not run", "skipped"
+REPORT = "report"
+
+
+@dataclass
+class StageResult:
+    """status : done, failed, not run (an input is missing) or skipped (--only / --skip). seconds :
+    the wall time it took this time (0 when it was done earlier)."""
+
+    name: str
+    status: str
+    seconds: float = 0.0
+    reason: str = ""
+    earlier: bool = False
+    """Done by an earlier invocation (study.json), so not run again."""
+    runs: list[str] = field(default_factory=list)
+
+
+def select_stages(all_stages: list[Stage], only: tuple[str, ...], skip: tuple[str, ...]) -> set[str]:
+    """The names of the stages to run (with 'report' when it is to be written); one line for a name
+    that is no stage."""
+    names = [stage.name for stage in all_stages] + [REPORT]
+    for option, given in (("--only", only), ("--skip", skip)):
+        unknown = [name for name in given if name not in names]
+        if unknown:
+            raise BabelheadsError(f"{option}: no stage {', '.join(unknown)}. The stages: {', '.join(names)}.")
+    chosen = set(only) if only else set(names)
+    return chosen - set(skip)
+
+
+def run_study(
+    config: StudyConfig,
+    out: Path,
+    execution: Execution = DEFAULT_EXECUTION,
+    say: Callable[[str], None] = print,
+    only: tuple[str, ...] = (),
+    skip: tuple[str, ...] = (),
+) -> tuple[Path | None, list[StageResult]]:
+    """Run the chosen stages (each resumes), then the report; returns the report's path (None when no
+    run exists to report on) and every stage's result."""
+    profile = profile_named(config.profile)
+    listed = stages(profile, config.control)
+    chosen = select_stages(listed, only, skip)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    context = Context(config, profile, out, execution)
+    digest = _digest(config)
+    record = _read_record(out, digest)
+    total = len(listed) + 1
+    started = time.perf_counter()
+    say(f"study of {config.model} ({profile.name} profile: {profile.about}) in {out}")
+    results: dict[str, StageResult] = {}
+    for number, stage in enumerate(listed, start=1):
+        line = f"[{number}/{total}] {stage.name} ({stage.title})"
+        result = _run_stage(stage, context, chosen, results, record, line, say)
+        results[stage.name] = result
+        record[stage.name] = asdict(result)
+        _write_record(out, digest, config, record)
+    report, report_result = None, StageResult(REPORT, SKIPPED)
+    if REPORT in chosen:
+        line = f"[{total}/{total}] report"
+        say(f"{line} ...")
+        tick = time.perf_counter()
+        try:
+            runs = _reported_runs(listed, context)
+            if config.control:
+                fill_controls(runs, [context.run(name) for name in _control_runs(listed)])
+            report = build_report(runs, out / "report.html") if runs else None
+            report_result = StageResult(
+                REPORT, DONE if report else NOT_RUN, reason="" if report else "no runs"
+            )
+        except BabelheadsError as error:
+            report_result = StageResult(REPORT, FAILED, reason=str(error))
+        report_result.seconds = time.perf_counter() - tick
+        say(_end_line(line, report_result))
+    results[REPORT] = report_result
+    record[REPORT] = asdict(report_result)
+    elapsed = time.perf_counter() - started
+    _write_record(out, digest, config, record, elapsed)
+    say(_summary(list(results.values()), elapsed, report))
+    return report, list(results.values())
+
+
+def _run_stage(
+    stage: Stage,
+    context: Context,
+    chosen: set[str],
+    results: dict[str, StageResult],
+    record: dict,
+    line: str,
+    say: Callable[[str], None],
+) -> StageResult:
+    if stage.name not in chosen:
+        say(f"{line} ... skipped")
+        return StageResult(stage.name, SKIPPED)
+    earlier = record.get(stage.name, {})
+    if earlier.get("status") == DONE and all(_finished(context.run(run)) for run in stage.runs):
+        say(f"{line} ... done earlier ({format_seconds(earlier.get('seconds', 0.0))})")
+        return StageResult(stage.name, DONE, earlier.get("seconds", 0.0), earlier=True, runs=list(stage.runs))
+    missing = _missing_inputs(stage, context, results)
+    if missing:
+        result = StageResult(stage.name, NOT_RUN, reason=missing)
+        say(_end_line(line, result))
+        return result
+    say(f"{line} ...")
+    tick = time.perf_counter()
+    try:
+        stage.execute(context)
+        result = StageResult(stage.name, DONE, runs=list(stage.runs))
+    except BabelheadsError as error:
+        result = StageResult(stage.name, FAILED, reason=str(error))
+    except Exception as error:  # a bug in one stage must not take the others down; logged in full
+        with open(context.out / ERRORS, "a", encoding="utf-8") as log:
+            log.write(f"--- {stage.name}\n{traceback.format_exc()}\n")
+        reason = f"{type(error).__name__}: {error} (traceback in {context.out / ERRORS})"
+        result = StageResult(stage.name, FAILED, reason=reason)
+    result.seconds = time.perf_counter() - tick
+    say(_end_line(line, result))
+    return result
+
+
+def _missing_inputs(stage: Stage, context: Context, results: dict[str, StageResult]) -> str:
+    """Why ``stage`` cannot run ('' when it can): an input stage failed, or its runs do not exist."""
+    listed = {entry.name: entry for entry in stages(context.profile, context.config.control)}
+    for need in stage.needs:
+        status = results[need].status
+        if status == FAILED:
+            return f"needs {need}, which failed"
+        if status == NOT_RUN:
+            return f"needs {need}, which could not run"
+        if status == SKIPPED and not all(_finished(context.run(run)) for run in listed[need].runs):
+            return f"needs the runs of {need}; run that stage first (--only {need})"
+    return ""
+
+
+def _finished(path: Path) -> bool:
+    store = RunStore(path)
+    return store.exists() and is_finished(store, store.manifest()["spec"]["kind"])
+
+
+def _reported_runs(listed: list[Stage], context: Context) -> list[Path]:
+    """The finished runs of every stage but the controls, in stage order."""
+    names = [run for stage in listed if stage.name != "controls" for run in stage.runs]
+    return [context.run(name) for name in names if _finished(context.run(name))]
+
+
+def _control_runs(listed: list[Stage]) -> tuple[str, ...]:
+    return next((stage.runs for stage in listed if stage.name == "controls"), ())
+
+
+def fill_controls(runs: list[Path], controls: list[Path]) -> None:
+    """The claims of ``runs`` with their control column filled from the same claims on ``controls``."""
+    found = [RunStore(path) for path in controls if (Path(path) / "claims.parquet").exists()]
+    if not found:
+        return
+    control = pd.concat([store.derived("claims") for store in found], ignore_index=True)
+    for path in runs:
+        store = RunStore(path)
+        if (store.root / "claims.parquet").exists():
+            store.write_table("claims", with_controls(store.derived("claims"), control))
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, rest = divmod(seconds, 60)
+    return f"{minutes} min {rest} s"
+
+
+def _end_line(line: str, result: StageResult) -> str:
+    if result.status == DONE:
+        return f"{line} ... {format_seconds(result.seconds)}"
+    if result.status == FAILED:
+        return f"{line} ... failed after {format_seconds(result.seconds)}: {result.reason}"
+    return f"{line} ... {result.status}: {result.reason}"
+
+
+def _summary(results: list[StageResult], elapsed: float, report: Path | None) -> str:
+    counts = {
+        status: [result.name for result in results if result.status == status]
+        for status in (DONE, FAILED, NOT_RUN)
+    }
+    parts = [f"{len(counts[DONE])} stages done"]
+    parts += [f"{status}: {', '.join(names)}" for status, names in counts.items() if status != DONE and names]
+    where = f"report: {report}" if report else "no report written"
+    return f"study finished in {format_seconds(elapsed)} ({'; '.join(parts)}); {where}"
+
+
+def _digest(config: StudyConfig) -> str:
+    return hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _read_record(out: Path, digest: str) -> dict:
+    """The stages an earlier invocation recorded under these settings (none under others)."""
+    path = out / RECORD
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return dict(recorded.get("stages", {})) if recorded.get("digest") == digest else {}
+
+
+def _write_record(
+    out: Path, digest: str, config: StudyConfig, stages_: dict, elapsed: float | None = None
+) -> None:
+    record = {"digest": digest, "config": asdict(config), "stages": stages_}
+    if elapsed is not None:
+        record["seconds"] = elapsed
+    temporary = out / (RECORD + ".tmp")
+    temporary.write_text(json.dumps(record, indent=2))
+    os.replace(temporary, out / RECORD)

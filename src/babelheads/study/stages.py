@@ -1,0 +1,266 @@
+"""The study's stages: each one runs (or resumes) the runs of one part of the mission and returns the
+run directories the report shows. A stage reads the runs of the stages it ``needs`` from their fixed
+places under the study's directory, so any stage can be re-run alone once those exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from babelheads.analysis.head_probes import ProbeSettings
+from babelheads.data.controls import write_copies
+from babelheads.execution import Execution
+from babelheads.experiments.ablate import AblateConfig, ablate
+from babelheads.experiments.adapt import AdaptConfig, adapt
+from babelheads.experiments.compare import CompareConfig, run_compare
+from babelheads.experiments.compress import CompressConfig, compress
+from babelheads.experiments.detect import DetectConfig, detect
+from babelheads.experiments.dynamic import DynamicAnalysis, DynamicConfig, dynamic
+from babelheads.experiments.dynamic_ablate import DynamicAblateConfig, dynamic_ablate
+from babelheads.experiments.importance import ImportanceConfig, importance
+from babelheads.experiments.language_tests import LanguageTestConfig, language_test
+from babelheads.experiments.rag import RagConfig, rag
+from babelheads.study.config import StudyConfig
+from babelheads.study.profiles import Profile
+from babelheads.tasks.lm_texts import TextSettings
+from babelheads.tasks.niah import NiahSettings
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every stage reads: the study's settings, its directory and how runs execute."""
+
+    config: StudyConfig
+    profile: Profile
+    out: Path
+    execution: Execution
+
+    def run(self, name: str) -> Path:
+        """Where the run ``name`` of this study lives (absolute: the same identity however --out is
+        spelled)."""
+        return (self.out / name).resolve()
+
+    @property
+    def held_out_seed(self) -> int:
+        """The haystacks that test heads are drawn with another seed than the ones that chose them."""
+        return self.config.seed + 1
+
+
+@dataclass(frozen=True)
+class Stage:
+    """name : what --only and --skip take. title : what the stage line says. needs : the stages whose
+    runs it reads. runs : the run directories it writes, under the study's directory."""
+
+    name: str
+    title: str
+    needs: tuple[str, ...]
+    runs: tuple[str, ...]
+    execute: Callable[[Context], None]
+
+
+def detection_grid(config: StudyConfig, profile: Profile) -> NiahSettings:
+    """The study's NIAH grid in every language (the profile's lengths, depths and needles per cell)."""
+    return NiahSettings(languages=config.languages, seed=config.seed, **profile.detection)
+
+
+def _detect_config(context: Context, task: NiahSettings, hidden_states: bool = False) -> DetectConfig:
+    config = context.config
+    return DetectConfig(
+        model=config.model,
+        task=task,
+        dtype=config.dtype,
+        hidden_states=hidden_states,
+        **context.profile.detect,
+    )
+
+
+def _detection(context: Context, out: str = "detect", data: Path | None = None) -> None:
+    grid = replace(detection_grid(context.config, context.profile), data_dir=str(data) if data else None)
+    # Each step's hidden state is recorded too: the dynamic stage analyses these samples.
+    detect(_detect_config(context, grid, hidden_states=data is None), context.run(out), context.execution)
+
+
+def _targets(config: StudyConfig) -> list[str]:
+    return [code for code in config.languages if code != config.translate_from]
+
+
+def _translation(context: Context, out: str = "translation", data: Path | None = None) -> None:
+    config = context.config
+    grid = replace(detection_grid(config, context.profile), data_dir=str(data) if data else None)
+    pairs = tuple(f"{config.translate_from}:{target}" for target in _targets(config))
+    translation = replace(grid, languages=(), pairs=pairs)
+    detect(_detect_config(context, translation), context.run(out), context.execution)
+
+
+def _comparison(context: Context, prefix: str = "") -> None:
+    runs = [context.run(prefix + "detect")]
+    if _targets(context.config):
+        runs.append(context.run(prefix + "translation"))
+    run_compare(runs, context.run(prefix + "compare"), CompareConfig(seed=context.config.seed))
+
+
+def _ablation(context: Context, prefix: str = "", control: bool = False) -> None:
+    config = AblateConfig(
+        run=str(context.run(prefix + "detect")),
+        seed=context.config.seed,
+        control=control,
+        **context.profile.ablate,
+    )
+    ablate(config, context.run(prefix + "ablate"), context.execution)
+
+
+def _chain_of_thought(context: Context) -> None:
+    config = AblateConfig(
+        run=str(context.run("detect")),
+        task="cot",
+        head_sets=("top", "random"),
+        seed=context.config.seed,
+        **context.profile.cot,
+    )
+    ablate(config, context.run("cot"), context.execution)
+
+
+def _importance(context: Context) -> None:
+    config = context.config
+    texts = TextSettings(
+        languages=config.lahis_languages, seed=config.seed, **context.profile.importance_texts
+    )
+    importance(
+        ImportanceConfig(model=config.model, texts=texts, dtype=config.dtype),
+        context.run("importance"),
+        context.execution,
+    )
+
+
+def _language_test(context: Context, experiment: str, control: bool = False) -> None:
+    config = LanguageTestConfig(
+        heads=str(context.run("importance")),
+        experiment=experiment,
+        detect=str(context.run("detect")) if experiment == "retrieval" else None,
+        seed=context.config.seed,
+        control=control,
+        **context.profile.language_tests,
+    )
+    name = f"lt-{experiment}" + ("-control" if control else "")
+    language_test(config, context.run(name), context.execution)
+
+
+def _language_tests(context: Context) -> None:
+    for experiment in context.profile.experiments:
+        _language_test(context, experiment)
+
+
+def _adaptation(context: Context) -> None:
+    config = AdaptConfig(
+        heads=str(context.run("importance")),
+        language=context.config.languages[0],
+        seed=context.config.seed,
+        **context.profile.adapt,
+    )
+    adapt(config, context.run("adapt"), context.execution)
+
+
+def _dynamic_heads(context: Context) -> None:
+    seed = context.config.seed
+    analysis = DynamicAnalysis(probe=ProbeSettings(seed=seed, **context.profile.probe), seed=seed)
+    config = DynamicConfig(recording=str(context.run("detect")), analysis=analysis)
+    dynamic(config, context.run("dynamic"), context.execution)
+
+
+def _held_out(context: Context, overrides: dict, **fixed: object) -> NiahSettings:
+    settings = {"languages": context.config.languages, "seed": context.held_out_seed, **fixed, **overrides}
+    return NiahSettings(**settings)
+
+
+def _dynamic_ablation(context: Context, control: bool = False) -> None:
+    niah = _held_out(context, dict(context.profile.dynamic_ablate_niah), needles="magic")
+    config = DynamicAblateConfig(
+        heads=str(context.run("dynamic")),
+        niah=niah,
+        dtype=context.config.dtype,
+        seed=context.config.seed,
+        control=control,
+        **context.profile.dynamic_ablate,
+    )
+    name = "dynamic-ablate" + ("-control" if control else "")
+    dynamic_ablate(config, context.run(name), context.execution)
+
+
+def _retrieval_augmented(context: Context) -> None:
+    config = RagConfig(
+        heads=str(context.run("dynamic")),
+        languages=context.config.languages,
+        dtype=context.config.dtype,
+        seed=context.config.seed,
+        **context.profile.rag,
+    )
+    rag(config, context.run("rag"), context.execution)
+
+
+def _compression(context: Context, control: bool = False) -> None:
+    config = CompressConfig(
+        heads=str(context.run("dynamic")),
+        niah=_held_out(context, dict(context.profile.compress_niah)),
+        dtype=context.config.dtype,
+        seed=context.config.seed,
+        control=control,
+        **context.profile.compress,
+    )
+    compress(config, context.run("compress" + ("-control" if control else "")), context.execution)
+
+
+def _controls(context: Context) -> None:
+    """The negative controls: the retrieval study on copies of one language under the others' codes
+    (with random heads as 'top'), and each family's own control run."""
+    config = context.config
+    data = write_copies(config.translate_from, _targets(config), context.run("control") / "data")
+    _detection(context, "control/detect", data)
+    if _targets(config):
+        _translation(context, "control/translation", data)
+    _comparison(context, "control/")
+    _ablation(context, "control/", control=True)
+    _language_test(context, "ppl", control=True)
+    _dynamic_ablation(context, control=True)
+    _compression(context, control=True)
+
+
+def _lt_runs(experiments: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(f"lt-{experiment}" for experiment in experiments)
+
+
+def stages(profile: Profile, control: bool = False) -> list[Stage]:
+    """Every stage of the study in order (the report last; with ``control``, the controls before it)."""
+    listed = [
+        Stage("detect", "detection", (), ("detect",), _detection),
+        Stage("translate", "retrieval + translation", (), ("translation",), _translation),
+        Stage("compare", "cross-language comparison", ("detect", "translate"), ("compare",), _comparison),
+        Stage("ablate", "masking top vs random heads", ("detect",), ("ablate",), _ablation),
+        Stage("cot", "chain of thought under masking", ("detect",), ("cot",), _chain_of_thought),
+        Stage("importance", "LAHIS head importance", (), ("importance",), _importance),
+        Stage(
+            "language-tests",
+            "LAHIS experiments",
+            ("importance", "detect"),
+            _lt_runs(profile.experiments),
+            _language_tests,
+        ),
+        Stage("adapt", "soft head mask", ("importance",), ("adapt",), _adaptation),
+        Stage("dynamic", "dynamic heads and probes", ("detect",), ("dynamic",), _dynamic_heads),
+        Stage("dynamic-ablate", "dynamic ablation", ("dynamic",), ("dynamic-ablate",), _dynamic_ablation),
+        Stage("rag", "dynamic RAG", ("dynamic",), ("rag",), _retrieval_augmented),
+        Stage("compress", "KV-cache compression", ("dynamic",), ("compress",), _compression),
+    ]
+    if control:
+        control_runs = ("control/compare", "control/ablate", "lt-ppl-control", "dynamic-ablate-control")
+        listed.append(
+            Stage(
+                "controls",
+                "negative controls",
+                ("importance", "dynamic"),
+                (*control_runs, "compress-control"),
+                _controls,
+            )
+        )
+    return listed
