@@ -68,14 +68,18 @@ def compressed_decode_from(
     ids = list(input_ids)
     device = input_device(instrument.model)
     gpu = device.type == "cuda"
+    # Before compressing, the fork shares every tensor of the caller's reference prefill (kept for the
+    # next policy's fork): what is allocated now is the weights and that prefill, and the peaks are
+    # reported above it, so they are this policy's own cache (the full policy's first update copies the
+    # shared context, which counts as its own too).
+    if gpu:
+        torch.cuda.synchronize(device)
+    resident = float(torch.cuda.memory_allocated(device)) if gpu else float("nan")
     for index, positions in keep.items():
         compressed_layers(cache)[index].compress(positions)
     if gpu:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    # the weights, the caller's reference prefill (kept for the next policy's fork) and this policy's
-    # compressed cache: the peaks are reported above everything but the last, so a saving shows
-    resident = float(torch.cuda.memory_allocated(device) - storage_bytes(cache)) if gpu else float("nan")
     _prefill(instrument.model, cache, ids, context_end, len(ids) - 1, chunk)
     analytic, storage = analytic_bytes(cache), storage_bytes(cache)
     full = sum(

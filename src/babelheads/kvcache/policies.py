@@ -172,5 +172,6 @@ def head_budget(
             continue
         norms = keys[layer][head, sink:context].float().norm(dim=-1)
         lowest = torch.argsort(norms, stable=True)[:rest] + sink  # low-norm keys draw the attention
-        keep[layer].append(torch.cat([torch.arange(sink), lowest.sort().values]))
+        # on the CPU, where the kept positions are used (the keys may sit on a GPU)
+        keep[layer].append(torch.cat([torch.arange(sink), lowest.sort().values.cpu()]))
     return keep
