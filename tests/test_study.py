@@ -180,3 +180,26 @@ def test_the_profiles_name_real_config_fields():
         for stage, owner in owners.items():
             known = {field.name for field in fields(owner)}
             assert set(getattr(profile, stage)) <= known, (profile.name, stage)
+
+
+def test_claims_and_report_read_a_study_directory(
+    tiny_profile, tiny_model_dir, tmp_path, monkeypatch, capsys
+):
+    out = tmp_path / "study"
+    _study(
+        monkeypatch,
+        capsys,
+        tiny_model_dir,
+        out,
+        "--only",
+        "detect,translate,compare,importance,language-tests",
+    )
+    code, stdout, err = run_cli(monkeypatch, capsys, "claims", str(out))
+    assert code == 0, err
+    assert "multilingual.f1_partial_sharing" in stdout and "lahis.ppl_specific" in stdout
+    assert f"{out / 'detect'}" not in stdout  # runs without a claims table are passed over
+    code, stdout, err = run_cli(monkeypatch, capsys, "report", str(out), "-o", str(tmp_path / "r.html"))
+    assert code == 0, err
+    assert "lahis.ppl_specific" in (tmp_path / "r.html").read_text()
+    code, _, err = run_cli(monkeypatch, capsys, "claims", str(tmp_path))
+    assert code == 2 and "is not a babelheads run" in err

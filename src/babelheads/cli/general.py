@@ -13,7 +13,7 @@ from babelheads.cli.options import ConfigFile
 
 @app.command()
 def report(
-    runs: Annotated[list[Path], typer.Argument(help="Detect, compare and ablate runs.")],
+    runs: Annotated[list[Path], typer.Argument(help="Runs of any kind, or a study directory.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="The HTML file to write.")] = Path(
         "report.html"
     ),
@@ -23,13 +23,29 @@ def report(
     """Write a static HTML report (figures, captions, CSV) that works offline."""
     from babelheads.report.html import build_report
 
-    typer.echo(f"report written to {build_report(list(runs), output, min_samples)}")
+    typer.echo(f"report written to {build_report(expand_studies(runs), output, min_samples)}")
+
+
+def expand_studies(paths: list[Path], with_claims: bool = False) -> list[Path]:
+    """The paths, a study directory (it holds study.json) replaced by its runs (``with_claims``: those
+    that wrote a claims table)."""
+    from babelheads.study.runner import RECORD, study_runs
+
+    expanded: list[Path] = []
+    for path in map(Path, paths):
+        if not (path / RECORD).is_file():
+            expanded.append(path)
+            continue
+        runs = study_runs(path)
+        expanded += [run for run in runs if (run / "claims.parquet").exists()] if with_claims else runs
+    return expanded
 
 
 @app.command()
 def claims(
     runs: Annotated[
-        list[Path], typer.Argument(help="Runs that wrote a claims table (compare, ablate, study).")
+        list[Path],
+        typer.Argument(help="Runs that wrote a claims table, or a study directory (all its runs)."),
     ],
     parts: Annotated[bool, typer.Option(help="Show every part (language, pair) under its claim.")] = False,
     markdown: Annotated[bool, typer.Option(help="One Markdown table of every run's claims.")] = False,
@@ -43,14 +59,15 @@ def claims(
     from babelheads.runs import RunStore
 
     tables = []
-    for path in runs:
+    for path in expand_studies(runs, with_claims=True):
         if not (Path(path) / "manifest.json").is_file():
             raise BabelheadsError(f"{path} is not a babelheads run (no manifest.json). Check the path.")
         store = RunStore(path)
         if not (store.root / "claims.parquet").exists():
             raise BabelheadsError(
-                f"{path} has no claims table. Claims are written by compare and ablate runs (and "
-                "babelheads study); give one of those, or finish the run by running its command again."
+                f"{path} has no claims table. Claims are written by the runs that test one (compare, "
+                "ablate, language-test, adapt, dynamic, dynamic-ablate, rag, compress) and gathered from "
+                "a study directory; give one of those, or finish the run by running its command again."
             )
         store.validate()
         table = store.derived("claims")

@@ -307,8 +307,12 @@ def study(
     ] = "",
     languages: Languages = "en,de,zh",
     lahis_languages: Annotated[
-        str, typer.Option(help="LAHIS's languages (its general heads are those of 80 % of them).")
-    ] = "en,de,zh,fr,es",
+        str,
+        typer.Option(
+            help="LAHIS's languages (its general heads are those of 80 % of them; default: the "
+            "profile's: en,de,zh; paper: en,de,zh,fr,es)."
+        ),
+    ] = "",
     translate_from: Annotated[str, typer.Option(help="Source language of the translation task.")] = "en",
     seed: Seed = 0,
     device: Device = "auto",

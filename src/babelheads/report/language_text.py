@@ -91,7 +91,8 @@ def language_test_summary(store: RunStore) -> str:
         lines = ["retrieval heads meet language heads (overlap; expected by chance; P(overlap >= observed))"]
         for _, row in table.iterrows():
             lines.append(
-                f"{row['language']:4s} {row['language_heads']:9s} retrieval {_count(row['retrieval_heads'])} x "
+                f"{row['language']:4s} {row['language_heads']:9s} "
+                f"retrieval {_count(row['retrieval_heads'])} x "
                 f"{_count(row['heads'])} heads: overlap {_count(row['overlap'])} "
                 f"(chance {row['expected_by_chance']:.2f}, "
                 f"p={row['p_at_least']:.3f}) {row['shared']}"

@@ -10,14 +10,14 @@ from babelheads.models import DEFAULT_MODEL
 
 @dataclass(frozen=True)
 class StudyConfig:
-    """languages : the retrieval, dynamic and RAG languages; lahis_languages : LAHIS's (its general
-    heads are those of 80 % of them, so it takes more). translate_from : the source language of the
+    """languages : the retrieval, dynamic and RAG languages; lahis_languages : LAHIS's (empty: the
+    profile's; its general heads are those of 80 % of them). translate_from : the source language of the
     retrieval + translation pairs. control : also run the negative controls and fill the claims'
     control column."""
 
     model: str = DEFAULT_MODEL
     languages: tuple[str, ...] = ("en", "de", "zh")
-    lahis_languages: tuple[str, ...] = ("en", "de", "zh", "fr", "es")
+    lahis_languages: tuple[str, ...] = ()
     translate_from: str = "en"
     seed: int = 0
     dtype: str = "auto"

@@ -13,7 +13,7 @@ import os
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import pandas as pd
@@ -21,6 +21,7 @@ import pandas as pd
 from babelheads.analysis.claims import with_controls
 from babelheads.errors import BabelheadsError
 from babelheads.execution import DEFAULT_EXECUTION, Execution
+from babelheads.models import LoadedModel
 from babelheads.report.html import build_report
 from babelheads.runs import RunStore
 from babelheads.sources import is_finished
@@ -46,6 +47,25 @@ class StageResult:
     earlier: bool = False
     """Done by an earlier invocation (study.json), so not run again."""
     runs: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SharedModel(Execution):
+    """The study's execution: every stage runs on one model, loaded once (its runs only read it:
+    gradients go to gates, and each instrument replaces the last one's hooks)."""
+
+    loaded: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def of(cls, execution: Execution) -> SharedModel:
+        return cls(**{entry.name: getattr(execution, entry.name) for entry in fields(Execution)})
+
+    def load(self, model: str, dtype: str, chat: bool | None = None) -> LoadedModel:
+        key = (model, dtype, chat)
+        if key not in self.loaded:
+            self.loaded.clear()  # one model in memory at a time
+            self.loaded[key] = super().load(model, dtype, chat)
+        return self.loaded[key]
 
 
 def select_stages(all_stages: list[Stage], only: tuple[str, ...], skip: tuple[str, ...]) -> set[str]:
@@ -75,7 +95,7 @@ def run_study(
     chosen = select_stages(listed, only, skip)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    context = Context(config, profile, out, execution)
+    context = Context(config, profile, out, SharedModel.of(execution))
     digest = _digest(config)
     record = _read_record(out, digest)
     total = len(listed) + 1
@@ -174,6 +194,26 @@ def _reported_runs(listed: list[Stage], context: Context) -> list[Path]:
     """The finished runs of every stage but the controls, in stage order."""
     names = [run for stage in listed if stage.name != "controls" for run in stage.runs]
     return [context.run(name) for name in names if _finished(context.run(name))]
+
+
+def study_runs(directory: Path) -> list[Path]:
+    """The finished runs of a study directory (every stage's but the controls', in stage order), for
+    the commands that read runs (claims, report); refused with one line if it is no study."""
+    try:
+        recorded = json.loads((Path(directory) / RECORD).read_text())
+        config = StudyConfig(
+            **{
+                key: tuple(value) if isinstance(value, list) else value
+                for key, value in recorded["config"].items()
+            }
+        )
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
+        raise BabelheadsError(
+            f"{directory} is not a study directory ({RECORD} unreadable: {error}). Give run directories."
+        ) from None
+    listed = stages(profile_named(config.profile), config.control)
+    context = Context(config, profile_named(config.profile), Path(directory), DEFAULT_EXECUTION)
+    return _reported_runs(listed, context)
 
 
 def _control_runs(listed: list[Stage]) -> tuple[str, ...]:

@@ -22,6 +22,7 @@ from babelheads.experiments.dynamic_ablate import DynamicAblateConfig, dynamic_a
 from babelheads.experiments.importance import ImportanceConfig, importance
 from babelheads.experiments.language_tests import LanguageTestConfig, language_test
 from babelheads.experiments.rag import RagConfig, rag
+from babelheads.rag.selections import POLICIES, SELECTIONS
 from babelheads.study.config import StudyConfig
 from babelheads.study.profiles import Profile
 from babelheads.tasks.lm_texts import TextSettings
@@ -125,7 +126,9 @@ def _chain_of_thought(context: Context) -> None:
 def _importance(context: Context) -> None:
     config = context.config
     texts = TextSettings(
-        languages=config.lahis_languages, seed=config.seed, **context.profile.importance_texts
+        languages=config.lahis_languages or context.profile.lahis_languages,
+        seed=config.seed,
+        **context.profile.importance_texts,
     )
     importance(
         ImportanceConfig(model=config.model, texts=texts, dtype=config.dtype),
@@ -192,6 +195,8 @@ def _retrieval_augmented(context: Context) -> None:
     config = RagConfig(
         heads=str(context.run("dynamic")),
         languages=context.config.languages,
+        # the loop's selections, the budget-matched question baseline and the random-retriever control
+        selections=(*SELECTIONS, *POLICIES),
         dtype=context.config.dtype,
         seed=context.config.seed,
         **context.profile.rag,
