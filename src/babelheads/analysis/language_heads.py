@@ -48,8 +48,9 @@ def heads_per_language(total_heads: int, share: float) -> int:
 
 
 def default_min_languages(languages: int) -> int:
-    """LAHIS counts a head as general when it is a candidate in 4 of its 5 languages: 80 %, at least 2."""
-    return max(2, round(0.8 * languages))
+    """LAHIS counts a head as general when it is a candidate in 4 of its 5 languages: at least 80 % of
+    them (3 of 3, 4 of 4 or 5, 8 of 10), and at least 2."""
+    return max(2, math.ceil(0.8 * languages - 1e-9))
 
 
 def select_language_heads(

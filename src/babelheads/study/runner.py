@@ -26,7 +26,7 @@ from babelheads.report.html import build_report
 from babelheads.runs import RunStore
 from babelheads.sources import is_finished
 from babelheads.study.config import StudyConfig
-from babelheads.study.profiles import profile_named
+from babelheads.study.profiles import Profile, profile_named
 from babelheads.study.stages import Context, Stage, stages
 
 RECORD = "study.json"
@@ -96,7 +96,7 @@ def run_study(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     context = Context(config, profile, out, SharedModel.of(execution))
-    digest = _digest(config)
+    digest = _digest(config, profile)
     record = _read_record(out, digest)
     total = len(listed) + 1
     started = time.perf_counter()
@@ -259,8 +259,10 @@ def _summary(results: list[StageResult], elapsed: float, report: Path | None) ->
     return f"study finished in {format_seconds(elapsed)} ({'; '.join(parts)}); {where}"
 
 
-def _digest(config: StudyConfig) -> str:
-    return hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()[:16]
+def _digest(config: StudyConfig, profile: Profile) -> str:
+    """The settings and the profile's sizes: a stage done under other sizes is not 'done earlier'."""
+    settings = {"config": asdict(config), "profile": asdict(profile)}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _read_record(out: Path, digest: str) -> dict:

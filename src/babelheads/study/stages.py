@@ -11,6 +11,7 @@ from pathlib import Path
 
 from babelheads.analysis.head_probes import ProbeSettings
 from babelheads.data.controls import write_copies
+from babelheads.errors import BabelheadsError
 from babelheads.execution import Execution
 from babelheads.experiments.ablate import AblateConfig, ablate
 from babelheads.experiments.adapt import AdaptConfig, adapt
@@ -151,8 +152,18 @@ def _language_test(context: Context, experiment: str, control: bool = False) -> 
 
 
 def _language_tests(context: Context) -> None:
+    """Every experiment, each its own run: one that cannot run (e.g. a language without specific
+    heads) is named at the end and the others still run."""
+    failed = []
     for experiment in context.profile.experiments:
-        _language_test(context, experiment)
+        try:
+            _language_test(context, experiment)
+        except BabelheadsError as error:
+            failed.append(f"{experiment}: {error}")
+    if failed:
+        raise BabelheadsError(
+            f"{len(failed)} of {len(context.profile.experiments)} failed; " + " | ".join(failed)
+        )
 
 
 def _adaptation(context: Context) -> None:
