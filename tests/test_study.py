@@ -203,3 +203,21 @@ def test_claims_and_report_read_a_study_directory(
     assert "lahis.ppl_specific" in (tmp_path / "r.html").read_text()
     code, _, err = run_cli(monkeypatch, capsys, "claims", str(tmp_path))
     assert code == 2 and "is not a babelheads run" in err
+
+
+def test_the_controls_stage_fills_the_control_column(
+    tiny_profile, tiny_model_dir, tmp_path, monkeypatch, capsys
+):
+    out = tmp_path / "study"
+    stages_ = "detect,translate,compare,importance,language-tests,controls"
+    _, _, err = _study(monkeypatch, capsys, tiny_model_dir, out, "--control", "--only", stages_)
+    record = json.loads((out / "study.json").read_text())
+    assert "controls" in record["stages"], err
+    # The copies' retrieval study ran (a random model: its ablation has no heads to mask, said in one
+    # line), and the runs its controls could make exist.
+    for run in ("control/detect", "control/translation", "control/compare", "lt-ppl-control"):
+        assert (out / run / "manifest.json").exists(), (run, err)
+    from babelheads.runs import RunStore
+
+    claims = RunStore(out / "compare").derived("claims")
+    assert (claims["control"] != "").all(), claims[["claim", "control"]]

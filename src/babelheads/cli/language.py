@@ -47,7 +47,7 @@ def importance(
     ] = False,
     percentile: Annotated[float, typer.Option(help="Candidates lie above this percentile.")] = 96.0,
     min_languages: Annotated[
-        int | None, typer.Option(help="Candidate in this many languages = general (default 80%).")
+        int | None, typer.Option(help="Candidate in this many languages = general (default: >= 80% of them).")
     ] = None,
     share: Annotated[float, typer.Option(help="n = int(layers x heads x share) specific heads.")] = 0.02,
     out: Out = Path("runs/importance"),

@@ -108,6 +108,8 @@ def run_study(
         results[stage.name] = result
         record[stage.name] = asdict(result)
         _write_record(out, digest, config, record)
+    if config.control:  # the claims' control column, whether or not the report is written now
+        fill_controls(_reported_runs(listed, context), [context.run(name) for name in _control_runs(listed)])
     report, report_result = None, StageResult(REPORT, SKIPPED)
     if REPORT in chosen:
         line = f"[{total}/{total}] report"
@@ -115,8 +117,6 @@ def run_study(
         tick = time.perf_counter()
         try:
             runs = _reported_runs(listed, context)
-            if config.control:
-                fill_controls(runs, [context.run(name) for name in _control_runs(listed)])
             report = build_report(runs, out / "report.html") if runs else None
             report_result = StageResult(
                 REPORT, DONE if report else NOT_RUN, reason="" if report else "no runs"

@@ -154,16 +154,12 @@ def _language_test(context: Context, experiment: str, control: bool = False) -> 
 def _language_tests(context: Context) -> None:
     """Every experiment, each its own run: one that cannot run (e.g. a language without specific
     heads) is named at the end and the others still run."""
-    failed = []
-    for experiment in context.profile.experiments:
-        try:
-            _language_test(context, experiment)
-        except BabelheadsError as error:
-            failed.append(f"{experiment}: {error}")
-    if failed:
-        raise BabelheadsError(
-            f"{len(failed)} of {len(context.profile.experiments)} failed; " + " | ".join(failed)
-        )
+    _each(
+        [
+            (experiment, lambda experiment=experiment: _language_test(context, experiment))
+            for experiment in context.profile.experiments
+        ]
+    )
 
 
 def _adaptation(context: Context) -> None:
@@ -229,17 +225,35 @@ def _compression(context: Context, control: bool = False) -> None:
 
 def _controls(context: Context) -> None:
     """The negative controls: the retrieval study on copies of one language under the others' codes
-    (with random heads as 'top'), and each family's own control run."""
+    (with random heads as 'top'), and each family's own control run; one that cannot run (its family's
+    stage did not) is named at the end and the others still run."""
     config = context.config
     data = write_copies(config.translate_from, _targets(config), context.run("control") / "data")
-    _detection(context, "control/detect", data)
+    pieces: list[tuple[str, Callable[[], None]]] = [
+        ("detect", lambda: _detection(context, "control/detect", data))
+    ]
     if _targets(config):
-        _translation(context, "control/translation", data)
-    _comparison(context, "control/")
-    _ablation(context, "control/", control=True)
-    _language_test(context, "ppl", control=True)
-    _dynamic_ablation(context, control=True)
-    _compression(context, control=True)
+        pieces.append(("translate", lambda: _translation(context, "control/translation", data)))
+    pieces += [
+        ("compare", lambda: _comparison(context, "control/")),
+        ("ablate", lambda: _ablation(context, "control/", control=True)),
+        ("lt-ppl", lambda: _language_test(context, "ppl", control=True)),
+        ("dynamic-ablate", lambda: _dynamic_ablation(context, control=True)),
+        ("compress", lambda: _compression(context, control=True)),
+    ]
+    _each(pieces)
+
+
+def _each(pieces: list[tuple[str, Callable[[], None]]]) -> None:
+    """Run every piece; the ones that could not run are named in one error at the end."""
+    failed = []
+    for name, piece in pieces:
+        try:
+            piece()
+        except BabelheadsError as error:
+            failed.append(f"{name}: {error}")
+    if failed:
+        raise BabelheadsError(f"{len(failed)} of {len(pieces)} failed; " + " | ".join(failed))
 
 
 def _lt_runs(experiments: tuple[str, ...]) -> tuple[str, ...]:
@@ -274,7 +288,7 @@ def stages(profile: Profile, control: bool = False) -> list[Stage]:
             Stage(
                 "controls",
                 "negative controls",
-                ("importance", "dynamic"),
+                (),
                 (*control_runs, "compress-control"),
                 _controls,
             )
