@@ -3,8 +3,11 @@ does not stop the others, resuming, and the report; on a tiny local model with a
 
 from __future__ import annotations
 
+import io
 import json
 import re
+import sys
+from contextlib import redirect_stderr, redirect_stdout
 
 import pytest
 from test_cli_and_runs import run_cli
@@ -58,9 +61,11 @@ TINY = Profile(
 STAGE_LINE = re.compile(r"^\[(\d+)/(\d+)\] ([a-z-]+) \(.*\) \.\.\. (.+)$")
 
 
-@pytest.fixture
-def tiny_profile(monkeypatch):
-    monkeypatch.setitem(PROFILES, "tiny", TINY)
+@pytest.fixture(scope="module")
+def tiny_profile():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(PROFILES, "tiny", TINY)
+        yield
 
 
 def _study(monkeypatch, capsys, model, out, *extra):
@@ -79,16 +84,35 @@ def _ends(err: str) -> dict[str, str]:
     return ends
 
 
+@pytest.fixture(scope="module")
+def study(tiny_profile, tiny_model_dir, tmp_path_factory):
+    """One whole study with its controls, which the tests below read: (directory, exit code, stdout,
+    stderr)."""
+    from babelheads import cli
+
+    out = tmp_path_factory.mktemp("study") / "study"
+    args = ["babelheads", "study", "--model", str(tiny_model_dir), "--profile", "tiny", "--out", str(out)]
+    args += ["--languages", "en,de", "--lahis-languages", "en,de", "--device", "cpu", "--quiet", "--control"]
+    stdout, stderr = io.StringIO(), io.StringIO()
+    code = 0
+    with pytest.MonkeyPatch.context() as patch, redirect_stdout(stdout), redirect_stderr(stderr):
+        patch.setattr(sys, "argv", args)
+        try:
+            cli.main()
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+    return out, code, stdout.getvalue(), stderr.getvalue()
+
+
 def test_every_stage_runs_or_says_why_and_the_report_gathers_the_claims(
-    tiny_profile, tiny_model_dir, tmp_path, monkeypatch, capsys
+    study, tiny_model_dir, monkeypatch, capsys
 ):
-    out = tmp_path / "study"
-    code, stdout, err = _study(monkeypatch, capsys, tiny_model_dir, out)
+    out, code, stdout, err = study
     record = json.loads((out / "study.json").read_text())
-    names = [stage.name for stage in stages(TINY)]
+    names = [stage.name for stage in stages(TINY, control=True)]
     assert list(record["stages"]) == [*names, "report"]
     ends = _ends(err)
-    assert set(ends) == set(names), err
+    assert set(ends) == {*names, "report"}, err
     for name, entry in record["stages"].items():
         assert entry["status"] in ("done", "failed", "not run"), (name, entry)
         if entry["status"] == "failed":  # one line saying why, and the stages that do not need it ran
@@ -104,11 +128,14 @@ def test_every_stage_runs_or_says_why_and_the_report_gathers_the_claims(
         assert claim in html, claim
     # The printed times: one per stage that ran, and the total, which they add up to (within rounding
     # and the seconds between stages).
-    times = [_seconds(ends[name]) for name in names if record["stages"][name]["status"] == "done"]
+    ran = [*names, "report"]
+    times = [
+        _seconds(ends[name].removeprefix("failed after ")) for name in ran if ends[name][0] in "0123456789f"
+    ]
     total = _seconds(re.search(r"study finished in ([^(]+) \(", err).group(1))
     assert sum(times) <= total + len(times) and total - sum(times) <= 5 + 0.1 * total, err
-    # Resumed: every stage done before is not run again, and the report is the same.
-    code2, _, err2 = _study(monkeypatch, capsys, tiny_model_dir, out)
+    # Resumed: every stage done before is not run again.
+    code2, _, err2 = _study(monkeypatch, capsys, tiny_model_dir, out, "--control")
     assert code2 == code
     for name in names:
         if record["stages"][name]["status"] == "done":
@@ -116,7 +143,7 @@ def test_every_stage_runs_or_says_why_and_the_report_gathers_the_claims(
 
 
 def _seconds(text: str) -> float:
-    found = re.match(r"(?:(\d+) min )?(\d+) s", text.strip())
+    found = re.match(r"(?:(\d+) min )?(\d+) s\b", text.strip())
     assert found, text
     return 60 * int(found.group(1) or 0) + int(found.group(2))
 
@@ -139,7 +166,8 @@ def test_only_and_skip_choose_stages_and_a_missing_input_is_named(
     assert not (out / "report.html").exists()
     code, _, err = _study(monkeypatch, capsys, tiny_model_dir, out, "--only", "report")
     ends = _ends(err)
-    assert set(ends.values()) == {"skipped"} and (out / "report.html").exists(), err
+    assert {ends.pop("report")[0]} <= set("0123456789") and set(ends.values()) == {"skipped"}, err
+    assert (out / "report.html").exists()
     code, _, err = _study(monkeypatch, capsys, tiny_model_dir, out, "--only", "detekt")
     assert code == 2 and "--only: no stage detekt. The stages: detect," in err
 
@@ -182,22 +210,13 @@ def test_the_profiles_name_real_config_fields():
             assert set(getattr(profile, stage)) <= known, (profile.name, stage)
 
 
-def test_claims_and_report_read_a_study_directory(
-    tiny_profile, tiny_model_dir, tmp_path, monkeypatch, capsys
-):
-    out = tmp_path / "study"
-    _study(
-        monkeypatch,
-        capsys,
-        tiny_model_dir,
-        out,
-        "--only",
-        "detect,translate,compare,importance,language-tests",
-    )
+def test_claims_and_report_read_a_study_directory(study, tmp_path, monkeypatch, capsys):
+    out = study[0]
     code, stdout, err = run_cli(monkeypatch, capsys, "claims", str(out))
     assert code == 0, err
     assert "multilingual.f1_partial_sharing" in stdout and "lahis.ppl_specific" in stdout
-    assert f"{out / 'detect'}" not in stdout  # runs without a claims table are passed over
+    assert f"{out / 'detect'} (" not in stdout  # runs without a claims table are passed over
+    assert "control/" not in stdout  # the controls' claims are in the control column
     code, stdout, err = run_cli(monkeypatch, capsys, "report", str(out), "-o", str(tmp_path / "r.html"))
     assert code == 0, err
     assert "lahis.ppl_specific" in (tmp_path / "r.html").read_text()
@@ -205,19 +224,14 @@ def test_claims_and_report_read_a_study_directory(
     assert code == 2 and "is not a babelheads run" in err
 
 
-def test_the_controls_stage_fills_the_control_column(
-    tiny_profile, tiny_model_dir, tmp_path, monkeypatch, capsys
-):
-    out = tmp_path / "study"
-    stages_ = "detect,translate,compare,importance,language-tests,controls"
-    _, _, err = _study(monkeypatch, capsys, tiny_model_dir, out, "--control", "--only", stages_)
-    record = json.loads((out / "study.json").read_text())
-    assert "controls" in record["stages"], err
+def test_the_controls_stage_fills_the_control_column(study):
+    out, _, _, err = study
     # The copies' retrieval study ran (a random model: its ablation has no heads to mask, said in one
     # line), and the runs its controls could make exist.
     for run in ("control/detect", "control/translation", "control/compare", "lt-ppl-control"):
         assert (out / run / "manifest.json").exists(), (run, err)
     from babelheads.runs import RunStore
 
-    claims = RunStore(out / "compare").derived("claims")
-    assert (claims["control"] != "").all(), claims[["claim", "control"]]
+    for run in ("compare", "lt-ppl"):
+        claims = RunStore(out / run).derived("claims")
+        assert (claims["control"] != "").all(), claims[["claim", "control"]]

@@ -112,7 +112,7 @@ def run_study(
         fill_controls(_reported_runs(listed, context), [context.run(name) for name in _control_runs(listed)])
     report, report_result = None, StageResult(REPORT, SKIPPED)
     if REPORT in chosen:
-        line = f"[{total}/{total}] report"
+        line = f"[{total}/{total}] report (the claims of every paper and their figures)"
         say(f"{line} ...")
         tick = time.perf_counter()
         try:
