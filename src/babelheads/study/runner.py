@@ -106,7 +106,8 @@ def run_study(
         line = f"[{number}/{total}] {stage.name} ({stage.title})"
         result = _run_stage(stage, context, chosen, results, record, line, say)
         results[stage.name] = result
-        record[stage.name] = asdict(result)
+        if result.status != SKIPPED or stage.name not in record:  # a skipped stage keeps what it had
+            record[stage.name] = asdict(result)
         _write_record(out, digest, config, record)
     if config.control:  # the claims' control column, whether or not the report is written now
         fill_controls(_reported_runs(listed, context), [context.run(name) for name in _control_runs(listed)])

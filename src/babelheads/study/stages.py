@@ -1,6 +1,6 @@
-"""The study's stages: each one runs (or resumes) the runs of one part of the mission and returns the
-run directories the report shows. A stage reads the runs of the stages it ``needs`` from their fixed
-places under the study's directory, so any stage can be re-run alone once those exist.
+"""The study's stages: each one runs (or resumes) the runs of one part of the mission, at the fixed
+places under the study's directory it declares. A stage reads the runs of the stages it ``needs``
+from there, so any stage can be run alone once those exist.
 """
 
 from __future__ import annotations
@@ -90,6 +90,8 @@ def _targets(config: StudyConfig) -> list[str]:
 
 def _translation(context: Context, out: str = "translation", data: Path | None = None) -> None:
     config = context.config
+    if not _targets(config):  # one language: nothing to translate into
+        return
     grid = replace(detection_grid(config, context.profile), data_dir=str(data) if data else None)
     pairs = tuple(f"{config.translate_from}:{target}" for target in _targets(config))
     translation = replace(grid, languages=(), pairs=pairs)
