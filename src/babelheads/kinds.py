@@ -102,7 +102,7 @@ def _importance(manifest: dict, run: Path) -> dict:
 
 def _dynamic(manifest: dict, run: Path) -> dict:
     config = manifest["spec"]["config"]
-    if "recording" in config:  # the analyses of a detect run's recording
+    if config.get("recording"):  # the analyses of a detect run's recording
         return {"recording": config["recording"]}
     values = _flatten(config, ("niah", "multihop"))
     if config.get("task") == "multihop":  # the two-hop settings' own names

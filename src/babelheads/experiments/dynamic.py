@@ -120,6 +120,7 @@ class DynamicConfig:
     def identity(self) -> dict:
         config = asdict(self)
         config.pop("analysis")
+        config.pop("recording")  # a replay has its own identity (DynamicReplay); recordings keep theirs
         config.pop("multihop" if self.task == "niah" else "niah")
         return config
 
