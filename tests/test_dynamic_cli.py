@@ -293,8 +293,10 @@ def test_a_detect_recording_with_hidden_states_is_the_dynamic_run_of_its_samples
     for name in ("events", "hidden", "head_scores"):
         assert ours.table(name).equals(theirs.table(name)), name
     for name in ("dynamic_stats", "static_heads", "cca", "probe", "claims"):
-        assert ours.derived(name).drop(columns=["run"], errors="ignore").equals(
-            theirs.derived(name).drop(columns=["run"], errors="ignore")
+        assert (
+            ours.derived(name)
+            .drop(columns=["run"], errors="ignore")
+            .equals(theirs.derived(name).drop(columns=["run"], errors="ignore"))
         ), name
     # Replayed with --from, it is the same run: finished, nothing copied again.
     code, _, err = run_cli(monkeypatch, capsys, "dynamic", "--from", str(replay), "--out", str(replay), *FAST)

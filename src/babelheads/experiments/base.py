@@ -28,6 +28,7 @@ from babelheads.errors import BabelheadsError
 from babelheads.execution import DEFAULT_EXECUTION, Execution
 from babelheads.kinds import FINALIZED
 from babelheads.models import LoadedModel, resolved_precision
+from babelheads.runner.jobs import JobSet, run_job_sets
 from babelheads.runs import RunStore, warn_if_versions_differ
 from babelheads.sources import Source
 
@@ -104,6 +105,13 @@ class Experiment(ABC):
     ) -> None:
         """Compute the parts of ``prepared`` not yet finished (through :mod:`babelheads.runner.parts`)."""
 
+    def job_set(
+        self, store: RunStore, loaded: LoadedModel, prepared: Prepared, execution: Execution
+    ) -> JobSet | None:
+        """The parts as plain decode jobs, which :func:`run_together` may decode in one walk with
+        other runs' (sharing prompt prefixes); None (the default) when ``execute`` must run them."""
+        return None
+
     @abstractmethod
     def finalize(self, store: RunStore) -> None:
         """Write the derived tables of a run whose every part has finished, with this config's analysis
@@ -113,8 +121,61 @@ class Experiment(ABC):
 def run_experiment(experiment: Experiment, out: Path, execution: Execution = DEFAULT_EXECUTION) -> RunStore:
     """Run (or resume) ``experiment`` into ``out``; returns the store. Its derived tables are written
     once every part has finished (a shard that is not the last leaves them to the last)."""
+    return run_together([(experiment, out)], execution)[0]
+
+
+def run_together(
+    runs: Sequence[tuple[Experiment, Path]], execution: Execution = DEFAULT_EXECUTION
+) -> list[RunStore]:
+    """Run (or resume) several experiments, each into its own directory; returns their stores.
+
+    Each run's identity, checks, resumption and finalization are its own, as if run alone. What is
+    shared: a model is loaded once for the runs that use it, and the runs whose parts are plain decode
+    jobs (:meth:`Experiment.job_set`) decode in one walk over all their prompts, so a prompt prefix
+    two runs share (one haystack asked for its needle, then for the needle's translation) is
+    prefilled once. Every run is checked before any executes, so a refusal writes nothing.
+    """
+    models: dict[tuple, LoadedModel] = {}
+    opened = [_open(experiment, Path(out), execution, models) for experiment, out in runs]
+    walks: dict[tuple, list[JobSet]] = {}  # by model
+    for run in opened:
+        if run.prepared is None:
+            continue
+        run.store.create(run.spec, run.experiment.seed, {**run.prepared.facts, "parts": run.prepared.parts})
+        job_set = run.experiment.job_set(run.store, run.loaded, run.prepared, execution)
+        if job_set is None or run.loaded is None:
+            run.experiment.execute(run.store, run.loaded, run.prepared, execution)
+        else:
+            walks.setdefault(run.model_key, []).append(job_set)
+    for key, sets in walks.items():
+        description = " + ".join(job_set.store.root.name for job_set in sets) if len(sets) > 1 else ""
+        run_job_sets(sets, models[key], execution.progress, description or sets[0].description)
+    for run in opened:
+        if finished(run.store, run.experiment):
+            run.experiment.finalize(run.store)
+            run.store.write_json(FINALIZED, {"parts": len(run.store.finished())})
+    return [run.store for run in opened]
+
+
+@dataclass
+class _Opened:
+    """A run checked and ready: ``prepared`` is None when every part had already finished."""
+
+    experiment: Experiment
+    store: RunStore
+    spec: dict
+    loaded: LoadedModel | None = None
+    prepared: Prepared | None = None
+    model_key: tuple = ()
+
+
+def _open(
+    experiment: Experiment, out: Path, execution: Execution, models: dict[tuple, LoadedModel]
+) -> _Opened:
+    """Check ``experiment`` against ``out`` (and, unless it has finished, against its loaded model and
+    sources) and prepare its parts; nothing is written."""
     experiment.check_execution(execution)
-    store = RunStore(Path(out))
+    store = RunStore(out)
     choice = experiment.model()
     spec = {"kind": experiment.kind, **experiment.identity(execution)}
     if choice is not None and choice.identity is not None:
@@ -125,25 +186,25 @@ def run_experiment(experiment: Experiment, out: Path, execution: Execution = DEF
         store.validate()
         # Resumed or re-finalized: warn once per run (not per part) if its package versions differ.
         warn_if_versions_differ(store)
-    if not finished(store, experiment):
-        loaded = None if choice is None else _load(choice, execution)
-        if loaded is not None:
-            spec["model"] = loaded.identity
-            store.check_compatible(spec, loose=loose)
-            for source in experiment.sources():
-                source.require_model(loaded.identity)
-        prepared = experiment.prepare(loaded)
-        recorded = store.recorded_parts() if store.exists() else None
-        if recorded is not None and recorded != prepared.parts:
-            raise BabelheadsError(
-                f"{store.root} holds a run of other parts than these settings give. Use another --out."
-            )
-        store.create(spec, experiment.seed, {**prepared.facts, "parts": prepared.parts})
-        experiment.execute(store, loaded, prepared, execution)
     if finished(store, experiment):
-        experiment.finalize(store)
-        store.write_json(FINALIZED, {"parts": len(store.finished())})
-    return store
+        return _Opened(experiment, store, spec)
+    loaded, key = None, ()
+    if choice is not None:
+        key = (choice.name, choice.dtype, choice.chat)
+        if key not in models:
+            models[key] = execution.load(choice.name, choice.dtype, chat=choice.chat)
+        loaded = _checked(choice, models[key])
+        spec["model"] = loaded.identity
+        store.check_compatible(spec, loose=loose)
+        for source in experiment.sources():
+            source.require_model(loaded.identity)
+    prepared = experiment.prepare(loaded)
+    recorded = store.recorded_parts() if store.exists() else None
+    if recorded is not None and recorded != prepared.parts:
+        raise BabelheadsError(
+            f"{store.root} holds a run of other parts than these settings give. Use another --out."
+        )
+    return _Opened(experiment, store, spec, loaded, prepared, key)
 
 
 def run_identity(config: dict, data: dict, dtype: str, execution: Execution, **sources: object) -> dict:
@@ -157,8 +218,7 @@ def run_identity(config: dict, data: dict, dtype: str, execution: Execution, **s
     }
 
 
-def _load(choice: ModelChoice, execution: Execution) -> LoadedModel:
-    loaded = execution.load(choice.name, choice.dtype, chat=choice.chat)
+def _checked(choice: ModelChoice, loaded: LoadedModel) -> LoadedModel:
     if choice.identity is not None and loaded.identity != choice.identity:
         raise BabelheadsError(
             f"The model loaded now differs from the one {choice.source} ran on ({loaded.identity}); "

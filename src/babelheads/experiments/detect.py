@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from babelheads.analysis.aggregate import AggregateSettings, aggregate
 from babelheads.errors import TaskError
 from babelheads.execution import DEFAULT_EXECUTION, Execution
-from babelheads.experiments.base import Experiment, ModelChoice, Prepared, run_experiment, run_identity
+from babelheads.experiments.base import (
+    Experiment,
+    ModelChoice,
+    Prepared,
+    run_experiment,
+    run_identity,
+    run_together,
+)
 from babelheads.head_masks import check_mask_fits, head_mask_gates, mask_digest
 from babelheads.models import DEFAULT_MODEL, LoadedModel, config_layout
 from babelheads.official import export_official
 from babelheads.probe import ProbeSettings
-from babelheads.runner import Job, run_jobs
+from babelheads.runner import Job
+from babelheads.runner.jobs import JobSet, run_job_sets
 from babelheads.runs import RunStore
 from babelheads.sources import ANALYSIS_FILE
 from babelheads.tasks.niah import NiahSettings, NiahTask
@@ -99,7 +108,9 @@ class Detection(Experiment):
         facts = {"layout": asdict(loaded.layout), "analysis": asdict(self.config.analysis)}
         return Prepared(self.task.sample_ids(), facts, self.task.build(loaded))
 
-    def execute(self, store: RunStore, loaded: LoadedModel, prepared: Prepared, execution: Execution) -> None:
+    def job_set(
+        self, store: RunStore, loaded: LoadedModel, prepared: Prepared, execution: Execution
+    ) -> JobSet:
         config = self.config
         settings = execution.run_settings(
             config.max_new_tokens, ProbeSettings(config.top_k, config.sink_tokens)
@@ -107,7 +118,10 @@ class Detection(Experiment):
         settings = replace(settings, hidden_states=config.hidden_states)
         gates = head_mask_gates(config.head_mask, loaded.layout)
         jobs = [Job(sample.sample_id, sample, gates) for sample in prepared.state]
-        run_jobs(store, loaded, jobs, self.task.score, settings, execution.progress, "detect")
+        return JobSet(store, jobs, self.task.score, settings, "detect")
+
+    def execute(self, store: RunStore, loaded: LoadedModel, prepared: Prepared, execution: Execution) -> None:
+        run_job_sets([self.job_set(store, loaded, prepared, execution)], loaded, execution.progress, "detect")
 
     def finalize(self, store: RunStore) -> None:
         finalize(store, self.config.analysis)
@@ -117,6 +131,15 @@ def detect(config: DetectConfig, out: Path, execution: Execution = DEFAULT_EXECU
     """Run (or resume) detection into ``out``; returns the store, with its derived tables written once
     every sample has finished (a shard that is not the last leaves them to the last)."""
     return run_experiment(Detection(config), out, execution)
+
+
+def detect_together(
+    runs: Sequence[tuple[DetectConfig, Path]], execution: Execution = DEFAULT_EXECUTION
+) -> list[RunStore]:
+    """Several detection runs of one model decoded in one walk over their prompts, so the prompts
+    they share up to the question (detection and retrieval + translation on the same haystacks) are
+    prefilled once; each run is the same as if run alone with :func:`detect`."""
+    return run_together([(Detection(config), out) for config, out in runs], execution)
 
 
 def finalize(store: RunStore, settings: AggregateSettings) -> list[str]:

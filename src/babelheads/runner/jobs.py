@@ -8,8 +8,8 @@ Every job still writes its own parts, so a run resumes job by job.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -88,6 +88,24 @@ def rows_under_cap(batch_size: int | None, loaded: LoadedModel, longest: int) ->
     return settings.rows_per_batch(loaded.device, kv_bytes_per_row(loaded.layout, longest, element))
 
 
+@dataclass(frozen=True)
+class JobSet:
+    """The jobs of one run: the store their parts go to, how their outputs are scored, and the
+    settings they decode under."""
+
+    store: RunStore
+    jobs: Sequence[Job]
+    score: Callable[[Sample, str], dict[str, object]]
+    settings: RunSettings
+    description: str = "run"
+    """The progress bar's name when the run decodes alone."""
+
+
+_PER_RUN = ("max_new_tokens", "hidden_states", "shard")
+"""Settings two runs decoded in one walk may differ in: each row has its own step limit, hidden
+states are kept for the rows that want them, and each run claims its own shard of its parts."""
+
+
 def run_jobs(
     store: RunStore,
     loaded: LoadedModel,
@@ -102,27 +120,57 @@ def run_jobs(
     A skipped sample is written as a samples row with status 'skipped' and its reason, so it shows in
     every summary and is not retried on resume.
     """
-    parts = [Part(job.part_id, job, job.sample if isinstance(job.sample, Skipped) else None) for job in jobs]
-    if not claimed(store, parts, settings.shard):
+    run_job_sets([JobSet(store, list(jobs), score, settings, description)], loaded, progress, description)
+
+
+def run_job_sets(
+    sets: Sequence[JobSet], loaded: LoadedModel, progress: bool = True, description: str = "run"
+) -> None:
+    """Decode the unfinished jobs of several runs in one walk over their prompts, so that a prompt
+    prefix two runs share (one haystack asked two questions) is prefilled once. Every job still
+    writes its own parts to its own run, and resumes there. The runs must record the same way: their
+    settings may differ only in max_new_tokens, hidden_states and shard."""
+    if not sets:
+        return
+    settings = _joint_settings([job_set.settings for job_set in sets])
+    todo: list[Part] = []
+    for index, job_set in enumerate(sets):
+        parts = [
+            Part(job.part_id, _Owned(index, job), job.sample if isinstance(job.sample, Skipped) else None)
+            for job in job_set.jobs
+        ]
+        todo += claimed(job_set.store, parts, job_set.settings.shard)
+    if not todo:
         return
     stops = StopRule.for_model(loaded)
     record = settings.probe is not None
     element = next(loaded.model.parameters()).element_size()
+
+    def tables(owned: _Owned, decoded: Decoded | None) -> dict[str, pd.DataFrame]:
+        job_set = sets[owned.run]
+        return _tables(owned.job, loaded, job_set.score, job_set.settings, decoded)
+
+    def append(part: Part, written: dict[str, pd.DataFrame]) -> None:
+        sets[part.work.run].store.append(part.part_id, written)
+
     with Instrument(loaded.model, loaded.layout, settings.probe or ProbeSettings()) as instrument:
 
-        def batches(todo: list[Part]) -> Iterable[list[Part]]:
-            for group in _groups([part.work for part in todo]):
+        def batches(parts: list[Part]) -> Iterable[list[Part]]:
+            for group in _groups([part.work for part in parts]):
                 prefill = SharedPrefill(
                     loaded.model, settings.prefill_chunk, settings.share_prefix, settings.max_snapshots
                 )
-                keep = branch_points([job.sample.input_ids[:-1] for job in group])
-                longest = max(len(job.sample.input_ids) for job in group) + settings.max_new_tokens
+                keep = branch_points([owned.job.sample.input_ids[:-1] for owned in group])
+                longest = max(
+                    len(owned.job.sample.input_ids) + sets[owned.run].settings.max_new_tokens
+                    for owned in group
+                )
                 size = settings.rows_per_batch(
                     loaded.device, kv_bytes_per_row(loaded.layout, longest, element)
                 )
                 planned = [
-                    Part(job.part_id, _Planned(job, prefill, kept))
-                    for job, kept in zip(group, keep, strict=True)
+                    Part(owned.job.part_id, _Planned(owned, prefill, kept))
+                    for owned, kept in zip(group, keep, strict=True)
                 ]
                 yield from in_batches_of(size)(planned)
 
@@ -131,7 +179,7 @@ def run_jobs(
             rows = [
                 Row(
                     plan.job.sample.input_ids,
-                    plan.job.sample.max_new_tokens or settings.max_new_tokens,
+                    plan.job.sample.max_new_tokens or sets[plan.owned.run].settings.max_new_tokens,
                     plan.job.gates,
                     region_labels(plan.job.sample, settings.regions) if settings.regions else None,
                     plan.job.sample.stop,
@@ -149,18 +197,40 @@ def run_jobs(
                 settings.hidden_states,
             )
             for part, plan, decoded in zip(batch, plans, results, strict=True):
-                yield part, _tables(plan.job, loaded, score, settings, decoded)
+                yield Part(part.part_id, plan.owned), tables(plan.owned, decoded)
 
         execute_parts(
-            store,
-            parts,
+            None,
+            todo,
             compute,
             shard=settings.shard,
             batches=batches,
             progress=progress,
             description=description,
-            skipped=lambda part: _tables(part.work, loaded, score, settings, None),
+            skipped=lambda part: tables(part.work, None),
+            claim=False,
+            append=append,
         )
+
+
+def _joint_settings(settings: Sequence[RunSettings]) -> RunSettings:
+    """The settings of a joint walk: the runs' own, which must agree but for the per-run ones (hidden
+    states are kept when any run wants them, and dropped for the others' rows)."""
+    first = replace(settings[0], max_new_tokens=0, hidden_states=False, shard=Shard())
+    for other in settings[1:]:
+        if replace(other, max_new_tokens=0, hidden_states=False, shard=Shard()) != first:
+            raise ValueError(
+                f"Runs decoded in one walk must record the same way (all settings but {', '.join(_PER_RUN)})."
+            )
+    return replace(settings[0], hidden_states=any(each.hidden_states for each in settings))
+
+
+@dataclass(frozen=True)
+class _Owned:
+    """A job and the index of the run (of a joint walk) it belongs to."""
+
+    run: int
+    job: Job
 
 
 @dataclass(frozen=True)
@@ -168,9 +238,13 @@ class _Planned:
     """A job in its batch: the shared prefill of its group, and the prefix lengths where later prompts
     branch off its prompt (the prefill snapshots it leaves behind for them)."""
 
-    job: Job
+    owned: _Owned
     prefill: SharedPrefill
     keep: set[int]
+
+    @property
+    def job(self) -> Job:
+        return self.owned.job
 
 
 def region_labels(sample: Sample, regions: tuple[str, ...]) -> list[int]:
@@ -183,13 +257,14 @@ def region_labels(sample: Sample, regions: tuple[str, ...]) -> list[int]:
     return labels
 
 
-def _groups(jobs: list[Job]) -> list[list[Job]]:
+def _groups(jobs: list[_Owned]) -> list[list[_Owned]]:
     """Jobs whose prefill computes the same thing and whose decode gates share a mode, each group
     sorted by prompt tokens (stable: equal prompts keep their order)."""
-    groups: dict[tuple[str, str], list[Job]] = {}
-    for job in jobs:
-        groups.setdefault((_prefill_key(job.gates), _decode_mode(job.gates)), []).append(job)
-    return [sorted(group, key=lambda job: tuple(job.sample.input_ids)) for group in groups.values()]
+    groups: dict[tuple[str, str], list[_Owned]] = {}
+    for owned in jobs:
+        key = (_prefill_key(owned.job.gates), _decode_mode(owned.job.gates))
+        groups.setdefault(key, []).append(owned)
+    return [sorted(group, key=lambda owned: tuple(owned.job.sample.input_ids)) for group in groups.values()]
 
 
 def _prefill_key(gates: HeadGates | None) -> str:
@@ -237,7 +312,7 @@ def _tables(
         tables.update(
             retrieval_tables(base, sample, decoded.tokens, decoded.records, loaded.layout, settings.regions)
         )
-    if decoded.hidden is not None:
+    if decoded.hidden is not None and settings.hidden_states:
         tables["hidden"] = pd.DataFrame(
             {
                 "sample_id": sample.sample_id,

@@ -95,7 +95,7 @@ def claimed(store: RunStore, parts: Sequence[Part], shard: Shard) -> list[Part]:
 
 
 def execute_parts(
-    store: RunStore,
+    store: RunStore | None,
     parts: Sequence[Part],
     compute: Callable[[list[Part]], Iterable[tuple[Part, Tables]]],
     *,
@@ -106,27 +106,36 @@ def execute_parts(
     unit: str = "sample",
     skipped: Callable[[Part], Tables] = skipped_row,
     claim: bool = True,
+    append: Callable[[Part, Tables], None] | None = None,
 ) -> None:
     """Run every part of ``parts`` this worker owns that has not finished, and append its tables.
 
     ``compute(batch)`` yields (part, tables) for each part of a batch, in any order; each part is
     appended as soon as it is yielded (the samples table last: the commit), so a killed run loses at
     most the batch in flight. ``claim=False`` runs ``parts`` as given: for a caller that claimed them
-    itself, e.g. to build only the claimed parts' samples.
+    itself, e.g. to build only the claimed parts' samples. ``append`` writes a computed part where it
+    belongs (by default to ``store``; with parts of several runs, to each part's own).
     """
+    if store is None and (claim or append is None):
+        raise ValueError("Parts without a store need claim=False and an append.")
     todo = claimed(store, parts, shard) if claim else list(parts)
     if not todo:
         return
+    if append is None:
+
+        def append(part: Part, tables: Tables) -> None:
+            store.append(part.part_id, tables)
+
     bar = tqdm(total=len(todo), desc=description, unit=unit, disable=not progress, dynamic_ncols=True)
     try:
         for part in todo:
             if part.skipped is not None:
-                store.append(part.part_id, skipped(part))
+                append(part, skipped(part))
                 bar.update()
         for batch in batches([part for part in todo if part.skipped is None]):
             bar.set_postfix_str(batch[0].part_id, refresh=False)
             for part, tables in compute(batch):
-                store.append(part.part_id, tables)
+                append(part, tables)
                 bar.update()
     finally:
         bar.close()

@@ -91,7 +91,7 @@ def run_study(
     """Run the chosen stages (each resumes), then the report; returns the report's path (None when no
     run exists to report on) and every stage's result."""
     profile = profile_named(config.profile)
-    listed = stages(profile, config.control)
+    listed = stages(config, profile)
     chosen = select_stages(listed, only, skip)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -174,7 +174,7 @@ def _run_stage(
 
 def _missing_inputs(stage: Stage, context: Context, results: dict[str, StageResult]) -> str:
     """Why ``stage`` cannot run ('' when it can): an input stage failed, or its runs do not exist."""
-    listed = {entry.name: entry for entry in stages(context.profile, context.config.control)}
+    listed = {entry.name: entry for entry in stages(context.config, context.profile)}
     for need in stage.needs:
         status = results[need].status
         if status == FAILED:
@@ -212,7 +212,7 @@ def study_runs(directory: Path) -> list[Path]:
         raise BabelheadsError(
             f"{directory} is not a study directory ({RECORD} unreadable: {error}). Give run directories."
         ) from None
-    listed = stages(profile_named(config.profile), config.control)
+    listed = stages(config, profile_named(config.profile))
     context = Context(config, profile_named(config.profile), Path(directory), DEFAULT_EXECUTION)
     return _reported_runs(listed, context)
 

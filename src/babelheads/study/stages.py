@@ -17,7 +17,7 @@ from babelheads.experiments.ablate import AblateConfig, ablate
 from babelheads.experiments.adapt import AdaptConfig, adapt
 from babelheads.experiments.compare import CompareConfig, run_compare
 from babelheads.experiments.compress import CompressConfig, compress
-from babelheads.experiments.detect import DetectConfig, detect
+from babelheads.experiments.detect import DetectConfig, detect_together
 from babelheads.experiments.dynamic import DynamicAnalysis, DynamicConfig, dynamic
 from babelheads.experiments.dynamic_ablate import DynamicAblateConfig, dynamic_ablate
 from babelheads.experiments.importance import ImportanceConfig, importance
@@ -78,24 +78,23 @@ def _detect_config(context: Context, task: NiahSettings, hidden_states: bool = F
     )
 
 
-def _detection(context: Context, out: str = "detect", data: Path | None = None) -> None:
-    grid = replace(detection_grid(context.config, context.profile), data_dir=str(data) if data else None)
+def _detection(context: Context, prefix: str = "", data: Path | None = None) -> None:
+    """Detection in every language and retrieval + translation from one language into the others,
+    decoded together: a translation prompt is its source language's detection prompt up to the
+    question, so that part is prefilled once for both."""
+    config = context.config
+    grid = replace(detection_grid(config, context.profile), data_dir=str(data) if data else None)
     # Each step's hidden state is recorded too: the dynamic stage analyses these samples.
-    detect(_detect_config(context, grid, hidden_states=data is None), context.run(out), context.execution)
+    runs = [(_detect_config(context, grid, hidden_states=data is None), context.run(prefix + "detect"))]
+    if _targets(config):
+        pairs = tuple(f"{config.translate_from}:{target}" for target in _targets(config))
+        translation = replace(grid, languages=(), pairs=pairs)
+        runs.append((_detect_config(context, translation), context.run(prefix + "translation")))
+    detect_together(runs, context.execution)
 
 
 def _targets(config: StudyConfig) -> list[str]:
     return [code for code in config.languages if code != config.translate_from]
-
-
-def _translation(context: Context, out: str = "translation", data: Path | None = None) -> None:
-    config = context.config
-    if not _targets(config):  # one language: nothing to translate into
-        return
-    grid = replace(detection_grid(config, context.profile), data_dir=str(data) if data else None)
-    pairs = tuple(f"{config.translate_from}:{target}" for target in _targets(config))
-    translation = replace(grid, languages=(), pairs=pairs)
-    detect(_detect_config(context, translation), context.run(out), context.execution)
 
 
 def _comparison(context: Context, prefix: str = "") -> None:
@@ -232,11 +231,7 @@ def _controls(context: Context) -> None:
     config = context.config
     data = write_copies(config.translate_from, _targets(config), context.run("control") / "data")
     pieces: list[tuple[str, Callable[[], None]]] = [
-        ("detect", lambda: _detection(context, "control/detect", data))
-    ]
-    if _targets(config):
-        pieces.append(("translate", lambda: _translation(context, "control/translation", data)))
-    pieces += [
+        ("detect", lambda: _detection(context, "control/", data)),
         ("compare", lambda: _comparison(context, "control/")),
         ("ablate", lambda: _ablation(context, "control/", control=True)),
         ("lt-ppl", lambda: _language_test(context, "ppl", control=True)),
@@ -262,12 +257,13 @@ def _lt_runs(experiments: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(f"lt-{experiment}" for experiment in experiments)
 
 
-def stages(profile: Profile, control: bool = False) -> list[Stage]:
-    """Every stage of the study in order (the report last; with ``control``, the controls before it)."""
+def stages(config: StudyConfig, profile: Profile) -> list[Stage]:
+    """Every stage of the study in order (the report last; with ``config.control``, the controls
+    before it)."""
+    detection_runs = ("detect", "translation") if _targets(config) else ("detect",)
     listed = [
-        Stage("detect", "detection", (), ("detect",), _detection),
-        Stage("translate", "retrieval + translation", (), ("translation",), _translation),
-        Stage("compare", "cross-language comparison", ("detect", "translate"), ("compare",), _comparison),
+        Stage("detect", "detection, and retrieval + translation", (), detection_runs, _detection),
+        Stage("compare", "cross-language comparison", ("detect",), ("compare",), _comparison),
         Stage("ablate", "masking top vs random heads", ("detect",), ("ablate",), _ablation),
         Stage("cot", "chain of thought under masking", ("detect",), ("cot",), _chain_of_thought),
         Stage("importance", "LAHIS head importance", (), ("importance",), _importance),
@@ -284,7 +280,7 @@ def stages(profile: Profile, control: bool = False) -> list[Stage]:
         Stage("rag", "dynamic RAG", ("dynamic",), ("rag",), _retrieval_augmented),
         Stage("compress", "KV-cache compression", ("dynamic",), ("compress",), _compression),
     ]
-    if control:
+    if config.control:
         control_runs = ("control/compare", "control/ablate", "lt-ppl-control", "dynamic-ablate-control")
         listed.append(
             Stage(
