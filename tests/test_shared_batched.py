@@ -161,3 +161,42 @@ def test_a_fresh_cache_has_the_models_sliding_layers():
     model, _ = _model("gemma3")
     kinds = [getattr(layer, "is_sliding", False) for layer in new_cache(model).layers]
     assert kinds == [True, True, False, True]
+
+
+@pytest.mark.parametrize("kind", ARCHITECTURES)
+def test_a_prefill_fills_the_cache_the_whole_model_fills_without_computing_logits(kind):
+    """The prefill runs the decoder body only (the LM head's logits would be thrown away): its cache
+    equals the one the whole model, with the reference attention, fills in one pass (to float64
+    rounding; gemma2's reference is eager attention with its softcap, the instrument's is not)."""
+    from tiny_models import reference_attention
+
+    model, _ = _model(kind)
+    reference = tiny_model(kind, reference_attention(kind)).double()
+    prompt = _prompts()[4]  # longer than the tiny models' sliding windows
+    calls = []
+    handle = model.get_output_embeddings().register_forward_hook(lambda *_: calls.append(1))
+    try:
+        cache = SharedPrefill(model, prefill_chunk=7, share=False).prefill(prompt)
+    finally:
+        handle.remove()
+    assert calls == [], "the LM head ran during a prefill"
+    expected = reference(input_ids=torch.tensor([prompt]), use_cache=True).past_key_values
+    for got, want in zip(cache.layers, expected.layers, strict=True):
+        torch.testing.assert_close(got.keys, want.keys, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got.values, want.values, rtol=1e-5, atol=1e-6)
+
+
+def test_the_default_batch_keeps_its_kv_cache_within_half_of_the_free_memory(monkeypatch):
+    import babelheads.runner.jobs as jobs
+    from babelheads.runner import RunSettings
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(jobs, "free_memory", lambda device: 10 * 2**30)
+    assert RunSettings().rows_per_batch(cpu, 2**20) == jobs.DEFAULT_BATCH_SIZE["cpu"]
+    assert RunSettings().rows_per_batch(cpu, 2**30) == 5  # 1 GiB rows: half of 10 GiB holds 5
+    assert RunSettings().rows_per_batch(cpu, 64 * 2**30) == 1  # one row even where none fits
+    assert RunSettings(batch_size=3).rows_per_batch(cpu, 64 * 2**30) == 3  # the user's stands
+    monkeypatch.setattr(jobs, "free_memory", lambda device: None)
+    assert RunSettings().rows_per_batch(cpu, 64 * 2**30) == jobs.DEFAULT_BATCH_SIZE["cpu"]
+    monkeypatch.undo()
+    assert jobs.free_memory(cpu) is None or jobs.free_memory(cpu) > 0

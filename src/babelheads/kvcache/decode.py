@@ -12,7 +12,7 @@ from transformers import DynamicCache
 
 from babelheads.kvcache.cache import analytic_bytes, compressed_layers, compressible_cache, storage_bytes
 from babelheads.probe import Instrument
-from babelheads.runner.cache import cache_argument, input_device
+from babelheads.runner.cache import fill_cache, input_device
 from babelheads.runner.decode import Decoded, Row, decode_prefilled
 from babelheads.runner.stops import StopRule
 
@@ -46,7 +46,7 @@ def prefill_context(instrument: Instrument, input_ids: Sequence[int], context_en
         raise ValueError(f"context_end must lie inside the prompt (1..{len(ids) - 1}). Got {context_end}.")
     cache = compressible_cache(instrument.model)
     instrument.set_phase("prefill")
-    _prefill(instrument.model, cache, ids, 0, context_end, chunk)
+    fill_cache(instrument.model, cache, ids, 0, context_end, chunk)
     return cache
 
 
@@ -80,7 +80,7 @@ def compressed_decode_from(
     if gpu:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    _prefill(instrument.model, cache, ids, context_end, len(ids) - 1, chunk)
+    fill_cache(instrument.model, cache, ids, context_end, len(ids) - 1, chunk)
     analytic, storage = analytic_bytes(cache), storage_bytes(cache)
     full = sum(
         sum(t.numel() * t.element_size() for t in layer.tensors())
@@ -92,19 +92,3 @@ def compressed_decode_from(
     decoded = decode_prefilled(instrument, cache, Row(ids, max_new_tokens), stops, record)
     peak_decode = float(torch.cuda.max_memory_allocated(device)) - resident if gpu else float("nan")
     return CompressedDecode(decoded, analytic, storage, full, peak_prefill, peak_decode)
-
-
-def _prefill(
-    model: torch.nn.Module, cache: DynamicCache, ids: list[int], start: int, end: int, chunk: int
-) -> None:
-    device = input_device(model)
-    argument = cache_argument(type(model))
-    for left in range(start, end, chunk):
-        right = min(left + chunk, end)
-        model(
-            input_ids=torch.tensor([ids[left:right]], device=device),
-            position_ids=torch.arange(left, right, device=device).unsqueeze(0),
-            **{argument: cache},
-            use_cache=True,
-            logits_to_keep=1,
-        )

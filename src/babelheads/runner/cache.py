@@ -24,6 +24,38 @@ def cache_argument(model_class: type) -> str:
     return "cache" if "cache" in parameters else "past_key_values"
 
 
+def _body(model: torch.nn.Module) -> torch.nn.Module | None:
+    try:
+        body = model.get_decoder()
+    except (AttributeError, NotImplementedError, ValueError):
+        return None
+    return body if isinstance(body, torch.nn.Module) and body is not model else None
+
+
+def fill_cache(
+    model: torch.nn.Module, cache: DynamicCache, ids: list[int], start: int, end: int, chunk: int
+) -> None:
+    """Run ``ids[start:end]`` into ``cache`` at their absolute positions, ``chunk`` tokens a pass.
+
+    Only the cache is wanted, so the pass goes through the decoder body without the LM head where the
+    model exposes one (``get_decoder``): the head's one kept row costs a full vocabulary's projection
+    per pass, which on a 262K vocabulary outweighs the body when a shared prefix leaves a few tokens
+    to extend. Other models run whole, keeping one row of logits."""
+    body = _body(model)
+    runner, extra = (model, {"logits_to_keep": 1}) if body is None else (body, {})
+    device = input_device(model)
+    argument = cache_argument(type(runner))
+    for left in range(start, end, chunk):
+        right = min(left + chunk, end)
+        runner(
+            input_ids=torch.tensor([ids[left:right]], device=device),
+            position_ids=torch.arange(left, right, device=device).unsqueeze(0),
+            **{argument: cache},
+            use_cache=True,
+            **extra,
+        )
+
+
 def new_cache(model: torch.nn.Module) -> DynamicCache:
     return DynamicCache(config=model.config)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
-from babelheads.runner.cache import cache_argument, input_device, new_cache
+from babelheads.runner.cache import fill_cache, new_cache
 
 DEFAULT_MAX_SNAPSHOTS = 8
 
@@ -132,18 +132,8 @@ class SharedPrefill:
         return base.position
 
     def _extend(self, prefix: list[int], start: int, end: int) -> None:
-        device = input_device(self.model)
-        argument = cache_argument(type(self.model))
-        for left in range(start, end, self.prefill_chunk):
-            right = min(left + self.prefill_chunk, end)
-            self.model(
-                input_ids=torch.tensor([prefix[left:right]], device=device),
-                position_ids=torch.arange(left, right, device=device).unsqueeze(0),
-                **{argument: self.cache},
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            self.computed_tokens += right - left
+        fill_cache(self.model, self.cache, prefix, start, end, self.prefill_chunk)
+        self.computed_tokens += max(end - start, 0)
 
     def _snapshot(self, position: int) -> None:
         state = {
