@@ -25,6 +25,7 @@ def cache_argument(model_class: type) -> str:
 
 
 def _body(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The model's decoder without its LM head, or None where it exposes none apart from itself."""
     try:
         body = model.get_decoder()
     except (AttributeError, NotImplementedError, ValueError):

@@ -100,7 +100,7 @@ def free_memory(device: torch.device) -> int | None:
 
 
 def rows_under_cap(batch_size: int | None, loaded: LoadedModel, longest: int) -> int:
-    """Rows decoded together: the user's batch size, else the device's default, on a GPU cut so that
+    """Rows decoded together: the user's batch size, else the device's default, cut so that
     rows of ``longest`` tokens keep their KV caches within the memory cap (see RunSettings)."""
     element = next(loaded.model.parameters()).element_size()
     settings = RunSettings(batch_size=batch_size)

@@ -48,7 +48,7 @@ class Profile:
 
 DEFAULT = Profile(
     name="default",
-    about="every paper's experiments at sizes that fit about 15-20 minutes on 2 CPU cores (Gemma 3 270M)",
+    about="every paper's experiments at sizes that fit about 15 minutes on 2 CPU cores (Gemma 3 270M)",
     # 2 lengths x 5 depths x 2 needles = 20 samples per language or translation pair.
     detection={"lengths": (800, 1600), "depths": (0.0, 0.25, 0.5, 0.75, 1.0), "needles_per_cell": 2},
     # Masked while decoding only (the official protocol), so the head sets of a prompt share one prefill
