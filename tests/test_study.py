@@ -235,3 +235,22 @@ def test_the_controls_stage_fills_the_control_column(study):
     for run in ("compare", "lt-ppl"):
         claims = RunStore(out / run).derived("claims")
         assert (claims["control"] != "").all(), claims[["claim", "control"]]
+
+
+def test_a_stage_of_an_earlier_version_is_named_and_leaves_a_resumed_record(
+    study, tiny_model_dir, tmp_path, monkeypatch, capsys
+):
+    import shutil
+
+    out = tmp_path / "study"
+    shutil.copytree(study[0], out)
+    record = json.loads((out / "study.json").read_text())
+    record["stages"]["translate"] = {"name": "translate", "status": "done", "seconds": 72.0}
+    (out / "study.json").write_text(json.dumps(record))
+    code, _, err = _study(monkeypatch, capsys, tiny_model_dir, out, "--control", "--only", "report")
+    assert code == 0, err
+    resumed = json.loads((out / "study.json").read_text())["stages"]
+    assert "translate" not in resumed
+    assert resumed["detect"] == record["stages"]["detect"]  # the record was read, and kept what it had
+    code, _, err = _study(monkeypatch, capsys, tiny_model_dir, out, "--only", "translate")
+    assert code == 2 and "--only: no stage translate (translate is part of detect now)." in err, err

@@ -68,6 +68,10 @@ class SharedModel(Execution):
         return self.loaded[key]
 
 
+MERGED = {"translate": "detect"}
+"""Stages of earlier versions, and the stage that runs their runs now."""
+
+
 def select_stages(all_stages: list[Stage], only: tuple[str, ...], skip: tuple[str, ...]) -> set[str]:
     """The names of the stages to run (with 'report' when it is to be written); one line for a name
     that is no stage."""
@@ -75,7 +79,10 @@ def select_stages(all_stages: list[Stage], only: tuple[str, ...], skip: tuple[st
     for option, given in (("--only", only), ("--skip", skip)):
         unknown = [name for name in given if name not in names]
         if unknown:
-            raise BabelheadsError(f"{option}: no stage {', '.join(unknown)}. The stages: {', '.join(names)}.")
+            merged = [f" ({name} is part of {MERGED[name]} now)" for name in unknown if name in MERGED]
+            raise BabelheadsError(
+                f"{option}: no stage {', '.join(unknown)}{''.join(merged)}. The stages: {', '.join(names)}."
+            )
     chosen = set(only) if only else set(names)
     return chosen - set(skip)
 
@@ -97,7 +104,9 @@ def run_study(
     out.mkdir(parents=True, exist_ok=True)
     context = Context(config, profile, out, SharedModel.of(execution))
     digest = _digest(config, profile)
-    record = _read_record(out, digest)
+    known = {stage.name for stage in listed} | {REPORT}
+    # A stage an earlier version had (translate, now part of detect) leaves the record.
+    record = {name: entry for name, entry in _read_record(out, digest).items() if name in known}
     total = len(listed) + 1
     started = time.perf_counter()
     say(f"study of {config.model} ({profile.name} profile: {profile.about}) in {out}")
